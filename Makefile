@@ -1,0 +1,34 @@
+# Two commands on a fresh machine:  `make demo`  (the main job on demo data)  and  `make test`.
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The PyTorch tested with bpho; `make TORCH=torch` for the newest release.
+TORCH ?= torch==2.14.1 torchvision==0.29.1
+export BPHO_ROOT ?= $(CURDIR)/bpho-data
+DEMO := $(BPHO_ROOT)/demo
+
+.PHONY: install demo test clean-demo
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $@
+
+demo: install
+	test -d $(DEMO) || $(BIN)/bpho demo-data $(DEMO)
+	$(BIN)/bpho datasource add confocal_airyscan_pairs_mito $(DEMO)/paired --kind paired
+	$(BIN)/bpho datasource add demo_movie $(DEMO)/movie --kind movie
+	$(BIN)/bpho datasource add demo_hr_only $(DEMO)/hr_only --kind hr
+	$(BIN)/bpho datasource add demo_denoise $(DEMO)/denoise --kind denoise
+	$(BIN)/bpho datasource verify
+	$(BIN)/bpho datasource list
+
+test: install
+	$(BIN)/python -m pytest -q
+
+clean-demo:
+	rm -rf $(DEMO) $(BPHO_ROOT)/datasources

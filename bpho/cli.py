@@ -1,0 +1,151 @@
+"""The `bpho` command. Parses arguments and calls the library; holds no logic of its own.
+
+A `BphoError` (the user's input is wrong) is printed as one line on stderr and the exit
+code is 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import fields
+from typing import List, Optional
+
+from bpho.errors import BphoError
+
+
+def _demo_data(args) -> int:
+    from bpho.synthetic import DemoConfig, make_demo_data
+
+    overrides = {f.name: getattr(args, f.name) for f in fields(DemoConfig) if getattr(args, f.name, None) is not None}
+    try:
+        config = DemoConfig(**overrides).check()
+    except ValueError as exc:
+        raise BphoError(f"demo-data: {exc}") from None
+    out = make_demo_data(args.dir, config, force=args.force)
+    print(f"demo data written to {out} (see {out / 'montage.png'})")
+    return 0
+
+
+def _datasource_add(args) -> int:
+    from bpho import datasources
+
+    ds, created = datasources.add(args.name, args.paths, args.kind)
+    s = datasources.summary(ds.name)
+    verb = "registered" if created else "already registered with identical files; nothing changed:"
+    print(f"datasource {ds.name} {verb} {s['files']} files, {s['pairs']} pairs, digest {ds.digest[:12]}")
+    return 0
+
+
+def _datasource_list(args) -> int:
+    from bpho import datasources
+
+    names = datasources.names()
+    if not names:
+        print("no datasources yet; add one with `bpho datasource add NAME PATH... --kind KIND`")
+    for name in names:
+        s = datasources.summary(name)
+        print(f"{name:32s} {s['kind']:8s} {s['files']:5d} files {s['pairs']:5d} pairs "
+              f"{s['bytes'] / 1e6:9.1f} MB  {s['created']}  {s['digest'][:12]}")
+    return 0
+
+
+def _datasource_show(args) -> int:
+    from bpho import datasources
+
+    ds = datasources.open(args.name, verify=False)
+    print(json.dumps({**datasources.summary(args.name), "path": str(ds.path),
+                      "manifest": ds.manifest} if args.json else datasources.summary(args.name), indent=2))
+    if not args.json:
+        for f in ds.manifest["files"]:
+            print(f"  {f['path']}  {'x'.join(map(str, f['shape']))} (TCZYX) {f['dtype']}  "
+                  f"pixel {f['pixel_size_um']} um  sha256 {f['sha256'][:12]}")
+    return 0
+
+
+def _datasource_verify(args) -> int:
+    from bpho import datasources
+
+    names = [args.name] if args.name else datasources.names()
+    bad = 0
+    for name in names:
+        problems = datasources.verify(name)
+        for line in problems:
+            print(line, file=sys.stderr)
+        print(f"{name}: {'intact' if not problems else f'{len(problems)} problem(s)'}")
+        bad += bool(problems)
+    return 1 if bad else 0
+
+
+def _info(args) -> int:
+    from bpho import io
+
+    for path in args.files:
+        for img in io.read_scenes(path):
+            z, y, x = img.pixel_size
+            print(f"{path} scene {img.scene} of {img.n_scenes}: {'x'.join(map(str, img.shape))} (TCZYX) "
+                  f"{img.data.dtype}, file axes {img.axes_source}, pixel z={z} y={y} x={x} um")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from bpho import __version__
+    from bpho.datasources import KINDS
+
+    parser = argparse.ArgumentParser(prog="bpho", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"bpho {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo-data", help="write realistic demo microscopy as real CZI files")
+    p.add_argument("dir")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--scale", type=int, help="LR pixel size / HR pixel size (default 4)")
+    p.add_argument("--paired-fields", type=int)
+    p.add_argument("--paired-size", type=int, help="HR side of a paired field in pixels")
+    p.add_argument("--movies", type=int)
+    p.add_argument("--movie-frames", type=int)
+    p.add_argument("--movie-size", type=int)
+    p.add_argument("--hr-only-fields", type=int)
+    p.add_argument("--denoise-fields", type=int)
+    p.add_argument("--denoise-size", type=int)
+    p.add_argument("--force", action="store_true", help="replace DIR if it exists")
+    p.set_defaults(func=_demo_data)
+
+    p = sub.add_parser("info", help="print shape, axes and pixel size of image files")
+    p.add_argument("files", nargs="+")
+    p.set_defaults(func=_info)
+
+    ds = sub.add_parser("datasource", help="immutable, named collections of raw files").add_subparsers(
+        dest="action", required=True)
+    p = ds.add_parser("add", help="register files (or folders of files) under a name")
+    p.add_argument("name")
+    p.add_argument("paths", nargs="+")
+    p.add_argument("--kind", required=True, choices=KINDS)
+    p.set_defaults(func=_datasource_add)
+    p = ds.add_parser("list")
+    p.set_defaults(func=_datasource_list)
+    p = ds.add_parser("show")
+    p.add_argument("name")
+    p.add_argument("--json", action="store_true", help="print the whole manifest")
+    p.set_defaults(func=_datasource_show)
+    p = ds.add_parser("verify", help="re-hash files; exit 1 if any changed, went missing or appeared")
+    p.add_argument("name", nargs="?")
+    p.set_defaults(func=_datasource_verify)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except BphoError as exc:
+        print(f"bpho: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("bpho: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

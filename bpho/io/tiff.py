@@ -1,0 +1,127 @@
+"""TIFF through tifffile: ImageJ hyperstacks, OME-TIFF and plain multi-page TIFF."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import tifffile
+
+from bpho.errors import FileFormatError
+from bpho.io import AXES, Image, PixelSize
+from bpho.paths import atomic_file
+
+# tifffile axis letters -> bpho axes. 'I' and 'Q' (an unnamed page sequence) become Z,
+# as Fiji opens a plain multi-page TIFF as slices; 'S' (RGB samples) becomes C.
+_TO_BPHO = {"T": "T", "C": "C", "Z": "Z", "Y": "Y", "X": "X", "I": "Z", "Q": "Z", "S": "C"}
+_UM_PER_UNIT = {
+    "m": 1e6, "cm": 1e4, "mm": 1e3, "um": 1.0, "µm": 1.0, "\u00b5m": 1.0, "micron": 1.0,
+    "microns": 1.0, "micrometer": 1.0, "nm": 1e-3, "nanometer": 1e-3,
+}
+
+
+def read(path: Path) -> Image:
+    try:
+        with tifffile.TiffFile(path) as tf:
+            series = tf.series[0]
+            axes = series.axes
+            data = series.asarray()
+            pixel_size = _pixel_size(tf, series)
+    except FileFormatError:
+        raise
+    except Exception as exc:
+        raise FileFormatError(
+            f"{path}: cannot read the TIFF ({type(exc).__name__}: {exc}); "
+            "the file is probably truncated or corrupt"
+        ) from None
+    return Image(data=_to_tczyx(data, axes, path), pixel_size=pixel_size, axes_source=axes, path=path)
+
+
+def _to_tczyx(data: np.ndarray, axes: str, path: Path) -> np.ndarray:
+    mapped = [_TO_BPHO.get(a) for a in axes]
+    for a, m, n in zip(axes, mapped, data.shape):
+        if m is None and n > 1:
+            raise FileFormatError(f"{path}: TIFF axis {a!r} (size {n}) is not supported")
+    keep = [i for i, m in enumerate(mapped) if m is not None]
+    data = data.reshape([data.shape[i] for i in keep])
+    mapped = [mapped[i] for i in keep]
+    if len(set(mapped)) != len(mapped):
+        # e.g. both channels and RGB samples, or pages and slices: refuse rather than guess
+        raise FileFormatError(f"{path}: TIFF axes {axes!r} map twice onto one of {AXES}; not supported")
+    for a in AXES:
+        if a not in mapped:
+            data = data[..., None]
+            mapped.append(a)
+    return np.transpose(data, [mapped.index(a) for a in AXES])
+
+
+def _pixel_size(tf: tifffile.TiffFile, series) -> PixelSize:
+    if tf.is_ome and tf.ome_metadata:
+        return _ome_pixel_size(tf.ome_metadata)
+    page = series.pages[0] if series.pages else tf.pages[0]
+    tags = page.tags
+    ij = tf.imagej_metadata or {}
+    if ij:
+        factor = _UM_PER_UNIT.get(str(ij.get("unit", "")).replace("\\u00B5", "µ").lower())
+    else:
+        unit = tags.valueof("ResolutionUnit")
+        factor = 1e4 if unit == 3 else None  # centimetre; inch/none are screen DPI, not microscopy
+    if factor is None:
+        return (None, None, None)
+
+    def size(tag):
+        value = tags.valueof(tag)
+        if not value or not value[0]:
+            return None
+        pixels_per_unit = value[0] / value[1]
+        return factor / pixels_per_unit
+
+    z = ij.get("spacing")
+    return (float(z) * factor if z else None, size("YResolution"), size("XResolution"))
+
+
+def _ome_pixel_size(xml: str) -> PixelSize:
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return (None, None, None)
+    pixels = next((e for e in root.iter() if e.tag.endswith("Pixels")), None)
+    if pixels is None:
+        return (None, None, None)
+
+    def size(axis):
+        value = pixels.get(f"PhysicalSize{axis}")
+        if value is None:
+            return None
+        factor = _UM_PER_UNIT.get(pixels.get(f"PhysicalSize{axis}Unit", "µm").lower())
+        return float(value) * factor if factor else None
+
+    return (size("Z"), size("Y"), size("X"))
+
+
+def write_imagej(path: Path, data: np.ndarray, pixel_size: PixelSize,
+                 time_interval: Optional[float]) -> Path:
+    data = np.asarray(data)
+    if data.ndim != 5:
+        raise ValueError(f"write_imagej expects (T, C, Z, Y, X) data, got shape {data.shape}")
+    if data.dtype == np.float64 or data.dtype == np.float16:
+        data = data.astype(np.float32)
+    if data.dtype not in (np.uint8, np.uint16, np.float32):
+        raise FileFormatError(
+            f"{path}: ImageJ TIFF holds uint8, uint16 or float32, not {data.dtype}; convert first"
+        )
+    z, y, x = pixel_size
+    metadata = {"axes": "TZCYX", "unit": "um"}
+    if z:
+        metadata["spacing"] = float(z)
+    if time_interval:
+        metadata["finterval"] = float(time_interval)
+    kwargs = {}
+    if x and y:
+        kwargs["resolution"] = (1.0 / x, 1.0 / y)
+    with atomic_file(path, suffix=".tif") as tmp:
+        tifffile.imwrite(tmp, np.ascontiguousarray(data.transpose(0, 2, 1, 3, 4)), imagej=True,
+                         metadata=metadata, **kwargs)
+    return path

@@ -1,0 +1,316 @@
+"""Procedural demo microscopy, written as real CZI files.
+
+The imaging group's data is private, so bpho ships realistic stand-ins. One scene is a
+set of mitochondria-like tubes (random smooth, sometimes branching curves 0.3-0.7 um
+wide, of varying brightness), some out-of-focus haze and a smooth background. The scene
+is drawn on a fine grid (half the HR pixel) and imaged by two simulated microscopes:
+
+- HR, like Airyscan: Gaussian PSF of FWHM 140 nm, small pixels, many photons;
+- LR, like confocal: Gaussian PSF of FWHM 250 nm, pixels `scale` times larger, fewer
+  photons, and a small misregistration against HR (sub-pixel to a few HR pixels).
+
+Both detectors add Poisson photon noise, then gain, offset and Gaussian read noise, and
+store uint16 counts (Poisson-Gaussian model). Everything is seeded. What was planted
+(shifts, drift, optics) is written to ``demo_truth.json`` so later stages can be checked
+against the truth.
+
+Layout written by `make_demo_data(DIR)`::
+
+    paired/lr/field_000.czi  paired/hr/field_000.czi   registered-pair stand-ins
+    movie/lr/movie_000.czi   movie/hr/movie_000.czi    LR time-lapse and its HR truth
+    hr_only/field_000.czi                              HR without LR
+    denoise/noisy/field_000.czi  denoise/clean/...     single frames and averages of 50
+    montage.png, demo_truth.json
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+from scipy import ndimage, signal
+from tqdm import tqdm
+
+from bpho import io
+from bpho.paths import atomic_dir
+from bpho.errors import ConflictError
+
+OVERSAMPLE = 2  # fine grid points per HR pixel along each axis
+FWHM_TO_SIGMA = 1.0 / (2.0 * np.sqrt(2.0 * np.log(2.0)))
+
+
+@dataclass(frozen=True)
+class Microscope:
+    """A simulated acquisition: optics, sampling and a Poisson-Gaussian detector.
+
+    fwhm_nm: FWHM of the (Gaussian) PSF. pixel_um: pixel size. photons: expected photons
+    at the brightest structures (99.9th percentile). gain: ADU per photon. offset: ADU
+    added by the camera. read_noise: Gaussian noise standard deviation in ADU.
+    """
+
+    fwhm_nm: float
+    pixel_um: float
+    photons: float
+    gain: float = 1.0
+    offset: float = 100.0
+    read_noise: float = 2.0
+
+
+AIRYSCAN = Microscope(fwhm_nm=140.0, pixel_um=0.035, photons=400.0, gain=1.0, read_noise=1.5)
+
+
+def confocal(scale: int, hr_pixel_um: float = AIRYSCAN.pixel_um) -> Microscope:
+    """The confocal LR counterpart of `AIRYSCAN`: wider PSF, `scale`x larger pixels, fewer photons."""
+    return Microscope(fwhm_nm=250.0, pixel_um=hr_pixel_um * scale, photons=60.0, gain=2.0,
+                      read_noise=3.0)
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Sizes of the demo data. HR sizes are in HR pixels and must be divisible by `scale`."""
+
+    seed: int = 0
+    scale: int = 4
+    paired_fields: int = 8
+    paired_size: int = 512
+    movies: int = 2
+    movie_frames: int = 12
+    movie_size: int = 256
+    hr_only_fields: int = 6
+    denoise_fields: int = 6
+    denoise_size: int = 256
+    max_shift_hr_px: float = 2.5
+
+    def check(self) -> "DemoConfig":
+        for name in ("paired_size", "movie_size"):
+            size = getattr(self, name)
+            if size % self.scale or size < 8 * self.scale:
+                raise ValueError(f"{name}={size} must be a multiple of scale={self.scale} and >= {8 * self.scale}")
+        if self.movie_frames < 1 or self.scale < 1:
+            raise ValueError("movie_frames and scale must be >= 1")
+        return self
+
+
+# --- the scene -------------------------------------------------------------------------
+
+
+@dataclass
+class Tubes:
+    """Centre lines of tubes in micrometres: one (N, 2) array of (y, x) points per tube."""
+
+    lines: List[np.ndarray]
+    widths_um: np.ndarray
+    brightness: np.ndarray
+    in_focus: np.ndarray  # bool per tube; out-of-focus tubes become haze
+
+
+def random_tubes(rng: np.random.Generator, extent_um: float, density_per_um2: float = 0.12) -> Tubes:
+    """Random smooth curves with persistent direction, some branching off earlier ones."""
+    n = max(3, rng.poisson(density_per_um2 * extent_um**2))
+    step = 0.01
+    lines, widths = [], []
+    for i in range(n):
+        if lines and rng.random() < 0.3:  # branch from a point on an earlier tube
+            parent = lines[rng.integers(len(lines))]
+            k = rng.integers(len(parent) - 1)
+            start = parent[k]
+            d = parent[k + 1] - parent[k]
+            heading = np.arctan2(d[0], d[1]) + rng.choice([-1, 1]) * rng.uniform(0.6, 1.3)
+        else:
+            start = rng.uniform(-0.05, 1.05, 2) * extent_um
+            heading = rng.uniform(0, 2 * np.pi)
+        length = rng.uniform(1.5, 8.0)
+        k = int(length / step)
+        # heading: a smoothed random walk, so tubes bend gently (about 1 rad per um)
+        turns = ndimage.gaussian_filter1d(rng.normal(0, 1.0, k), 30) * 0.12
+        angle = heading + np.cumsum(turns)
+        pts = start + np.cumsum(step * np.stack([np.sin(angle), np.cos(angle)], 1), axis=0)
+        lines.append(pts)
+        widths.append(rng.uniform(0.3, 0.7))
+    n = len(lines)
+    return Tubes(
+        lines=lines,
+        widths_um=np.asarray(widths),
+        brightness=rng.lognormal(0.0, 0.35, n),
+        in_focus=rng.random(n) > 0.25,
+    )
+
+
+def render_scene(tubes: Tubes, shape: Tuple[int, int], fine_um: float, rng: np.random.Generator,
+                 step_um: float = 0.01) -> np.ndarray:
+    """Fluorophore density on the fine grid (float64; a tube of brightness 1 and 0.5 um
+    width peaks near 1).
+
+    A tube is its centre line convolved with a disc of its radius: the projection of a
+    filled cylinder, with a chord-length profile. Out-of-focus tubes become a wide, dim
+    haze, and a smooth background lies under everything.
+    """
+    out = np.zeros(shape)
+    haze = np.zeros(shape)
+    bins = np.linspace(0.3, 0.7, 5)
+    for lo, hi in zip(bins[:-1], bins[1:]):
+        density = np.zeros(shape)
+        for pts, w, b, focus in zip(tubes.lines, tubes.widths_um, tubes.brightness, tubes.in_focus):
+            if not lo <= w <= hi:
+                continue
+            p = pts / fine_um
+            iy, ix = np.round(p[:, 0]).astype(int), np.round(p[:, 1]).astype(int)
+            ok = (iy >= 0) & (iy < shape[0]) & (ix >= 0) & (ix < shape[1])
+            np.add.at(density if focus else haze, (iy[ok], ix[ok]), b)
+        r = 0.5 * (lo + hi) / 2 / fine_um
+        yy, xx = np.mgrid[-int(r) - 1:int(r) + 2, -int(r) - 1:int(r) + 2]
+        out += signal.fftconvolve(density, (yy**2 + xx**2 <= r**2).astype(float), mode="same")
+    # a line of unit brightness sampled every step_um peaks at chord/step: 0.5 um / step
+    out = np.clip(out, 0, None) * step_um / 0.5
+    sigma = 0.6 / fine_um  # out-of-focus blur; scaled so the haze of a tube peaks at 0.3
+    out += ndimage.gaussian_filter(haze, sigma) * 0.3 * np.sqrt(2 * np.pi) * sigma * step_um / fine_um
+    background = ndimage.gaussian_filter(rng.random(shape), 3.0 / fine_um)
+    background = (background - background.min()) / (np.ptp(background) or 1.0)
+    return out + 0.04 * background + 0.02
+
+
+def blur_and_bin(scene: np.ndarray, fine_um: float, scope: Microscope,
+                 shift_um: Tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
+    """Expected intensity per detector pixel: PSF blur, misregistration, pixel integration.
+
+    shift_um: where the content lands relative to the scene (image(x) = scene(x - shift)).
+    """
+    sigma = scope.fwhm_nm / 1000.0 * FWHM_TO_SIGMA / fine_um
+    blurred = ndimage.gaussian_filter(scene, sigma, mode="reflect")
+    if any(shift_um):
+        blurred = ndimage.shift(blurred, np.asarray(shift_um) / fine_um, order=3, mode="reflect")
+    f = int(round(scope.pixel_um / fine_um))
+    h, w = blurred.shape[0] // f, blurred.shape[1] // f
+    return blurred[: h * f, : w * f].reshape(h, f, w, f).mean(axis=(1, 3))
+
+
+def detect(pixels: np.ndarray, scope: Microscope, rng: np.random.Generator,
+           level: Optional[float] = None, average: int = 1) -> np.ndarray:
+    """Poisson-Gaussian detector: photons, gain, offset, read noise, uint16 ADU.
+
+    level: the intensity that receives `scope.photons` (default: this image's 99.9th
+    percentile). average: the mean of that many independent frames.
+    """
+    level = level or np.percentile(pixels, 99.9)
+    photons = np.clip(pixels / level * scope.photons, 0, None)
+    counts = rng.poisson(photons * average) / average
+    adu = counts * scope.gain + scope.offset + rng.normal(0, scope.read_noise / np.sqrt(average), counts.shape)
+    return np.clip(np.round(adu), 0, 65535).astype(np.uint16)
+
+
+def image(scene, fine_um, scope, rng, shift_um=(0.0, 0.0), level=None, average=1) -> np.ndarray:
+    """Acquire `scene` with `scope` (see `blur_and_bin` and `detect`)."""
+    return detect(blur_and_bin(scene, fine_um, scope, shift_um), scope, rng, level, average)
+
+
+# --- the demo data set -----------------------------------------------------------------
+
+
+def _write(path: Path, frames: np.ndarray, pixel_um: float) -> None:
+    data = frames.reshape((-1, 1, 1) + frames.shape[-2:])
+    io.write_czi(path, data, (None, pixel_um, pixel_um), channel_names={0: "mito"})
+
+
+def make_demo_data(out_dir, config: DemoConfig = DemoConfig(), force: bool = False,
+                   progress: bool = True) -> Path:
+    """Write the demo data set to `out_dir` (built in a temporary folder, then renamed).
+
+    Refuses an existing non-empty `out_dir` unless `force`, which replaces it whole.
+    """
+    config.check()
+    out = Path(out_dir).absolute()
+    if out.exists() and any(out.iterdir()) and not force:
+        raise ConflictError(f"{out}: already exists and is not empty; pass --force to replace it")
+    if out.exists() and not any(out.iterdir()):
+        out.rmdir()
+    rng = np.random.default_rng(config.seed)
+    hr = AIRYSCAN
+    lr = confocal(config.scale, hr.pixel_um)
+    fine = hr.pixel_um / OVERSAMPLE
+    truth: Dict = {"config": asdict(config), "hr": asdict(hr), "lr": asdict(lr), "paired": {}, "movie": {}}
+    jobs = config.paired_fields + config.movies + config.hr_only_fields + config.denoise_fields
+    bar = tqdm(total=jobs, desc="demo data", unit="image", disable=not progress)
+    with atomic_dir(out, replace=force) as tmp:
+        # paired: the same field through both microscopes, LR slightly misregistered
+        for i in range(config.paired_fields):
+            name = f"field_{i:03d}"
+            n = config.paired_size * OVERSAMPLE
+            scene = render_scene(random_tubes(rng, n * fine), (n, n), fine, rng)
+            shift = rng.uniform(-config.max_shift_hr_px, config.max_shift_hr_px, 2)
+            _write(tmp / "paired/hr" / f"{name}.czi", image(scene, fine, hr, rng), hr.pixel_um)
+            _write(tmp / "paired/lr" / f"{name}.czi", image(scene, fine, lr, rng, shift_um=tuple(shift * hr.pixel_um)), lr.pixel_um)
+            truth["paired"][name] = {"lr_offset_hr_px": [float(s) for s in shift]}
+            bar.update()
+        # movies: tubes drifting (global drift + own motion), slight bleaching
+        for i in range(config.movies):
+            name = f"movie_{i:03d}"
+            n = config.movie_size * OVERSAMPLE
+            tubes = random_tubes(rng, n * fine)
+            drift = rng.normal(0, 0.04, 2)  # um per frame
+            own = rng.normal(0, 0.02, (len(tubes.lines), 2))
+            hr_frames, lr_frames, levels = [], [], {}
+            for t in range(config.movie_frames):
+                moved = replace(tubes, lines=[p + drift * t + v * t for p, v in zip(tubes.lines, own)],
+                                brightness=tubes.brightness * np.exp(-t / 60.0))
+                scene = render_scene(moved, (n, n), fine, np.random.default_rng([config.seed, i]))
+                for scope, frames in ((hr, hr_frames), (lr, lr_frames)):
+                    pixels = blur_and_bin(scene, fine, scope)
+                    # exposure set on the first frame, so bleaching shows as in a real movie
+                    level = levels.setdefault(scope, np.percentile(pixels, 99.9))
+                    frames.append(detect(pixels, scope, rng, level))
+            _write(tmp / "movie/hr" / f"{name}.czi", np.stack(hr_frames), hr.pixel_um)
+            _write(tmp / "movie/lr" / f"{name}.czi", np.stack(lr_frames), lr.pixel_um)
+            truth["movie"][name] = {"drift_um_per_frame": [float(d) for d in drift]}
+            bar.update()
+        for i in range(config.hr_only_fields):
+            n = config.paired_size * OVERSAMPLE
+            scene = render_scene(random_tubes(rng, n * fine), (n, n), fine, rng)
+            _write(tmp / "hr_only" / f"field_{i:03d}.czi", image(scene, fine, hr, rng), hr.pixel_um)
+            bar.update()
+        # denoising: confocal at Nyquist-ish pixels, very few photons; clean = mean of 50 frames
+        noisy_scope = Microscope(fwhm_nm=250.0, pixel_um=0.07, photons=15.0, gain=4.0, read_noise=3.0)
+        for i in range(config.denoise_fields):
+            n = config.denoise_size * 4  # fine grid of 0.0175 um for 0.07 um pixels
+            scene = render_scene(random_tubes(rng, n * fine), (n, n), fine, rng)
+            _write(tmp / "denoise/noisy" / f"field_{i:03d}.czi", image(scene, fine, noisy_scope, rng), noisy_scope.pixel_um)
+            _write(tmp / "denoise/clean" / f"field_{i:03d}.czi", image(scene, fine, noisy_scope, rng, average=50), noisy_scope.pixel_um)
+            bar.update()
+        truth["denoise"] = {"microscope": asdict(noisy_scope), "average": 50}
+        (tmp / "demo_truth.json").write_text(json.dumps(truth, indent=2))
+        save_montage(tmp, tmp / "montage.png")
+    bar.close()
+    return out
+
+
+def save_montage(data_dir: Path, png: Path) -> Path:
+    """A PNG of what was made: LR | HR pairs, movie frames, HR-only, noisy | clean."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def first(pattern):
+        files = sorted(data_dir.glob(pattern))
+        return io.read(files[0]).data[:, 0, 0] if files else None
+
+    panels = []
+    for title, pattern in [("paired LR (confocal)", "paired/lr/*.czi"), ("paired HR (Airyscan)", "paired/hr/*.czi"),
+                           ("movie LR, frame 0", "movie/lr/*.czi"), ("movie HR, frame 0", "movie/hr/*.czi"),
+                           ("HR only", "hr_only/*.czi"), ("denoise: noisy", "denoise/noisy/*.czi"),
+                           ("denoise: clean (mean of 50)", "denoise/clean/*.czi")]:
+        frames = first(pattern)
+        if frames is not None:
+            panels.append((title, frames[0]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(3 * len(panels), 3.3))
+    for ax, (title, img) in zip(np.atleast_1d(axes), panels):
+        lo, hi = np.percentile(img, (1, 99.8))
+        ax.imshow(img, cmap="magma", vmin=lo, vmax=hi, interpolation="nearest")
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+    return png

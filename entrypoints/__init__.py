@@ -1,0 +1,1 @@
+"""MLproject entry points: parse MLflow parameters, call bpho. No logic here."""
