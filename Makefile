@@ -26,6 +26,9 @@ demo: install
 	$(BIN)/bpho datasource add demo_denoise $(DEMO)/denoise --kind denoise
 	$(BIN)/bpho datasource verify
 	$(BIN)/bpho datasource list
+	test -d $(BPHO_ROOT)/datasets/paired_001 || $(BIN)/bpho dataset make paired_001
+	$(BIN)/bpho dataset list
+	@echo "See the runs: $(BIN)/mlflow ui --backend-store-uri $$($(BIN)/bpho tracking-uri)"
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from dataclasses import fields
 from typing import List, Optional
 
@@ -55,9 +56,11 @@ def _datasource_show(args) -> int:
     from bpho import datasources
 
     ds = datasources.open(args.name, verify=False)
-    print(json.dumps({**datasources.summary(args.name), "path": str(ds.path),
-                      "manifest": ds.manifest} if args.json else datasources.summary(args.name), indent=2))
-    if not args.json:
+    summary = datasources.summary(args.name)
+    if args.json:
+        print(json.dumps({**summary, "path": str(ds.path), "manifest": ds.manifest}, indent=2))
+    else:
+        print("  ".join(f"{k}: {v}" for k, v in summary.items()))
         for f in ds.manifest["files"]:
             print(f"  {f['path']}  {'x'.join(map(str, f['shape']))} (TCZYX) {f['dtype']}  "
                   f"pixel {f['pixel_size_um']} um  sha256 {f['sha256'][:12]}")
@@ -76,6 +79,62 @@ def _datasource_verify(args) -> int:
         print(f"{name}: {'intact' if not problems else f'{len(problems)} problem(s)'}")
         bad += bool(problems)
     return 1 if bad else 0
+
+
+def _dataset_make(args) -> int:
+    from bpho.datasets import builder
+
+    ds = builder.make(args.recipe, datasource=args.datasource, settings=args.set or [], name=args.name,
+                      force=args.force)
+    print(f"dataset {ds.name} built at {ds.path} (digest {ds.digest[:12]})")
+    _print_dataset(ds)
+    return 0
+
+
+def _print_dataset(ds) -> None:
+    m = ds.manifest
+    print(f"  recipe {m['recipe']['name']} on datasource {m['datasource']['name']} ({m['datasource']['digest'][:12]})")
+    for size, info in m["tiles"].items():
+        print(f"  tiles {size:>4}: {info['train']:6d} train {info['valid']:6d} valid  "
+              f"LR {'x'.join(map(str, info['lr_shape']))}  HR {'x'.join(map(str, info['hr_shape']))}")
+    for rec in m["sources"]:
+        reg = f"shift {rec['shift_hr_px'][0]:+.2f},{rec['shift_hr_px'][1]:+.2f} score {rec['score']:.3f}" \
+            if "shift_hr_px" in rec else "not registered"
+        state = rec["split"] if rec["included"] else f"EXCLUDED ({rec['reason']})"
+        print(f"  {rec['source']:36s} {reg:34s} {state}")
+
+
+def _dataset_list(args) -> int:
+    from bpho.datasets import builder
+
+    names = builder.names()
+    if not names:
+        print("no datasets yet; build one with `bpho dataset make RECIPE`")
+    for name in names:
+        m = builder.open(name).manifest
+        counts = ", ".join(f"{size}: {i['train']}+{i['valid']}" for size, i in m["tiles"].items())
+        print(f"{name:24s} recipe {m['recipe']['name']:14s} datasource {m['datasource']['name']:30s} "
+              f"tiles (train+valid) {counts}  {m['digest'][:12]}")
+    return 0
+
+
+def _dataset_show(args) -> int:
+    from bpho.datasets import builder
+
+    ds = builder.open(args.name)
+    if args.json:
+        print(json.dumps(ds.manifest, indent=2))
+    else:
+        print(f"dataset {ds.name} at {ds.path} (digest {ds.digest[:12]}, created {ds.manifest['created']})")
+        _print_dataset(ds)
+    return 0
+
+
+def _tracking_uri(args) -> int:
+    from bpho import tracking
+
+    print(tracking.tracking_uri())
+    return 0
 
 
 def _info(args) -> int:
@@ -132,11 +191,42 @@ def build_parser() -> argparse.ArgumentParser:
     p = ds.add_parser("verify", help="re-hash files; exit 1 if any changed, went missing or appeared")
     p.add_argument("name", nargs="?")
     p.set_defaults(func=_datasource_verify)
+    dsets = sub.add_parser("dataset", help="datasets built from datasources by recipes").add_subparsers(
+        dest="action", required=True)
+    p = dsets.add_parser("make", help="build a dataset from a recipe (bpho/recipes/NAME.py or a .py file)")
+    p.add_argument("recipe")
+    p.add_argument("--datasource", help="use this datasource instead of the recipe's default")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe field (repeatable)")
+    p.add_argument("--name", help="dataset name (default: the recipe's name)")
+    p.add_argument("--force", action="store_true", help="rebuild (replace) an existing dataset of that name")
+    p.set_defaults(func=_dataset_make)
+    p = dsets.add_parser("list")
+    p.set_defaults(func=_dataset_list)
+    p = dsets.add_parser("show")
+    p.add_argument("name")
+    p.add_argument("--json", action="store_true", help="print the whole manifest")
+    p.set_defaults(func=_dataset_show)
+
+    p = sub.add_parser("tracking-uri", help="print the MLflow tracking URI bpho uses (for `mlflow ui`)")
+    p.set_defaults(func=_tracking_uri)
     return parser
+
+
+def _one_line_warnings() -> None:
+    """bpho's own warnings as `bpho: warning: ...` lines; others as Python prints them."""
+    default = warnings.formatwarning
+
+    def fmt(message, category, *args, **kwargs):
+        if category.__name__ == "BphoWarning":
+            return f"bpho: warning: {message}\n"
+        return default(message, category, *args, **kwargs)
+
+    warnings.formatwarning = fmt
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    _one_line_warnings()
     try:
         return args.func(args)
     except BphoError as exc:

@@ -77,9 +77,14 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def manifest_digest(manifest: dict) -> str:
-    content = {k: v for k, v in manifest.items() if k != "created"}
+def digest_json(record: dict, exclude: Iterable[str] = ()) -> str:
+    """sha256 of a record's canonical JSON (sorted keys, no spaces), leaving out `exclude` keys."""
+    content = {k: v for k, v in record.items() if k not in set(exclude)}
     return hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def manifest_digest(manifest: dict) -> str:
+    return digest_json(manifest, exclude=("created",))
 
 
 def _collect(sources: Iterable) -> List[Tuple[str, Path]]:

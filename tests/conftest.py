@@ -49,3 +49,66 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> N
     assert "Traceback" not in proc.stderr
     for needle in needles:
         assert needle in lines[0], (needle, lines[0])
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real MLflow tracking server on 127.0.0.1 (SQLite backend, proxied artifacts)."""
+    import time
+    import urllib.request
+
+    where = tmp_path_factory.mktemp("mlflow-server")
+    port = _free_port()
+    log = open(where / "server.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{where / 'mlflow.db'}", "--artifacts-destination",
+         str(where / "artifacts"), "--workers", "1"],
+        stdout=log, stderr=subprocess.STDOUT, cwd=where,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            raise RuntimeError(f"mlflow server did not start:\n{(where / 'server.log').read_text()[-3000:]}")
+        time.sleep(0.5)
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+@pytest.fixture
+def tracked(mlflow_server, monkeypatch) -> str:
+    """Send this test's tracking to the real server."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    return mlflow_server
+
+
+def register_demo(demo: Path, tmp_path: Path, sub: str, name: str, kind: str):
+    """Register a private copy of part of the demo data as datasource `name`."""
+    import shutil
+
+    from bpho import datasources
+
+    dst = tmp_path / "inputs" / name / sub
+    shutil.copytree(demo / sub, dst)
+    return datasources.add(name, [dst], kind=kind, progress=False)[0]

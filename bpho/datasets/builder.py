@@ -1,0 +1,418 @@
+"""Build a dataset from a datasource and a recipe: normalise, register, tile, split, manifest.
+
+``$BPHO_ROOT/datasets/NAME/`` holds (built in a temporary folder, renamed when complete):
+
+- ``tiles/<size>/<split>_lr.npy``  float32 (N, frames, size/scale, size/scale), memory-mappable
+- ``tiles/<size>/<split>_hr.npy``  float32 (N, 1, size, size)
+- ``tiles/<size>/<split>_tiles.csv``  where each tile came from: source, scene, t, y, x (HR origin)
+- ``qc/<source>.png``  LR over HR (magenta/green) before and after registration
+- ``previews/tiles_<size>.png``  random train tiles, LR | HR
+- ``manifest.json``  recipe (name, file sha256, parameters), datasource (name, digest),
+  per source image the split, normalisation values, shift and score, tile counts and tile
+  file digests, bpho version, git commit, and the dataset digest over all of it (without
+  the dataset's name, creation time and git commit: the same inputs give the same digest).
+"""
+
+from __future__ import annotations
+
+import builtins
+import csv
+import datetime as _dt
+import json
+import shutil
+import warnings
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Tuple
+
+import numpy as np
+from tqdm import tqdm
+
+import bpho
+from bpho import datasources, io, paths, tracking
+from bpho.datasets import recipe as recipes
+from bpho.datasets.recipe import Recipe
+from bpho.datasets.register import Registration, apply, normalize, percentile_range, register_pair, upsample
+from bpho.errors import BphoError, ConflictError, FileFormatError, NotFoundError
+
+
+MANIFEST = "manifest.json"
+SPLITS = ("train", "valid")
+CONTENT_LEVEL = 0.2  # a pixel counts as content above this normalised HR intensity
+_DIGEST_EXCLUDES = ("name", "created", "git_commit", "digest")
+
+
+class BphoWarning(UserWarning):
+    """Something the user should know that does not stop the work (e.g. an excluded pair)."""
+
+
+# --- reading one source image ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Source:
+    """One image of a pair: a scene of a file pair (multi-scene files give several)."""
+
+    key: str
+    pair: datasources.Pair
+    scene: int
+
+
+def _plane_stack(path: Path, scene: int, r: Recipe) -> np.ndarray:
+    """(T, Y, X) float32 of the recipe's channel and z plane (or z maximum projection)."""
+    img = io.read(path, scene=scene)
+    t, c, z, y, x = img.shape
+    if not 0 <= r.channel < c:
+        raise FileFormatError(f"{path}: channel {r.channel} does not exist (the file has {c}); set channel=0..{c - 1}")
+    if r.z != "max" and not 0 <= r.z < z:
+        raise FileFormatError(f"{path}: z plane {r.z} does not exist (the file has {z}); set z=0..{z - 1} or z=max")
+    data = img.data[:, r.channel]
+    data = data.max(axis=1) if r.z == "max" else data[:, r.z]
+    stack = data.astype(np.float32)
+    if not np.isfinite(stack).all():
+        raise FileFormatError(f"{path}: the image holds NaN or infinite values; fix or re-export it")
+    return stack
+
+
+def _check_shapes(src: Source, lr: np.ndarray, hr: np.ndarray, r: Recipe) -> None:
+    lr_f, hr_f = src.pair.lr, src.pair.hr
+    if lr.shape[0] != hr.shape[0]:
+        raise BphoError(f"{lr_f}: {lr.shape[0]} frames, but {hr_f} has {hr.shape[0]}; pairs need the same frames")
+    if (hr.shape[1], hr.shape[2]) != (lr.shape[1] * r.scale, lr.shape[2] * r.scale):
+        raise BphoError(
+            f"{lr_f}: LR is {lr.shape[1]}x{lr.shape[2]} and HR ({hr_f.name}) {hr.shape[1]}x{hr.shape[2]}, "
+            f"which does not match scale={r.scale}; set scale to the pixel size ratio or crop the files"
+        )
+    if lr.shape[0] < r.frames:
+        raise BphoError(f"{lr_f}: {lr.shape[0]} frames is shorter than the frame window frames={r.frames}")
+    if min(hr.shape[1:]) < max(r.tile_sizes):
+        raise BphoError(
+            f"{hr_f}: tile size {max(r.tile_sizes)} is larger than the image ({hr.shape[1]}x{hr.shape[2]}); "
+            "use smaller tile_sizes"
+        )
+
+
+# --- tiles ------------------------------------------------------------------------------
+
+
+def tile_positions(content: np.ndarray, size: int, scale: int, margin: int, wanted: int, threshold: float,
+                   rng: np.random.Generator) -> np.ndarray:
+    """Up to `wanted` HR tile origins (y, x), multiples of `scale`, whose content fraction
+    (mean of the boolean `content` image over the tile) is at least `threshold`.
+
+    Every grid position is scored at once with a summed-area table; the choice among the
+    qualifying ones is random (seeded) and without repetition.
+    """
+    h, w = content.shape
+    sat = np.pad(content.astype(np.float64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    first = -(-margin // scale) * scale
+    ys = np.arange(first, h - size - margin + 1, scale)
+    xs = np.arange(first, w - size - margin + 1, scale)
+    if ys.size == 0 or xs.size == 0:
+        return np.zeros((0, 2), dtype=int)
+    yy, xx = np.meshgrid(ys, xs, indexing="ij")
+    total = sat[yy + size, xx + size] - sat[yy, xx + size] - sat[yy + size, xx] + sat[yy, xx]
+    ok = np.flatnonzero(total.ravel() / (size * size) >= threshold)
+    chosen = rng.choice(ok, size=min(wanted, ok.size), replace=False) if ok.size else ok
+    return np.stack([yy.ravel()[np.sort(chosen)], xx.ravel()[np.sort(chosen)]], axis=1)
+
+
+class TileWriter:
+    """Appends tiles of one size and split to raw files; `finish` makes the .npy arrays.
+
+    Memory stays bounded by one image's tiles however large the dataset grows.
+    """
+
+    def __init__(self, folder: Path, split: str):
+        folder.mkdir(parents=True, exist_ok=True)
+        self.folder, self.split = folder, split
+        self.count = 0
+        self.shapes: Dict[str, Tuple[int, ...]] = {}
+        self._raw = {side: builtins.open(folder / f".{split}_{side}.raw", "wb") for side in ("lr", "hr")}
+        self.rows: List[Tuple] = []
+
+    def add(self, lr: np.ndarray, hr: np.ndarray, rows: List[Tuple]) -> None:
+        for side, arr in (("lr", lr), ("hr", hr)):
+            self.shapes[side] = arr.shape[1:]
+            self._raw[side].write(np.ascontiguousarray(arr, dtype=np.float32).tobytes())
+        self.count += len(lr)
+        self.rows.extend(rows)
+
+    def finish(self, shapes: Dict[str, Tuple[int, ...]]) -> Dict[str, str]:
+        digests = {}
+        for side, fh in self._raw.items():
+            fh.close()
+            raw = fh.name
+            npy = self.folder / f"{self.split}_{side}.npy"
+            header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False,
+                      "shape": (self.count, *self.shapes.get(side, shapes[side]))}
+            with builtins.open(npy, "wb") as out, builtins.open(raw, "rb") as src:
+                np.lib.format.write_array_header_1_0(out, header)
+                shutil.copyfileobj(src, out, length=1 << 22)
+            Path(raw).unlink()
+            digests[f"{self.split}_{side}.npy"] = datasources.sha256_file(npy)
+        with builtins.open(self.folder / f"{self.split}_tiles.csv", "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["source", "scene", "t", "y", "x"])
+            writer.writerows(self.rows)
+        digests[f"{self.split}_tiles.csv"] = datasources.sha256_file(self.folder / f"{self.split}_tiles.csv")
+        return digests
+
+
+# --- pictures people look at -----------------------------------------------------------
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _overlay(lr_up: np.ndarray, hr: np.ndarray) -> np.ndarray:
+    """Magenta LR over green HR: grey where they agree, coloured fringes where they do not."""
+    a, b = np.clip(lr_up, 0, 1), np.clip(hr, 0, 1)
+    return np.stack([a, b, a], axis=-1)
+
+
+def save_qc(png: Path, key: str, lr_up: np.ndarray, hr: np.ndarray, reg: Optional[Registration]) -> None:
+    plt = _plt()
+    step = max(1, max(hr.shape) // 768)
+    after = apply(lr_up[None], reg.shift)[0] if reg else lr_up
+    fig, axes = plt.subplots(1, 2, figsize=(10, 5.4))
+    for ax, img, title in ((axes[0], lr_up, "before"), (axes[1], after, "after registration")):
+        ax.imshow(_overlay(img, hr)[::step, ::step], interpolation="nearest")
+        ax.set_title(title)
+        ax.axis("off")
+    if reg:
+        fig.suptitle(f"{key}: LR (magenta) on HR (green); shift dy={reg.shift[0]:+.2f} dx={reg.shift[1]:+.2f} HR px, "
+                     f"NCC {reg.score_before:.3f} -> {reg.score:.3f}", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=90)
+    plt.close(fig)
+
+
+def save_preview(png: Path, lr: np.ndarray, hr: np.ndarray, size: int, rng: np.random.Generator, n: int = 6) -> None:
+    plt = _plt()
+    pick = rng.choice(len(lr), size=min(n, len(lr)), replace=False) if len(lr) else []
+    fig, axes = plt.subplots(max(len(pick), 1), 2, figsize=(5, 2.5 * max(len(pick), 1)), squeeze=False)
+    for row, i in zip(axes, pick):
+        centre = lr[i, lr.shape[1] // 2]
+        for ax, img, title in ((row[0], centre, f"LR {centre.shape[0]} px"), (row[1], hr[i, 0], f"HR {size} px")):
+            ax.imshow(img, cmap="magma", vmin=0, vmax=1, interpolation="nearest")
+            ax.set_title(title, fontsize=8)
+            ax.axis("off")
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=80)
+    plt.close(fig)
+
+
+# --- the build --------------------------------------------------------------------------
+
+
+def split_sources(stems: List[str], valid_fraction: float, seed: int) -> Dict[str, str]:
+    """Assign whole source files to train or valid (seeded); at least one of each when possible."""
+    order = sorted(stems)
+    np.random.default_rng(seed).shuffle(order)
+    n_valid = int(round(valid_fraction * len(order)))
+    if valid_fraction > 0 and len(order) >= 2:
+        n_valid = min(max(n_valid, 1), len(order) - 1)
+    return {stem: ("valid" if i < n_valid else "train") for i, stem in enumerate(order)}
+
+
+def _sources(ds: datasources.Datasource) -> List[Source]:
+    out = []
+    for pair in ds.pairs:
+        n_lr, n_hr = io.count_scenes(pair.lr), io.count_scenes(pair.hr)
+        if n_lr != n_hr:
+            raise BphoError(f"{pair.lr}: {n_lr} scenes, but {pair.hr} has {n_hr}; pairs need the same scenes")
+        out += [Source(pair.stem if n_lr == 1 else f"{pair.stem}#s{s}", pair, s) for s in range(n_lr)]
+    return out
+
+
+def make(recipe_name: str, datasource: Optional[str] = None, settings: Iterable[str] = (),
+         name: Optional[str] = None, force: bool = False, progress: bool = True, track: bool = True) -> "Dataset":
+    """Build dataset `name` (default: the recipe's name) and log the build to MLflow."""
+    loaded = recipes.load(recipe_name)
+    r = recipes.with_overrides(loaded.recipe, settings)
+    if datasource:
+        r = replace(r, datasource=datasource)
+    r = r.validated()
+    out_name = name or loaded.name
+    dest = paths.named_dir("datasets", out_name)
+    if dest.exists() and not force:
+        raise ConflictError(f"dataset {out_name!r} already exists; choose another --name, or --force to rebuild it")
+    ds = datasources.open(r.datasource, verify=True, progress=progress)
+    if ds.kind != r.kind:
+        raise BphoError(f"recipe {loaded.name} reads {r.kind} datasources, but {ds.name!r} is of kind {ds.kind}; "
+                        "pass a matching --datasource")
+    if not ds.pairs:
+        raise BphoError(f"datasource {ds.name!r} has no LR/HR pairs to build a dataset from")
+    sources = _sources(ds)
+    split = split_sources([p.stem for p in ds.pairs], r.valid_fraction, r.seed)
+    rng = np.random.default_rng(r.seed)
+    records, warned = [], []
+    with paths.atomic_dir(dest, replace=force) as tmp:
+        writers = {(size, s): TileWriter(tmp / "tiles" / str(size), s) for size in r.tile_sizes for s in SPLITS}
+        for src in tqdm(sources, desc=f"dataset {out_name}", unit="image", disable=not progress):
+            record, tiles = _process(src, r, rng, tmp, split[src.pair.stem])
+            records.append(record)
+            if not record["included"]:
+                message = f"{src.pair.lr.name} / {src.pair.hr.name} ({src.key}): excluded, {record['reason']}"
+                warnings.warn(message, BphoWarning, stacklevel=2)
+                warned.append(message)
+            for size, (lr, hr, rows) in tiles.items():
+                writers[(size, split[src.pair.stem])].add(lr, hr, rows)
+                record["tiles"][str(size)] = len(lr)
+        tile_info = {}
+        for size in r.tile_sizes:
+            shapes = {"lr": (r.frames, size // r.scale, size // r.scale), "hr": (1, size, size)}
+            info = {"lr_shape": list(shapes["lr"]), "hr_shape": list(shapes["hr"]), "files": {}}
+            for s in SPLITS:
+                info[s] = writers[(size, s)].count
+                info["files"].update(writers[(size, s)].finish(shapes))
+            tile_info[str(size)] = info
+            train = load_tiles(tmp, size, "train")
+            save_preview(tmp / "previews" / f"tiles_{size}.png", *train, size, np.random.default_rng(r.seed))
+        if not any(info["train"] for info in tile_info.values()):
+            raise BphoError(f"dataset {out_name}: no tile passed the content threshold "
+                            f"({r.content_threshold}); lower content_threshold or check the images")
+        manifest = {
+            "name": out_name,
+            "recipe": {"name": loaded.name, "file": str(loaded.path), "sha256": loaded.sha256},
+            "parameters": r.params(),
+            "datasource": {"name": ds.name, "kind": ds.kind, "digest": ds.digest},
+            "sources": records,
+            "tiles": tile_info,
+            "warnings": warned,
+            "bpho_version": bpho.__version__,
+            "git_commit": tracking.git_commit(),
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+        manifest["digest"] = datasources.digest_json(manifest, exclude=_DIGEST_EXCLUDES)
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    dataset = open(out_name)
+    if track:
+        _track(dataset, ds)
+    return dataset
+
+
+def _process(src: Source, r: Recipe, rng: np.random.Generator, tmp: Path, split: str):
+    """Normalise, register and tile one source image; returns its manifest record and tiles."""
+    lr_raw = _plane_stack(src.pair.lr, src.scene, r)
+    hr_raw = _plane_stack(src.pair.hr, src.scene, r)
+    _check_shapes(src, lr_raw, hr_raw, r)
+    ranges = {}
+    for side, stack in (("lr", lr_raw), ("hr", hr_raw)):
+        lo, hi = percentile_range(stack, r.percentile_low, r.percentile_high)
+        if hi <= lo:
+            path = src.pair.lr if side == "lr" else src.pair.hr
+            raise FileFormatError(f"{path}: the image is flat (percentiles {r.percentile_low}-{r.percentile_high} "
+                                  f"are both {lo:g}): empty or saturated")
+        ranges[side] = [lo, hi]
+    lr, hr = normalize(lr_raw, *ranges["lr"]), normalize(hr_raw, *ranges["hr"])
+    record = {"source": src.key, "lr": src.pair.lr.name, "hr": src.pair.hr.name, "scene": src.scene,
+              "split": split, "normalization": ranges, "included": True, "tiles": {}}
+    reg, margin = None, 0
+    if r.register:
+        lr_mean, hr_mean = lr.mean(axis=0), hr.mean(axis=0)
+        reg = register_pair(lr_mean, hr_mean, r.scale)
+        record.update(shift_hr_px=list(reg.shift), score=reg.score, score_before=reg.score_before)
+        save_qc(tmp / "qc" / f"{src.key.replace('/', '__')}.png", src.key, upsample(lr_mean, r.scale), hr_mean, reg)
+        if reg.score < r.min_registration_score:
+            record.update(included=False, reason=f"registration score {reg.score:.3f} < "
+                                                 f"min_registration_score {r.min_registration_score}")
+            return record, {}
+        margin = reg.margin
+        if r.align == "hr":
+            hr = apply(hr, (-reg.shift[0], -reg.shift[1]))
+        else:
+            lr = apply(lr, (reg.shift[0] / r.scale, reg.shift[1] / r.scale))
+    half = r.frames // 2
+    tiles = {}
+    for size in r.tile_sizes:
+        s = size // r.scale
+        lr_tiles, hr_tiles, rows = [], [], []
+        for t in range(half, lr.shape[0] - half):
+            pos = tile_positions(hr[t] > CONTENT_LEVEL, size, r.scale, margin, r.tiles_per_image,
+                                 r.content_threshold, rng)
+            for y, x in pos:
+                ly, lx = y // r.scale, x // r.scale
+                lr_tiles.append(lr[t - half:t + half + 1, ly:ly + s, lx:lx + s])
+                hr_tiles.append(hr[t:t + 1, y:y + size, x:x + size])
+                rows.append((src.key, src.scene, t, int(y), int(x)))
+        if rows:
+            tiles[size] = (np.stack(lr_tiles), np.stack(hr_tiles), rows)
+    return record, tiles
+
+
+def _track(dataset: "Dataset", ds: datasources.Datasource) -> None:
+    m = dataset.manifest
+    tags = {"bpho.dataset": dataset.name, "bpho.dataset_digest": dataset.digest, "bpho.recipe": m["recipe"]["name"],
+            "bpho.recipe_sha256": m["recipe"]["sha256"], "bpho.datasource": ds.name,
+            "bpho.datasource_digest": ds.digest}
+    with tracking.run(tracking.DATASETS_EXPERIMENT, run_name=dataset.name, tags=tags):
+        # prefixed: `mlflow run` has already logged its own -P parameters (dataset=RECIPE, ...) unprefixed
+        tracking.log_params({**{f"recipe.{k}": v for k, v in m["parameters"].items()}, "dataset.name": dataset.name})
+        counts = {f"tiles_{size}_{s}": info[s] for size, info in m["tiles"].items() for s in SPLITS}
+        scores = [rec["score"] for rec in m["sources"] if "score" in rec]
+        tracking.log_metrics({**counts, "pairs_excluded": sum(not rec["included"] for rec in m["sources"]),
+                              **({"registration_score_min": min(scores)} if scores else {})})
+        tracking.log_artifacts([dataset.path / MANIFEST])
+        tracking.log_artifacts(sorted((dataset.path / "qc").glob("*.png")), "qc")
+        tracking.log_artifacts(sorted((dataset.path / "previews").glob("*.png")), "previews")
+        tracking.log_dataset_input(ds.name, ds.digest, ds.path, context="source", tags={"kind": ds.kind})
+        tracking.log_dataset_input(dataset.name, dataset.digest, dataset.path, context="built")
+
+
+# --- reading a built dataset -------------------------------------------------------------
+
+
+def load_tiles(folder: Path, size: int, split: str) -> Tuple[np.ndarray, np.ndarray]:
+    base = Path(folder) / "tiles" / str(size)
+    return (np.load(base / f"{split}_lr.npy", mmap_mode="r"), np.load(base / f"{split}_hr.npy", mmap_mode="r"))
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    path: Path
+    manifest: dict
+
+    @property
+    def digest(self) -> str:
+        return self.manifest["digest"]
+
+    @property
+    def tile_sizes(self) -> List[int]:
+        return sorted(int(s) for s in self.manifest["tiles"])
+
+    def tiles(self, size: int, split: str = "train") -> Tuple[np.ndarray, np.ndarray]:
+        """Memory-mapped (LR, HR) float32 tiles: (N, frames, size/scale, size/scale) and (N, 1, size, size)."""
+        if str(size) not in self.manifest["tiles"]:
+            raise NotFoundError(f"dataset {self.name!r} has no tile size {size}; it has {self.tile_sizes}")
+        if split not in SPLITS:
+            raise NotFoundError(f"split {split!r}: use train or valid")
+        return load_tiles(self.path, size, split)
+
+    def index(self, size: int, split: str = "train") -> List[dict]:
+        with builtins.open(self.path / "tiles" / str(size) / f"{split}_tiles.csv", newline="") as fh:
+            return list(csv.DictReader(fh))
+
+
+def open(name: str) -> Dataset:  # noqa: A001
+    dest = paths.named_dir("datasets", name)
+    path = dest / MANIFEST
+    if not path.is_file():
+        raise NotFoundError(f"dataset {name!r} not found under {dest.parent}; see `bpho dataset list`, "
+                            f"or build it with `bpho dataset make RECIPE --name {name}`")
+    return Dataset(name=name, path=dest, manifest=json.loads(path.read_text()))
+
+
+def names() -> List[str]:
+    base = paths.root() / "datasets"
+    return sorted(p.name for p in base.iterdir() if (p / MANIFEST).is_file()) if base.is_dir() else []

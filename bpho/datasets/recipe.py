@@ -1,0 +1,153 @@
+"""Dataset recipes: one small Python file per dataset, declaring a `Recipe`.
+
+A recipe file ``bpho/recipes/NAME.py`` (or any ``.py`` path) defines ``RECIPE = Recipe(...)``.
+Fields can be overridden from the command line with ``--set key=value``; the recipe is
+validated once here and trusted by the builder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Dict, Iterable, Tuple, Union
+
+from bpho.errors import BphoError, NotFoundError
+
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How to turn a datasource into training tiles.
+
+    datasource: default datasource name (overridable with --datasource).
+    kind: the datasource kind it reads: paired (LR/HR), movie (LR/HR time-lapse) or
+        denoise (noisy/clean, scale 1).
+    channel, z: which channel, and which z plane (an index, or "max" for a maximum projection).
+    frames: LR frames per sample, centred on the HR frame (1; 5 for t-2..t+2 of a movie).
+    scale: HR pixels per LR pixel along each axis; HR size must be LR size x scale.
+    percentile_low, percentile_high: per-image normalisation x -> (x - p_low) / (p_high - p_low),
+        CARE-style; the values used are kept in the manifest.
+    register: estimate the LR->HR translation (phase cross-correlation) and align the pair.
+    align: which side is moved to apply it: "hr" (default: the oversampled HR is interpolated,
+        the LR keeps its raw noise, as the model will see at prediction time) or "lr".
+    min_registration_score: pairs whose normalised cross-correlation after registration is
+        below this are excluded, with a warning naming them.
+    tile_sizes: HR tile sides in pixels (multiples of scale); LR tiles are tile / scale.
+    tiles_per_image: tiles cut per tile size, per image and time point.
+    content_threshold: a tile is kept if at least this fraction of its HR pixels is brighter
+        than 0.2 after normalisation (skips background).
+    valid_fraction: fraction of source images (never tiles) held out for validation.
+    seed: seeds the split and the tile positions.
+    """
+
+    datasource: str
+    kind: str = "paired"
+    channel: int = 0
+    z: Union[int, str] = 0
+    frames: int = 1
+    scale: int = 4
+    percentile_low: float = 2.0
+    percentile_high: float = 99.8
+    register: bool = True
+    align: str = "hr"
+    min_registration_score: float = 0.5
+    tile_sizes: Tuple[int, ...] = (128, 256)
+    tiles_per_image: int = 16
+    content_threshold: float = 0.02
+    valid_fraction: float = 0.2
+    seed: int = 0
+
+    def validated(self) -> "Recipe":
+        problems = []
+        if self.kind not in ("paired", "movie", "denoise"):
+            problems.append(f"kind={self.kind!r} (use paired, movie or denoise)")
+        if self.frames < 1 or self.frames % 2 == 0:
+            problems.append(f"frames={self.frames} (an odd number >= 1)")
+        if self.scale < 1:
+            problems.append(f"scale={self.scale} (>= 1)")
+        if not 0 <= self.percentile_low < self.percentile_high <= 100:
+            problems.append(f"percentiles {self.percentile_low}/{self.percentile_high} (0 <= low < high <= 100)")
+        if self.align not in ("hr", "lr"):
+            problems.append(f"align={self.align!r} (hr or lr)")
+        if not self.tile_sizes or any(s <= 0 or s % self.scale for s in self.tile_sizes):
+            problems.append(f"tile_sizes={self.tile_sizes} (positive multiples of scale={self.scale})")
+        if self.tiles_per_image < 1:
+            problems.append(f"tiles_per_image={self.tiles_per_image} (>= 1)")
+        if not 0 <= self.valid_fraction < 1:
+            problems.append(f"valid_fraction={self.valid_fraction} (0 <= f < 1)")
+        if not (isinstance(self.z, int) or self.z == "max"):
+            problems.append(f"z={self.z!r} (a plane index or 'max')")
+        if problems:
+            raise BphoError(f"recipe: invalid {'; '.join(problems)}")
+        return self
+
+    def params(self) -> Dict[str, object]:
+        return asdict(self)
+
+
+def _parse(field, text: str):
+    kind = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", str(field.type))
+    try:
+        if "Tuple" in kind:
+            return tuple(int(v) for v in text.replace(" ", "").split(",") if v)
+        if kind == "bool":
+            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(text)
+            return text.lower() in ("true", "1", "yes")
+        if kind == "int":
+            return int(text)
+        if kind == "float":
+            return float(text)
+        if "Union" in kind:  # z: an index or "max"
+            return int(text) if text.lstrip("-").isdigit() else text
+        return text
+    except ValueError:
+        raise BphoError(f"--set {field.name}={text}: not a valid {kind}") from None
+
+
+def with_overrides(recipe: Recipe, settings: Iterable[str]) -> Recipe:
+    """Apply ``key=value`` strings (from --set) to a recipe."""
+    by_name = {f.name: f for f in fields(Recipe)}
+    changes = {}
+    for item in settings:
+        key, sep, value = item.partition("=")
+        if not sep or key not in by_name:
+            raise BphoError(f"--set {item}: expected KEY=VALUE with KEY one of {', '.join(by_name)}")
+        changes[key] = _parse(by_name[key], value)
+    return replace(recipe, **changes)
+
+
+@dataclass(frozen=True)
+class LoadedRecipe:
+    name: str
+    path: Path
+    sha256: str
+    recipe: Recipe
+
+
+def available() -> list:
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.py") if not p.name.startswith("_"))
+
+
+def load(name_or_path: str) -> LoadedRecipe:
+    """Load a recipe by name (``bpho/recipes/NAME.py``) or from a ``.py`` file path."""
+    path = Path(name_or_path)
+    if path.suffix != ".py":
+        path = RECIPES_DIR / f"{name_or_path}.py"
+        if not path.is_file() or "/" in name_or_path or name_or_path.startswith("_"):
+            raise NotFoundError(f"recipe {name_or_path!r} not found; available: {', '.join(available())}")
+    elif not path.is_file():
+        raise NotFoundError(f"{path}: recipe file not found")
+    spec = importlib.util.spec_from_file_location(f"bpho_recipe_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        raise BphoError(f"{path}: the recipe file fails to run ({type(exc).__name__}: {exc})") from None
+    recipe = getattr(module, "RECIPE", None)
+    if not isinstance(recipe, Recipe):
+        raise BphoError(f"{path}: a recipe file must define RECIPE = Recipe(...)")
+    return LoadedRecipe(path.stem, path, hashlib.sha256(path.read_bytes()).hexdigest(), recipe)

@@ -1,0 +1,221 @@
+"""Dataset builds on real demo CZI files: registration, tiles, splits, digest, MLflow lineage, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+
+from bpho import datasources
+from bpho.datasets import builder, recipe
+from bpho.datasets.builder import BphoWarning
+from bpho.datasets.register import downsample, ncc, register_pair
+from bpho.errors import BphoError, IntegrityError, NotFoundError
+from bpho.synthetic import DemoConfig, make_demo_data
+
+from conftest import assert_one_line_error, register_demo, run_bpho
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL_TILES = ["tile_sizes=64,128", "tiles_per_image=6"]
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    """Full-size demo pairs (512 px HR) with known planted LR/HR shifts."""
+    cfg = DemoConfig(seed=11, paired_fields=4, movies=0, hr_only_fields=0, denoise_fields=0)
+    return make_demo_data(tmp_path_factory.mktemp("planted") / "demo", cfg, progress=False)
+
+
+def test_registration_recovers_planted_shifts(root, planted, tmp_path):
+    register_demo(planted, tmp_path, "paired", "pairs", "paired")
+    ds = builder.make("paired_001", datasource="pairs", settings=["tiles_per_image=2"], progress=False, track=False)
+    truth = json.loads((planted / "demo_truth.json").read_text())["paired"]
+    assert len(ds.manifest["sources"]) == 4
+    for rec in ds.manifest["sources"]:
+        expected = -np.asarray(truth[Path(rec["lr"]).stem]["lr_offset_hr_px"])  # moves LR content back onto HR
+        assert np.abs(np.asarray(rec["shift_hr_px"]) - expected).max() < 0.25, (rec, expected)
+        assert rec["score"] > rec["score_before"] and rec["score"] > 0.9
+        assert (ds.path / "qc" / f"{rec['source'].replace('/', '__')}.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_register_pair_on_a_shift_planted_by_hand(demo):
+    from bpho import io
+
+    hr = io.read(demo / "paired/hr/field_000.czi").data[0, 0, 0].astype(np.float32)
+    lr = downsample(np.roll(hr, (6, -3), axis=(0, 1)), 4)  # LR content moved by +6, -3 HR px
+    reg = register_pair(lr, hr, 4)
+    assert np.allclose(reg.shift, (-6, 3), atol=0.25) and reg.score > 0.99
+
+
+def test_unrelated_pair_is_excluded_with_a_warning(root, demo, tmp_path):
+    src = tmp_path / "mixed" / "paired"
+    shutil.copytree(demo / "paired", src)
+    os.chmod(src / "hr/field_000.czi", 0o644)
+    shutil.copy(demo / "paired/hr/field_001.czi", src / "hr/field_000.czi")  # LR of one field, HR of another
+    datasources.add("mixed", [src], kind="paired", progress=False)
+    with pytest.warns(BphoWarning, match="field_000.czi.*excluded"):
+        ds = builder.make("paired_001", datasource="mixed", settings=SMALL_TILES, progress=False, track=False)
+    by_source = {rec["source"]: rec for rec in ds.manifest["sources"]}
+    assert not by_source["paired/field_000"]["included"] and by_source["paired/field_000"]["score"] < 0.5
+    assert all(rec["included"] for key, rec in by_source.items() if key != "paired/field_000")
+    assert ds.manifest["warnings"] and "field_000" in ds.manifest["warnings"][0]
+    for size in ds.tile_sizes:
+        for split in ("train", "valid"):
+            assert all(row["source"] != "paired/field_000" for row in ds.index(size, split))
+
+
+def test_tiles_aligned_and_splits_by_source(root, demo, tmp_path):
+    register_demo(demo, tmp_path, "paired", "pairs", "paired")
+    ds = builder.make("paired_001", datasource="pairs", settings=SMALL_TILES, progress=False, track=False)
+    for size in (64, 128):
+        info = ds.manifest["tiles"][str(size)]
+        lr, hr = ds.tiles(size, "train")
+        assert lr.shape == (info["train"], 1, size // 4, size // 4) and hr.shape == (info["train"], 1, size, size)
+        assert lr.dtype == hr.dtype == np.float32 and isinstance(lr, np.memmap)
+        aligned = [ncc(downsample(h[0], 4), l[0]) for l, h in zip(lr, hr)]
+        off_by_one = [ncc(downsample(np.roll(h[0], 4, axis=1), 4), l[0]) for l, h in zip(lr, hr)]
+        assert np.median(aligned) > 0.8 and np.median(aligned) > np.median(off_by_one) + 0.1
+        train = {row["source"] for row in ds.index(size, "train")}
+        valid = {row["source"] for row in ds.index(size, "valid")}
+        assert train and valid and not train & valid
+        # every tile has enough content (background tiles were skipped)
+        assert all((h > 0.2).mean() >= 0.02 for h in hr)
+    assert (ds.path / "previews/tiles_64.png").read_bytes().startswith(b"\x89PNG")
+    norm = ds.manifest["sources"][0]["normalization"]
+    assert norm["lr"][0] < norm["lr"][1] and norm["hr"][0] < norm["hr"][1]
+
+
+def test_digest_stable_and_sensitive(root, demo, tmp_path):
+    register_demo(demo, tmp_path, "paired", "pairs", "paired")
+    a = builder.make("paired_001", datasource="pairs", settings=SMALL_TILES, name="a", progress=False, track=False)
+    b = builder.make("paired_001", datasource="pairs", settings=SMALL_TILES, name="b", progress=False, track=False)
+    c = builder.make("paired_001", datasource="pairs", settings=SMALL_TILES + ["seed=1"], name="c", progress=False,
+                     track=False)
+    sub = tmp_path / "sub" / "paired"
+    for side in ("lr", "hr"):
+        (sub / side).mkdir(parents=True)
+        for stem in ("field_000", "field_001"):
+            shutil.copy(demo / "paired" / side / f"{stem}.czi", sub / side)
+    datasources.add("fewer", [sub], kind="paired", progress=False)
+    d = builder.make("paired_001", datasource="fewer", settings=SMALL_TILES, name="d", progress=False, track=False)
+    assert a.digest == b.digest
+    assert len({a.digest, c.digest, d.digest}) == 3
+    m = a.manifest
+    assert m["recipe"]["name"] == "paired_001" and len(m["recipe"]["sha256"]) == 64
+    assert m["datasource"] == {"name": "pairs", "kind": "paired", "digest": datasources.open("pairs").digest}
+    assert m["parameters"]["tile_sizes"] == [64, 128] and m["bpho_version"]
+
+
+def test_movie_and_denoise_recipes(root, demo, tmp_path):
+    register_demo(demo, tmp_path, "movie", "demo_movie", "movie")
+    register_demo(demo, tmp_path, "denoise", "demo_denoise", "denoise")
+    movie = builder.make("movie_001", settings=["tile_sizes=32,64", "valid_fraction=0"], progress=False, track=False)
+    lr, hr = movie.tiles(32, "train")
+    assert lr.shape[1:] == (5, 8, 8) and hr.shape[1:] == (1, 32, 32) and len(lr) > 0
+    frames = {int(row["t"]) for row in movie.index(32)}
+    assert min(frames) >= 2 and max(frames) <= 10 - 3
+    dn = builder.make("denoise_001", settings=["tile_sizes=32"], progress=False, track=False)
+    lr, hr = dn.tiles(32, "train")
+    assert lr.shape[1:] == hr.shape[1:] == (1, 32, 32)
+    assert np.median([ncc(l[0], h[0]) for l, h in zip(lr, hr)]) > 0.5
+
+
+def test_build_is_tracked_on_a_real_server(root, demo, tmp_path, tracked):
+    register_demo(demo, tmp_path, "paired", "pairs", "paired")
+    ds = builder.make("paired_001", datasource="pairs", settings=SMALL_TILES, progress=False)
+    client = MlflowClient(tracked)
+    exp = client.get_experiment_by_name("bpho-datasets")
+    runs = client.search_runs([exp.experiment_id], filter_string="tags.`bpho.dataset` = 'paired_001'")
+    run = next(r for r in runs if r.data.tags["bpho.dataset_digest"] == ds.digest)
+    tags = run.data.tags
+    assert tags["bpho.datasource"] == "pairs" and tags["bpho.datasource_digest"] == datasources.open("pairs").digest
+    assert tags["bpho.recipe"] == "paired_001"
+    assert run.data.params["recipe.tile_sizes"] == "64,128" and run.data.params["recipe.datasource"] == "pairs"
+    assert run.data.metrics["tiles_64_train"] == ds.manifest["tiles"]["64"]["train"]
+    inputs = {(i.dataset.name, i.dataset.digest) for i in run.inputs.dataset_inputs}
+    assert ("paired_001", ds.digest[:36]) in inputs and ("pairs", datasources.open("pairs").digest[:36]) in inputs
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"manifest.json", "qc", "previews"} <= artifacts
+
+
+def test_mlflow_run_make_dataset(root, demo, tmp_path, tracked):
+    register_demo(demo, tmp_path, "denoise", "demo_denoise", "denoise")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "make_dataset", "--env-manager", "local",
+         "-P", "dataset=denoise_001", "-P", "name=dn_run", "-P", "set=tile_sizes=32 tiles_per_image=3"],
+        capture_output=True, text=True, env=env, cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ds = builder.open("dn_run")
+    assert ds.tile_sizes == [32] and ds.manifest["parameters"]["tiles_per_image"] == 3
+    client = MlflowClient(tracked)
+    run = client.search_runs([client.get_experiment_by_name("Default").experiment_id],
+                             filter_string="tags.`bpho.dataset` = 'dn_run'")[0]
+    assert run.data.tags["mlflow.project.entryPoint"] == "make_dataset"  # the run `mlflow run` made, reused
+
+
+def test_recipe_overrides_and_validation():
+    loaded = recipe.load("paired_001")
+    r = recipe.with_overrides(loaded.recipe, ["tile_sizes=64,96", "register=false", "z=max", "percentile_low=1.5"])
+    assert r.tile_sizes == (64, 96) and r.register is False and r.z == "max" and r.percentile_low == 1.5
+    with pytest.raises(BphoError, match="tile_sizes"):
+        recipe.with_overrides(loaded.recipe, ["tile_sizes=30"]).validated()
+    with pytest.raises(BphoError, match="KEY=VALUE"):
+        recipe.with_overrides(loaded.recipe, ["tilesize=64"])
+    with pytest.raises(BphoError, match="not a valid int"):
+        recipe.with_overrides(loaded.recipe, ["seed=abc"])
+    assert {"paired_001", "movie_001", "denoise_001"} <= set(recipe.available())
+
+
+def _nothing_written(root: Path, name: str) -> bool:
+    base = root / "datasets"
+    return not base.exists() or not any(base.iterdir())
+
+
+@pytest.mark.parametrize("case", ["unknown_recipe", "missing_datasource", "tampered", "scale_mismatch",
+                                  "wrong_kind", "tile_too_big"])
+def test_bad_builds_give_one_line_and_write_nothing(root, demo, tmp_path, case):
+    ds = register_demo(demo, tmp_path, "paired", "pairs", "paired")
+    args = ["dataset", "make", "paired_001", "--datasource", "pairs", "--set", "tile_sizes=64"]
+    if case == "unknown_recipe":
+        args[2], needle = "paired_999", "paired_999"
+    elif case == "missing_datasource":
+        args[4], needle = "nothing_here", "nothing_here"
+    elif case == "tampered":
+        victim = ds.path / "paired/hr/field_001.czi"
+        os.chmod(victim, 0o644)
+        with open(victim, "ab") as fh:
+            fh.write(b"\x00")
+        needle = "field_001.czi"
+    elif case == "scale_mismatch":
+        args += ["--set", "scale=2"]
+        needle = "does not match scale=2"
+    elif case == "wrong_kind":
+        args[2], needle = "movie_001", "kind"
+    else:
+        args[-1], needle = "tile_sizes=512", "larger than the image"
+    proc = run_bpho(*args, root=root)
+    assert_one_line_error(proc, needle)
+    assert _nothing_written(root, "paired_001")
+
+
+def test_python_errors_for_missing_things(root):
+    with pytest.raises(NotFoundError):
+        builder.open("never_built")
+    with pytest.raises(NotFoundError):
+        builder.make("paired_001", datasource="absent", progress=False, track=False)
+
+
+def test_tampered_datasource_refused_in_python(root, demo, tmp_path):
+    ds = register_demo(demo, tmp_path, "hr_only", "hr", "hr")
+    (ds.path / "hr_only/field_000.czi").unlink()
+    with pytest.raises(IntegrityError, match="field_000.czi"):
+        builder.make("paired_001", datasource="hr", progress=False, track=False)
