@@ -32,7 +32,7 @@ import bpho
 from bpho import datasources, io, paths, tracking
 from bpho.datasets import recipe as recipes
 from bpho.datasets.recipe import Recipe
-from bpho.datasets.register import Registration, apply, normalize, percentile_range, register_pair, upsample
+from bpho.datasets.register import Registration, apply, downsample, normalize, percentile_range, register_pair
 from bpho.errors import BphoError, ConflictError, FileFormatError, NotFoundError
 
 
@@ -95,26 +95,29 @@ def _check_shapes(src: Source, lr: np.ndarray, hr: np.ndarray, r: Recipe) -> Non
 # --- tiles ------------------------------------------------------------------------------
 
 
-def tile_positions(content: np.ndarray, size: int, scale: int, margin: int, wanted: int, threshold: float,
+def content_table(content: np.ndarray) -> np.ndarray:
+    """Summed-area table of a boolean (Y, X) content image, padded with a zero row and column."""
+    return np.pad(content.cumsum(0, dtype=np.int32).cumsum(1, dtype=np.int32), ((1, 0), (1, 0)))
+
+
+def tile_positions(table: np.ndarray, size: int, scale: int, margin: int, wanted: int, threshold: float,
                    rng: np.random.Generator) -> np.ndarray:
     """Up to `wanted` HR tile origins (y, x), multiples of `scale`, whose content fraction
-    (mean of the boolean `content` image over the tile) is at least `threshold`.
-
-    Every grid position is scored at once with a summed-area table; the choice among the
+    (the mean of the content image over the tile, from its summed-area `table`) is at
+    least `threshold`. Every grid position is scored at once; the choice among the
     qualifying ones is random (seeded) and without repetition.
     """
-    h, w = content.shape
-    sat = np.pad(content.astype(np.float64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    h, w = table.shape[0] - 1, table.shape[1] - 1
     first = -(-margin // scale) * scale
     ys = np.arange(first, h - size - margin + 1, scale)
     xs = np.arange(first, w - size - margin + 1, scale)
     if ys.size == 0 or xs.size == 0:
         return np.zeros((0, 2), dtype=int)
     yy, xx = np.meshgrid(ys, xs, indexing="ij")
-    total = sat[yy + size, xx + size] - sat[yy, xx + size] - sat[yy + size, xx] + sat[yy, xx]
+    total = table[yy + size, xx + size] - table[yy, xx + size] - table[yy + size, xx] + table[yy, xx]
     ok = np.flatnonzero(total.ravel() / (size * size) >= threshold)
-    chosen = rng.choice(ok, size=min(wanted, ok.size), replace=False) if ok.size else ok
-    return np.stack([yy.ravel()[np.sort(chosen)], xx.ravel()[np.sort(chosen)]], axis=1)
+    chosen = np.sort(rng.choice(ok, size=min(wanted, ok.size), replace=False)) if ok.size else ok
+    return np.stack([yy.ravel()[chosen], xx.ravel()[chosen]], axis=1)
 
 
 class TileWriter:
@@ -177,21 +180,27 @@ def _overlay(lr_up: np.ndarray, hr: np.ndarray) -> np.ndarray:
     return np.stack([a, b, a], axis=-1)
 
 
-def save_qc(png: Path, key: str, lr_up: np.ndarray, hr: np.ndarray, reg: Optional[Registration]) -> None:
+def save_qc(png: Path, key: str, lr: np.ndarray, hr_before: np.ndarray, hr_after: np.ndarray, scale: int,
+            reg: Registration) -> None:
+    """LR (magenta) over HR (green), before and after registration, at most ~768 px wide.
+
+    Shown on the LR grid times k (LR pixels repeated, HR averaged), so the QC costs a
+    fraction of the build even for 2048 px images.
+    """
     plt = _plt()
-    step = max(1, max(hr.shape) // 768)
-    after = apply(lr_up[None], reg.shift)[0] if reg else lr_up
+    k = max(1, min(scale, 768 // max(lr.shape)))
+    lr_view = np.repeat(np.repeat(lr, k, axis=0), k, axis=1)
+    views = [downsample(h, scale // k) if scale // k > 1 else h for h in (hr_before, hr_after)]
     fig, axes = plt.subplots(1, 2, figsize=(10, 5.4))
-    for ax, img, title in ((axes[0], lr_up, "before"), (axes[1], after, "after registration")):
-        ax.imshow(_overlay(img, hr)[::step, ::step], interpolation="nearest")
+    for ax, hr_view, title in ((axes[0], views[0], "before"), (axes[1], views[1], "after registration")):
+        ax.imshow(_overlay(lr_view, hr_view), interpolation="nearest")
         ax.set_title(title)
         ax.axis("off")
-    if reg:
-        fig.suptitle(f"{key}: LR (magenta) on HR (green); shift dy={reg.shift[0]:+.2f} dx={reg.shift[1]:+.2f} HR px, "
-                     f"NCC {reg.score_before:.3f} -> {reg.score:.3f}", fontsize=10)
+    fig.suptitle(f"{key}: LR (magenta) on HR (green); shift dy={reg.shift[0]:+.2f} dx={reg.shift[1]:+.2f} HR px, "
+                 f"NCC {reg.score_before:.3f} -> {reg.score:.3f}", fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 0.95))
     png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png, dpi=90)
+    fig.savefig(png, dpi=72)
     plt.close(fig)
 
 
@@ -322,31 +331,33 @@ def _process(src: Source, r: Recipe, rng: np.random.Generator, tmp: Path, split:
         lr_mean, hr_mean = lr.mean(axis=0), hr.mean(axis=0)
         reg = register_pair(lr_mean, hr_mean, r.scale)
         record.update(shift_hr_px=list(reg.shift), score=reg.score, score_before=reg.score_before)
-        save_qc(tmp / "qc" / f"{src.key.replace('/', '__')}.png", src.key, upsample(lr_mean, r.scale), hr_mean, reg)
+        qc = tmp / "qc" / f"{src.key.replace('/', '__')}.png"
+        back = (-reg.shift[0], -reg.shift[1])  # moves HR onto LR
         if reg.score < r.min_registration_score:
+            save_qc(qc, src.key, lr_mean, hr_mean, apply(hr_mean[None], back)[0], r.scale, reg)
             record.update(included=False, reason=f"registration score {reg.score:.3f} < "
                                                  f"min_registration_score {r.min_registration_score}")
             return record, {}
         margin = reg.margin
         if r.align == "hr":
-            hr = apply(hr, (-reg.shift[0], -reg.shift[1]))
+            hr = apply(hr, back)
+            hr_after = hr.mean(axis=0)
         else:
             lr = apply(lr, (reg.shift[0] / r.scale, reg.shift[1] / r.scale))
+            hr_after = apply(hr_mean[None], back)[0]
+        save_qc(qc, src.key, lr_mean, hr_mean, hr_after, r.scale, reg)
     half = r.frames // 2
-    tiles = {}
-    for size in r.tile_sizes:
-        s = size // r.scale
-        lr_tiles, hr_tiles, rows = [], [], []
-        for t in range(half, lr.shape[0] - half):
-            pos = tile_positions(hr[t] > CONTENT_LEVEL, size, r.scale, margin, r.tiles_per_image,
-                                 r.content_threshold, rng)
-            for y, x in pos:
+    cut: Dict[int, Tuple[list, list, list]] = {size: ([], [], []) for size in r.tile_sizes}
+    for t in range(half, lr.shape[0] - half):
+        table = content_table(hr[t] > CONTENT_LEVEL)
+        for size, (lr_tiles, hr_tiles, rows) in cut.items():
+            s = size // r.scale
+            for y, x in tile_positions(table, size, r.scale, margin, r.tiles_per_image, r.content_threshold, rng):
                 ly, lx = y // r.scale, x // r.scale
                 lr_tiles.append(lr[t - half:t + half + 1, ly:ly + s, lx:lx + s])
                 hr_tiles.append(hr[t:t + 1, y:y + size, x:x + size])
                 rows.append((src.key, src.scene, t, int(y), int(x)))
-        if rows:
-            tiles[size] = (np.stack(lr_tiles), np.stack(hr_tiles), rows)
+    tiles = {size: (np.stack(a), np.stack(b), rows) for size, (a, b, rows) in cut.items() if rows}
     return record, tiles
 
 

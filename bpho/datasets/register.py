@@ -69,17 +69,19 @@ def register_pair(lr: np.ndarray, hr: np.ndarray, scale: int) -> Registration:
     Compared on the LR grid (HR averaged over LR pixels: no interpolation of the noisy LR):
     phase cross-correlation without phase normalisation (robust to photon noise) gives the
     shift to 1/100 LR pixel; it is then refined by maximising the normalised
-    cross-correlation (Powell), which on the demo pairs cut the worst error from 0.28 to
-    0.21 HR pixels (mean 0.08 -> 0.06).
+    cross-correlation on the interior both images cover (Powell; the HR is moved by a
+    Fourier shift). On the 8 default demo pairs the refinement cut the worst error from
+    0.28 to 0.21 HR pixels (mean 0.08 -> 0.06).
     """
     hr_on_lr = downsample(hr, scale)
     coarse, _, _ = phase_cross_correlation(hr_on_lr, lr, upsample_factor=100, normalization=None)
     coarse = np.asarray(coarse, dtype=float) * scale
     m = int(np.ceil((np.abs(coarse).max() + scale) / scale)) + 2
     inner = (slice(m, -m), slice(m, -m))
+    spectrum = np.fft.fft2(hr_on_lr)
 
     def score(shift) -> float:
-        moved = downsample(ndimage.shift(hr, -np.asarray(shift), order=3, mode="nearest"), scale)
+        moved = np.fft.ifft2(ndimage.fourier_shift(spectrum, -np.asarray(shift) / scale)).real
         return ncc(moved[inner], lr[inner])
 
     best = optimize.minimize(lambda s: -score(s), coarse, method="Powell",
