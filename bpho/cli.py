@@ -130,6 +130,26 @@ def _dataset_show(args) -> int:
     return 0
 
 
+def _train(args) -> int:
+    from bpho.train import TrainConfig, train
+
+    fields_ = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__ and v is not None}
+    if "decoder_widths" in fields_:
+        fields_["decoder_widths"] = tuple(int(w) for w in fields_["decoder_widths"].split(","))
+    result = train(TrainConfig(**fields_), resume=args.resume)
+    if result.registered_version:
+        print(f"run {result.run_id}: model registered as {result.registered_name} version {result.registered_version}"
+              f" (load it with mlflow.pyfunc.load_model('models:/{result.registered_name}/latest'))")
+        print(f"see it: mlflow ui --backend-store-uri {_tracking_hint()}")
+    return 0
+
+
+def _tracking_hint() -> str:
+    from bpho import tracking
+
+    return tracking.tracking_uri()
+
+
 def _tracking_uri(args) -> int:
     from bpho import tracking
 
@@ -206,6 +226,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("--json", action="store_true", help="print the whole manifest")
     p.set_defaults(func=_dataset_show)
+
+    p = sub.add_parser("train", help="train a U-Net on a dataset's tiles; logs and registers it in MLflow")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--tile-size", type=int, help="HR tile size (default: the dataset's smallest)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--encoder", help="any timm model with features_only (default resnet34)")
+    p.add_argument("--mode", choices=("pre", "lr"), help="pre: upsample LR first; lr: pixel-shuffle at the end")
+    p.add_argument("--frames", type=int, help="LR frames in (checked against the dataset)")
+    p.add_argument("--loss", choices=("l1", "mse", "l1+ssim"))
+    p.add_argument("--lr", type=float, help="peak learning rate of the one-cycle schedule")
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--amp", action="store_true", default=None, help="mixed precision (bf16, or fp16 with scaling)")
+    p.add_argument("--channels-last", action="store_true", default=None)
+    p.add_argument("--grad-checkpointing", action="store_true", default=None, help="recompute encoder activations")
+    p.add_argument("--accumulate", type=int, help="gradient accumulation steps (effective batch = batch x steps)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--panel-every", type=int, help="log an LR|bicubic|model|HR panel every N epochs")
+    p.add_argument("--decoder-widths", help="comma-separated decoder widths, e.g. 256,128,64,32,16")
+    p.add_argument("--encoder-weights", help="a local weights file for the encoder (nothing is downloaded)")
+    p.add_argument("--model-name", help="registered model name (default bpho-<dataset>)")
+    p.add_argument("--resume", metavar="RUN_ID", help="continue a killed run from its last checkpoint")
+    p.set_defaults(func=_train)
 
     p = sub.add_parser("tracking-uri", help="print the MLflow tracking URI bpho uses (for `mlflow ui`)")
     p.set_defaults(func=_tracking_uri)

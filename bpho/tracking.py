@@ -1,7 +1,7 @@
 """The one place that talks to MLflow.
 
-Tracking goes to `MLFLOW_TRACKING_URI` when it is set (the team's server), else to the
-embedded SQLite store ``$BPHO_ROOT/mlflow.db`` with artifacts in ``$BPHO_ROOT/mlartifacts``
+Tracking (and the model registry) goes to `MLFLOW_TRACKING_URI` when it is set (the
+team's server), else to the embedded SQLite store ``$BPHO_ROOT/mlflow.db`` with artifacts in ``$BPHO_ROOT/mlartifacts``
 (works with no server). Under ``mlflow run`` the run MLflow created is reused.
 """
 
@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Dict, Iterable, Iterator, Optional
 
 from bpho import paths
+from bpho.errors import BphoError
 
 DATASETS_EXPERIMENT = "bpho-datasets"
 
@@ -30,7 +31,9 @@ def tracking_uri() -> str:
 def _mlflow():
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri())
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)  # models are registered where the runs go
     return mlflow
 
 
@@ -56,11 +59,17 @@ def git_commit() -> Optional[str]:
 
 
 @contextmanager
-def run(experiment: str, run_name: str, tags: Optional[Dict[str, str]] = None) -> Iterator[object]:
-    """Start (or, under ``mlflow run``, continue) a run; yields the active mlflow.ActiveRun."""
+def run(experiment: str, run_name: str, tags: Optional[Dict[str, str]] = None,
+        run_id: Optional[str] = None) -> Iterator[object]:
+    """Start a run, continue `run_id` (resume), or under ``mlflow run`` use the run it made;
+    yields the active mlflow.ActiveRun."""
     mlflow = _mlflow()
-    if os.environ.get("MLFLOW_RUN_ID"):
-        active = mlflow.start_run(run_id=os.environ["MLFLOW_RUN_ID"])
+    run_id = run_id or os.environ.get("MLFLOW_RUN_ID")
+    if run_id:
+        try:
+            active = mlflow.start_run(run_id=run_id)
+        except mlflow.exceptions.MlflowException as exc:
+            raise BphoError(f"run {run_id}: cannot continue it on {tracking_uri()} ({exc.message})") from None
     else:
         active = mlflow.start_run(experiment_id=_experiment_id(mlflow, experiment), run_name=run_name)
     with active:
@@ -100,3 +109,44 @@ def log_dataset_input(name: str, digest: str, location: Path, context: str,
         warnings.simplefilter("ignore")
         source = resolve_dataset_source(str(location))
     mlflow.log_input(MetaDataset(source, name=name, digest=digest[:36]), context=context, tags=tags)
+
+
+def log_missing_epoch(metrics: Dict[str, float], epoch: int, key: str = "valid_psnr") -> None:
+    """On resume: log the last checkpointed epoch's metrics if the kill came before they were
+    logged, so the history has no gap (and, since they are checked first, no duplicate)."""
+    import mlflow
+
+    if not metrics or epoch < 0:
+        return
+    run_id = mlflow.active_run().info.run_id
+    steps = {m.step for m in mlflow.MlflowClient().get_metric_history(run_id, key)}
+    if epoch not in steps:
+        log_metrics(metrics, step=epoch)
+
+
+def _requirements() -> list:
+    import numpy
+    import safetensors
+    import timm
+    import torch
+
+    return [f"torch>={torch.__version__.split('+')[0]}", f"timm>={timm.__version__}",
+            f"safetensors>={safetensors.__version__}", f"numpy>={numpy.__version__}"]
+
+
+def log_model(folder: Path, registered_name: Optional[str]) -> Optional[str]:
+    """Log a bpho model folder as an MLflow pyfunc from code (bpho/serving/pyfunc_model.py,
+    nothing pickled) with bpho's code beside it, and register it. Returns the version."""
+    import mlflow
+
+    package = Path(__file__).resolve().parent
+    info = mlflow.pyfunc.log_model(
+        name="model",
+        python_model=str(package / "serving" / "pyfunc_model.py"),
+        artifacts={"model_dir": str(folder)},
+        code_paths=[str(package)],
+        pip_requirements=_requirements(),
+        registered_model_name=registered_name,
+    )
+    version = getattr(info, "registered_model_version", None)
+    return str(version) if version is not None else None

@@ -15,6 +15,17 @@ SMALL = DemoConfig(seed=7, paired_fields=3, paired_size=256, movies=1, movie_fra
                    hr_only_fields=2, denoise_fields=2, denoise_size=64)
 
 
+@pytest.fixture(autouse=True)
+def _mlflow_env_restored(monkeypatch):
+    """mlflow.set_tracking_uri / set_registry_uri write os.environ; undo that after each test."""
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"):
+        if var in os.environ:
+            monkeypatch.setenv(var, os.environ[var])
+        else:  # set first, so that teardown removes whatever MLflow sets during the test
+            monkeypatch.setenv(var, "")
+            monkeypatch.delenv(var)
+
+
 @pytest.fixture
 def root(tmp_path, monkeypatch) -> Path:
     """A fresh BPHO_ROOT for one test."""

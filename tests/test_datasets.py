@@ -130,7 +130,7 @@ def test_movie_and_denoise_recipes(root, demo, tmp_path):
 def test_build_is_tracked_on_a_real_server(root, demo, tmp_path, tracked):
     register_demo(demo, tmp_path, "paired", "pairs", "paired")
     ds = builder.make("paired_001", datasource="pairs", settings=SMALL_TILES, progress=False)
-    client = MlflowClient(tracked)
+    client = MlflowClient(tracked, registry_uri=tracked)
     exp = client.get_experiment_by_name("bpho-datasets")
     runs = client.search_runs([exp.experiment_id], filter_string="tags.`bpho.dataset` = 'paired_001'")
     run = next(r for r in runs if r.data.tags["bpho.dataset_digest"] == ds.digest)
@@ -156,7 +156,7 @@ def test_mlflow_run_make_dataset(root, demo, tmp_path, tracked):
     assert proc.returncode == 0, proc.stderr[-3000:]
     ds = builder.open("dn_run")
     assert ds.tile_sizes == [32] and ds.manifest["parameters"]["tiles_per_image"] == 3
-    client = MlflowClient(tracked)
+    client = MlflowClient(tracked, registry_uri=tracked)
     run = client.search_runs([client.get_experiment_by_name("Default").experiment_id],
                              filter_string="tags.`bpho.dataset` = 'dn_run'")[0]
     assert run.data.tags["mlflow.project.entryPoint"] == "make_dataset"  # the run `mlflow run` made, reused

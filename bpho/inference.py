@@ -1,0 +1,172 @@
+"""A trained model as a callable on whole images: normalisation, tiling with overlap, blending.
+
+Arrays: an LR image is (Y, X); an LR stack is (T, Y, X) (time-lapse frames). Outputs are
+float32, `scale` times larger, in the input's intensity units: the LR is normalised by its
+own percentiles (the dataset's `percentile_low/high`), the network predicts normalised HR,
+and the result is mapped back with the same two values.
+
+A model folder holds ``weights.safetensors`` (tensors only: nothing is unpickled) and
+``bpho_model.json`` (network config, normalisation, dataset lineage).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional
+
+import numpy as np
+import torch
+
+from bpho.errors import BphoError
+from bpho.models import build_model
+
+WEIGHTS, META = "weights.safetensors", "bpho_model.json"
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise BphoError("--device cuda: no CUDA device is available here; use --device cpu or auto")
+    return torch.device(device)
+
+
+def save_model(folder: Path, net: torch.nn.Module, meta: dict) -> Path:
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    save_file(state, str(folder / WEIGHTS))
+    (folder / META).write_text(json.dumps(meta, indent=2))
+    return folder
+
+
+def _blend_window(n: int, ramp: int) -> np.ndarray:
+    """1 in the middle, linear ramps of length `ramp` at both ends (never 0)."""
+    w = np.ones(n, np.float32)
+    if ramp > 0:
+        r = (np.arange(ramp, dtype=np.float32) + 1) / (ramp + 1)
+        w[:ramp], w[-ramp:] = np.minimum(w[:ramp], r), np.minimum(w[-ramp:], r[::-1])
+    return w
+
+
+def _starts(n: int, tile: int, step: int) -> list:
+    if n <= tile:
+        return [0]
+    starts = list(range(0, n - tile, step)) + [n - tile]
+    return sorted(set(starts))
+
+
+@dataclass
+class SuperResolver:
+    """A loaded bpho model. `tile` and `overlap` are in LR pixels."""
+
+    net: torch.nn.Module
+    meta: dict
+    device: torch.device
+    tile: int = 128
+    overlap: int = 16
+    batch: int = 4
+    half: bool = False
+
+    @property
+    def scale(self) -> int:
+        return int(self.meta["model"]["scale"])
+
+    @property
+    def frames(self) -> int:
+        return int(self.meta["model"]["frames"])
+
+    def _normalisation(self, data: np.ndarray):
+        p = self.meta["normalization"]
+        lo, hi = np.percentile(data, (p["percentile_low"], p["percentile_high"]))
+        if not np.isfinite([lo, hi]).all():
+            raise BphoError("the input holds NaN or infinite values")
+        return float(lo), float(max(hi - lo, 1e-6))
+
+    @torch.no_grad()
+    def predict_normalized(self, window: np.ndarray) -> np.ndarray:
+        """(frames, h, w) normalised LR -> (h*scale, w*scale) normalised HR, tiled and blended."""
+        f, h, w = window.shape
+        s, tile = self.scale, self.tile
+        step = max(tile - self.overlap, 1)
+        out = np.zeros((h * s, w * s), np.float32)
+        weight = np.zeros_like(out)
+        boxes = [(y, x) for y in _starts(h, tile, step) for x in _starts(w, tile, step)]
+        th, tw = min(tile, h), min(tile, w)
+        wy, wx = _blend_window(th * s, self.overlap * s // 2), _blend_window(tw * s, self.overlap * s // 2)
+        win = np.outer(wy, wx)
+        dtype = torch.float16 if self.half else torch.float32
+        for i in range(0, len(boxes), self.batch):
+            chunk = boxes[i:i + self.batch]
+            x = torch.from_numpy(np.stack([window[:, y:y + th, x0:x0 + tw] for y, x0 in chunk]))
+            pred = self.net(x.to(self.device, dtype)).float().cpu().numpy()[:, 0]
+            for (y, x0), p in zip(chunk, pred):
+                out[y * s:(y + th) * s, x0 * s:(x0 + tw) * s] += p * win
+                weight[y * s:(y + th) * s, x0 * s:(x0 + tw) * s] += win
+        return out / weight
+
+    def predict_image(self, image: np.ndarray) -> np.ndarray:
+        """(Y, X) LR in any dtype -> (Y*scale, X*scale) float32 HR in the input's units."""
+        image = np.asarray(image, dtype=np.float32)
+        if image.ndim != 2:
+            raise BphoError(f"expected a 2D image, got shape {image.shape}")
+        lo, rng = self._normalisation(image)
+        window = np.repeat(((image - lo) / rng)[None], self.frames, axis=0)
+        return self.predict_normalized(window) * rng + lo
+
+    def predict_frames(self, stack: np.ndarray) -> Iterator[np.ndarray]:
+        """(T, Y, X) LR -> HR frames one at a time (memory stays bounded for long movies).
+
+        A multi-frame model sees frames t-2..t+2 (its window), with the edges padded by
+        reflection; a single-frame model sees frame t. One normalisation for the whole stack.
+        """
+        stack = np.asarray(stack)
+        if stack.ndim != 3:
+            raise BphoError(f"expected a (T, Y, X) stack, got shape {stack.shape}")
+        lo, rng = self._normalisation(stack)
+        half = self.frames // 2
+        t_total = stack.shape[0]
+        for t in range(t_total):
+            idx = [_reflect(i, t_total) for i in range(t - half, t + half + 1)]
+            window = (stack[idx].astype(np.float32) - lo) / rng
+            yield self.predict_normalized(window) * rng + lo
+
+    def predict(self, data: np.ndarray) -> np.ndarray:
+        """A (Y, X) image -> (Y*s, X*s); a (T, Y, X) stack -> (T, Y*s, X*s)."""
+        data = np.asarray(data)
+        if data.ndim == 2:
+            if self.frames > 1:
+                raise BphoError(f"this model takes {self.frames} frames: give a (T, Y, X) stack")
+            return self.predict_image(data)
+        return np.stack(list(self.predict_frames(data)))
+
+
+def _reflect(i: int, n: int) -> int:
+    if n == 1:
+        return 0
+    period = 2 * (n - 1)
+    i = i % period
+    return i if i < n else period - i
+
+
+def load_model(folder: Path, device: str = "auto", **options) -> SuperResolver:
+    """Rebuild the network from its saved config and load its weights (safetensors only)."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    try:
+        meta = json.loads((folder / META).read_text())
+        state = load_file(str(folder / WEIGHTS))
+    except (OSError, ValueError) as exc:
+        raise BphoError(f"{folder}: not a bpho model folder ({exc})") from None
+    net = build_model(meta["model"])
+    net.load_state_dict(state)
+    dev = pick_device(device)
+    half = bool(options.pop("half", False)) and dev.type == "cuda"
+    net = net.to(dev).eval()
+    if half:
+        net = net.half()
+    return SuperResolver(net=net, meta=meta, device=dev, half=half, **options)

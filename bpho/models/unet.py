@@ -1,0 +1,141 @@
+"""U-Net whose encoder is any timm model with `features_only`, for super-resolution.
+
+Tensors are (N, C, H, W) float. Input channels are LR frames (1, or 5 for t-2..t+2); the
+output is one HR channel, `scale` times larger. Two input modes:
+
+- ``pre``: the LR is upsampled bilinearly to the HR grid first and the U-Net runs at HR
+  size (the classic point-scanning super-resolution recipe);
+- ``lr``: the U-Net runs at LR size and a learned pixel-shuffle head upsamples by
+  `scale` at the end (scale^2 fewer pixels through the network).
+
+Both predict a residual over the bilinear upsampling of the centre frame. Any input size
+works: the input is padded (reflect) to a multiple of the encoder stride and cropped back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Optional, Tuple
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bpho.errors import BphoError
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """Everything needed to rebuild the network; saved next to the weights."""
+
+    encoder: str = "resnet34"
+    scale: int = 4
+    frames: int = 1
+    mode: str = "lr"
+    decoder_widths: Tuple[int, ...] = (256, 128, 64, 32, 16)
+    encoder_weights: Optional[str] = None  # a local timm checkpoint file; never downloaded
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "UNetConfig":
+        d = dict(d)
+        d["decoder_widths"] = tuple(d.get("decoder_widths", cls.decoder_widths))
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+def _conv(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class _Up(nn.Module):
+    def __init__(self, cin: int, cskip: int, cout: int):
+        super().__init__()
+        self.block = nn.Sequential(_conv(cin + cskip, cout), _conv(cout, cout))
+
+    def forward(self, x, skip):
+        x = F.interpolate(x, size=skip.shape[-2:], mode="nearest")
+        return self.block(torch.cat([x, skip], dim=1))
+
+
+class UNet(nn.Module):
+    def __init__(self, config: UNetConfig):
+        super().__init__()
+        if config.mode not in ("pre", "lr"):
+            raise BphoError(f"model mode {config.mode!r}: use 'pre' or 'lr'")
+        if not timm.is_model(config.encoder):
+            raise BphoError(f"encoder {config.encoder!r} is not a timm model; e.g. resnet18, resnet34, efficientnet_b0")
+        self.config = config
+        try:
+            self.encoder = timm.create_model(config.encoder, features_only=True, pretrained=False,
+                                             in_chans=config.frames)
+        except (RuntimeError, TypeError, ValueError) as exc:
+            raise BphoError(f"encoder {config.encoder!r} cannot give features for a U-Net: {exc}") from None
+        if config.encoder_weights:
+            _load_encoder_weights(self.encoder, config.encoder_weights)
+        chans = self.encoder.feature_info.channels()
+        self.stride = max(self.encoder.feature_info.reduction())
+        widths = list(config.decoder_widths)[: len(chans)]
+        widths += [widths[-1]] * (len(chans) - len(widths))
+        ups, cin = [], chans[-1]
+        for cskip, cout in zip(list(reversed(chans[:-1])) + [config.frames], widths):
+            ups.append(_Up(cin, cskip, cout))
+            cin = cout
+        self.decoder = nn.ModuleList(ups)
+        if config.mode == "lr" and config.scale > 1:
+            self.head = nn.Sequential(nn.Conv2d(cin, cin * config.scale**2, 3, padding=1), nn.PixelShuffle(config.scale),
+                                      nn.ReLU(inplace=True), nn.Conv2d(cin, 1, 3, padding=1))
+        else:
+            self.head = nn.Conv2d(cin, 1, 3, padding=1)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.encoder.set_grad_checkpointing(enable)
+
+    def forward(self, lr: torch.Tensor) -> torch.Tensor:
+        """(N, frames, h, w) normalised LR -> (N, 1, h*scale, w*scale) normalised HR."""
+        s = self.config.scale
+        centre = lr[:, lr.shape[1] // 2: lr.shape[1] // 2 + 1]
+        base = F.interpolate(centre, scale_factor=s, mode="bilinear", align_corners=False) if s > 1 else centre
+        x = F.interpolate(lr, scale_factor=s, mode="bilinear", align_corners=False) \
+            if self.config.mode == "pre" and s > 1 else lr
+        h, w = x.shape[-2:]
+        ph, pw = (-h) % self.stride, (-w) % self.stride
+        if ph or pw:
+            mode = "reflect" if ph < h and pw < w else "replicate"
+            x = F.pad(x, (0, pw, 0, ph), mode=mode)
+        feats = self.encoder(x)
+        y = feats[-1]
+        for up, skip in zip(self.decoder, list(reversed(feats[:-1])) + [x]):
+            y = up(y, skip)
+        out = self.head(y)
+        grow = s if self.config.mode == "lr" else 1
+        return out[..., : h * grow, : w * grow] + base
+
+
+def _load_encoder_weights(encoder: nn.Module, path: str) -> None:
+    """Local weights only (safetensors, or a tensor-only torch file); nothing is downloaded."""
+    try:
+        if str(path).endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            state = load_file(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError) as exc:
+        raise BphoError(f"{path}: cannot load encoder weights ({exc})") from None
+    missing, _ = encoder.load_state_dict(state, strict=False)
+    if len(missing) == len(encoder.state_dict()):
+        raise BphoError(f"{path}: no tensor of these weights matches the encoder")
+
+
+MODELS = {"unet": UNet}
+
+
+def build_model(config: dict | UNetConfig, name: str = "unet") -> nn.Module:
+    """Build a network by registry name from a plain config dict (or a UNetConfig)."""
+    if name not in MODELS:
+        raise BphoError(f"model {name!r} is unknown; available: {', '.join(MODELS)}")
+    cfg = config if isinstance(config, UNetConfig) else UNetConfig.from_dict(config)
+    return MODELS[name](cfg)

@@ -1,0 +1,1 @@
+"""What MLflow loads: the pyfunc model file (logged as code, not pickled)."""
