@@ -28,7 +28,8 @@ demo: install
 	$(BIN)/bpho datasource list
 	test -d $(BPHO_ROOT)/datasets/paired_001 || $(BIN)/bpho dataset make paired_001
 	$(BIN)/bpho dataset list
-	@echo "See the runs: $(BIN)/mlflow ui --backend-store-uri $$($(BIN)/bpho tracking-uri)"
+	$(BIN)/bpho train --dataset paired_001 --tile-size 128 --epochs 10
+	@echo "See the runs and the registered model: $(BIN)/mlflow ui --backend-store-uri $$($(BIN)/bpho tracking-uri)"
 
 test: install
 	$(BIN)/python -m pytest -q

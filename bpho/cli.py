@@ -140,14 +140,10 @@ def _train(args) -> int:
     if result.registered_version:
         print(f"run {result.run_id}: model registered as {result.registered_name} version {result.registered_version}"
               f" (load it with mlflow.pyfunc.load_model('models:/{result.registered_name}/latest'))")
-        print(f"see it: mlflow ui --backend-store-uri {_tracking_hint()}")
+        from bpho import tracking
+
+        print(f"see it: mlflow ui --backend-store-uri {tracking.tracking_uri()}")
     return 0
-
-
-def _tracking_hint() -> str:
-    from bpho import tracking
-
-    return tracking.tracking_uri()
 
 
 def _tracking_uri(args) -> int:
