@@ -13,7 +13,7 @@ import warnings
 from dataclasses import fields
 from typing import List, Optional
 
-from bpho.errors import BphoError
+from bpho.errors import BphoError, BphoWarning
 
 
 def _demo_data(args) -> int:
@@ -146,6 +146,35 @@ def _train(args) -> int:
     return 0
 
 
+def _evaluate(args) -> int:
+    from bpho.evaluate import evaluate
+
+    result = evaluate(args.model, dataset=args.dataset, datasource=args.datasource, out_dir=args.out,
+                      device=args.device)
+    s = result["summary"]
+    print(f"evaluated {args.model} on {result['images']} image(s); table and figures in {result['out']}")
+    print(f"{'method':10s} {'PSNR':>7s} {'SSIM':>6s} {'MS-SSIM':>8s} {'NRMSE':>7s} {'FRC nm':>7s}")
+    fmt = lambda v, f: format(v, f) if v is not None else "-"  # noqa: E731
+    for method in ("model", "bicubic", "bilinear", "nearest"):
+        m = s[method]
+        print(f"{method:10s} {fmt(m['psnr'], '7.2f')} {fmt(m['ssim'], '6.3f')} {fmt(m['ms_ssim'], '8.3f')} "
+              f"{fmt(m['nrmse'], '7.4f')} {fmt(m['frc_nm'], '7.0f')}")
+    for k in ("psnr", "ssim"):
+        g = s[f"gain_{k}"]
+        print(f"gain over bicubic, {k.upper()}: {g['mean']:+.3f} (95% CI {g['ci95_low']:+.3f} .. {g['ci95_high']:+.3f})")
+    return 0
+
+
+def _predict(args) -> int:
+    from bpho.predict import predict_files
+
+    written = predict_files(args.model, args.inputs, args.out, device=args.device, tile=args.tile,
+                            overlap=args.overlap, batch=args.batch, half=args.half)
+    for path in written:
+        print(path)
+    return 0
+
+
 def _tracking_uri(args) -> int:
     from bpho import tracking
 
@@ -247,6 +276,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN_ID", help="continue a killed run from its last checkpoint")
     p.set_defaults(func=_train)
 
+    p = sub.add_parser("evaluate", help="PSNR/SSIM/FRC of a model against nearest/bilinear/bicubic on full images")
+    p.add_argument("--model", required=True, help="runs:/ID/model, models:/NAME/VERSION or models:/NAME/latest")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--dataset", help="its validation images")
+    where.add_argument("--datasource", help="a paired datasource of full images never used in training")
+    p.add_argument("--out", help="folder for evaluation.csv and the figures (default: a temporary folder)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("predict", help="LR images / stacks / movies (CZI, TIFF) to HR ImageJ TIFF")
+    p.add_argument("--model", required=True, help="runs:/ID/model, models:/NAME/VERSION or models:/NAME/latest")
+    p.add_argument("inputs", nargs="+")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--tile", type=int, default=128, help="LR tile side in pixels")
+    p.add_argument("--overlap", type=int, default=16, help="LR pixels of overlap between tiles")
+    p.add_argument("--batch", type=int, default=4, help="tiles per forward pass")
+    p.add_argument("--half", action="store_true", help="fp16 inference (CUDA only)")
+    p.set_defaults(func=_predict)
+
     p = sub.add_parser("tracking-uri", help="print the MLflow tracking URI bpho uses (for `mlflow ui`)")
     p.set_defaults(func=_tracking_uri)
     return parser
@@ -257,7 +306,7 @@ def _one_line_warnings() -> None:
     default = warnings.formatwarning
 
     def fmt(message, category, *args, **kwargs):
-        if category.__name__ == "BphoWarning":
+        if issubclass(category, BphoWarning):
             return f"bpho: warning: {message}\n"
         return default(message, category, *args, **kwargs)
 

@@ -147,17 +147,12 @@ def _match_pairs(kind: str, rels: List[str]) -> List[dict]:
 
 def _describe(rel: str, path: Path) -> dict:
     """A manifest entry; reading every scene in full checks that the file decodes."""
-    entry = {"path": rel, "size": path.stat().st_size, "sha256": sha256_file(path)}
-    scenes = []
-    for img in io.read_scenes(path):
-        scenes.append(img)
-        entry.setdefault("shape", list(img.shape))
-        entry.setdefault("dtype", str(img.data.dtype))
-        entry.setdefault("axes", "TCZYX")
-        entry.setdefault("axes_source", img.axes_source)
-        entry.setdefault("pixel_size_um", list(img.pixel_size))
-        del img.data  # one scene in memory at a time
-    entry["scenes"] = len(scenes)
+    entry = {"path": rel, "size": path.stat().st_size, "sha256": sha256_file(path), "scenes": 0}
+    for img in io.read_scenes(path):  # one scene in memory at a time
+        if entry["scenes"] == 0:
+            entry.update(shape=list(img.shape), dtype=str(img.data.dtype), axes="TCZYX",
+                         axes_source=img.axes_source, pixel_size_um=list(img.pixel_size))
+        entry["scenes"] += 1
     return entry
 
 

@@ -27,3 +27,7 @@ class IntegrityError(BphoError):
 
 class ConflictError(BphoError):
     """An operation that would overwrite something that must stay as it is."""
+
+
+class BphoWarning(UserWarning):
+    """Something the user should know that does not stop the work (e.g. an excluded pair)."""

@@ -150,3 +150,19 @@ def log_model(folder: Path, registered_name: Optional[str]) -> Optional[str]:
     )
     version = getattr(info, "registered_model_version", None)
     return str(version) if version is not None else None
+
+
+def download_model(uri: str) -> Path:
+    """The local folder of a logged bpho model (``runs:/..``, ``models:/NAME/VERSION|latest``)."""
+    import mlflow
+
+    _mlflow()
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(uri))
+    except Exception as exc:  # MLflow raises several types for a missing run/model/version
+        message = getattr(exc, "message", str(exc)).splitlines()[0]
+        raise BphoError(f"model {uri}: not found on {tracking_uri()} ({message})") from None
+    found = next(local.rglob("bpho_model.json"), None)
+    if found is None:
+        raise BphoError(f"model {uri}: not a bpho model (no bpho_model.json in it)")
+    return found.parent

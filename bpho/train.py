@@ -17,6 +17,7 @@ import json
 import math
 import os
 import tempfile
+import warnings
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,7 +30,7 @@ from tqdm import tqdm
 
 from bpho import paths, tracking
 from bpho.datasets import builder
-from bpho.errors import BphoError, NotFoundError
+from bpho.errors import BphoError, BphoWarning, NotFoundError
 from bpho.inference import pick_device, save_model
 from bpho.models import UNetConfig, build_model
 
@@ -249,6 +250,8 @@ def _dataset_tiles(cfg: TrainConfig):
     if len(lr_tr) == 0:
         raise BphoError(f"dataset {cfg.dataset!r} has no training tiles of size {size}")
     if len(lr_va) == 0:  # no held-out source: validate on training tiles, and say so
+        warnings.warn(f"dataset {cfg.dataset!r} has no validation tiles of size {size}: the valid_* metrics "
+                      "are measured on training tiles", BphoWarning, stacklevel=2)
         lr_va, hr_va = lr_tr, hr_tr
     frames = lr_tr.shape[1]
     if cfg.frames is not None and cfg.frames != frames:

@@ -15,9 +15,8 @@ from mlflow import MlflowClient
 
 from bpho import datasources
 from bpho.datasets import builder, recipe
-from bpho.datasets.builder import BphoWarning
 from bpho.datasets.register import downsample, ncc, register_pair
-from bpho.errors import BphoError, IntegrityError, NotFoundError
+from bpho.errors import BphoError, BphoWarning, IntegrityError, NotFoundError
 from bpho.synthetic import DemoConfig, make_demo_data
 
 from conftest import assert_one_line_error, register_demo, run_bpho

@@ -33,17 +33,13 @@ from bpho import datasources, io, paths, tracking
 from bpho.datasets import recipe as recipes
 from bpho.datasets.recipe import Recipe
 from bpho.datasets.register import Registration, apply, downsample, normalize, percentile_range, register_pair
-from bpho.errors import BphoError, ConflictError, FileFormatError, NotFoundError
+from bpho.errors import BphoError, BphoWarning, ConflictError, FileFormatError, NotFoundError
 
 
 MANIFEST = "manifest.json"
 SPLITS = ("train", "valid")
 CONTENT_LEVEL = 0.2  # a pixel counts as content above this normalised HR intensity
 _DIGEST_EXCLUDES = ("name", "created", "git_commit", "digest")
-
-
-class BphoWarning(UserWarning):
-    """Something the user should know that does not stop the work (e.g. an excluded pair)."""
 
 
 # --- reading one source image ---------------------------------------------------------

@@ -1,0 +1,179 @@
+"""Metrics against reference implementations, FRC, evaluate on demo pairs, predict on real CZI movies."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from mlflow import MlflowClient
+from pylibCZIrw import czi as pyczi
+from scipy import ndimage
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+from bpho import io, metrics
+from bpho.datasets import builder
+from bpho.inference import load_model
+from bpho.tracking import download_model
+from bpho.train import TrainConfig, train
+
+from conftest import assert_one_line_error, register_demo, run_bpho
+
+NET = dict(encoder="resnet18", decoder_widths=(32, 16, 16, 8, 8), batch_size=8)
+
+
+@pytest.fixture(scope="module")
+def trained(demo, mlflow_server, tmp_path_factory):
+    """A BPHO_ROOT with demo datasets and two small models registered on the real server."""
+    root = tmp_path_factory.mktemp("eval-root")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BPHO_ROOT", str(root))
+        mp.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+        register_demo(demo, root, "paired", "pairs", "paired")
+        register_demo(demo, root, "movie", "demo_movie", "movie")
+        builder.make("paired_001", datasource="pairs", name="ev", progress=False, track=False,
+                     settings=["tile_sizes=64", "tiles_per_image=40", "valid_fraction=0.34"])
+        builder.make("movie_001", name="ev_movie", progress=False, track=False,
+                     settings=["tile_sizes=32", "tiles_per_image=4", "valid_fraction=0"])
+        single = train(TrainConfig(dataset="ev", epochs=2, model_name="ev-single", **NET), progress=False)
+        movie = train(TrainConfig(dataset="ev_movie", epochs=1, model_name="ev-movie", **NET), progress=False)
+    return {"root": root, "server": mlflow_server, "single": single, "movie": movie}
+
+
+@pytest.fixture
+def env(trained, monkeypatch):
+    monkeypatch.setenv("BPHO_ROOT", str(trained["root"]))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", trained["server"])
+    return trained
+
+
+def test_metrics_agree_with_scikit_image(demo):
+    hr = io.read(demo / "paired/hr/field_000.czi").data[0, 0, 0].astype(float)
+    rng = np.random.default_rng(0)
+    for pred in (ndimage.gaussian_filter(hr, 2) + rng.normal(0, 5, hr.shape), hr + rng.normal(0, 20, hr.shape), hr[::-1]):
+        m = metrics.compare(pred, hr)
+        p, t = metrics.prepare(pred, hr)
+        # stated tolerance: 1e-3 dB PSNR, 1e-4 SSIM (same inputs, same Gaussian window)
+        assert m["psnr"] == pytest.approx(peak_signal_noise_ratio(t, p, data_range=1), abs=1e-3)
+        ref = structural_similarity(t, p, data_range=1, gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
+        assert m["ssim"] == pytest.approx(ref, abs=1e-4)
+        assert 0 <= m["ms_ssim"] <= 1 and m["nrmse"] == pytest.approx(np.sqrt(np.mean((p - t) ** 2)))
+    assert np.isnan(metrics.compare(hr[:100, :100], hr[:100, :100])["ms_ssim"])  # too small for 5 scales
+
+
+def test_intensity_shift_is_not_a_resolution_gain(demo):
+    hr = io.read(demo / "paired/hr/field_000.czi").data[0, 0, 0].astype(float)
+    same = metrics.compare(3.0 * hr + 500, hr)
+    blurred = metrics.compare(ndimage.gaussian_filter(hr, 3), hr)
+    assert same["psnr"] > 60 and same["ssim"] > 0.999
+    assert blurred["psnr"] < same["psnr"] - 20
+
+
+def test_frc_finite_and_worse_after_blurring():
+    from bpho.synthetic import AIRYSCAN, blur_and_bin, random_tubes, render_scene
+
+    rng = np.random.default_rng(3)
+    fine = AIRYSCAN.pixel_um / 2
+    scene = render_scene(random_tubes(rng, 512 * fine), (512, 512), fine, rng)
+    obj = blur_and_bin(scene, fine, AIRYSCAN)  # the noise-free image; each acquisition adds its own noise
+    obj = 30 * obj / np.percentile(obj, 99.9)
+    sharp = metrics.frc(rng.poisson(obj), rng.poisson(obj))
+    soft_obj = ndimage.gaussian_filter(obj, 4)
+    soft = metrics.frc(rng.poisson(soft_obj), rng.poisson(soft_obj))
+    assert sharp.resolution_px is not None and soft.resolution_px is not None
+    assert soft.resolution_px > 1.3 * sharp.resolution_px
+    assert sharp.resolution_nm(0.035) == pytest.approx(sharp.resolution_px * 35)
+    single = metrics.frc_single(rng.poisson(obj).astype(float))
+    assert single.resolution_px is not None and np.isfinite(single.curve).all()
+
+
+def test_evaluate_logs_table_figures_and_links(env, tmp_path):
+    single = env["single"]
+    out = tmp_path / "eval"
+    proc = run_bpho("evaluate", "--model", "models:/ev-single/latest", "--dataset", "ev", "--out", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "gain over bicubic, PSNR" in proc.stdout
+    with open(out / "evaluation.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    valid = [r["source"] for r in builder.open("ev").manifest["sources"] if r["split"] == "valid"]
+    assert {r["image"] for r in rows} == set(valid)
+    assert {r["method"] for r in rows} == {"model", "nearest", "bilinear", "bicubic"}
+    assert all(np.isfinite(float(r["psnr"])) and float(r["frc_nm"]) > 0 for r in rows)
+    pngs = {p.name for p in out.glob("*.png")}
+    assert {"crops_00.png", "error_00.png", "frc_00.png"} <= pngs
+    client = MlflowClient(env["server"], registry_uri=env["server"])
+    exp = client.get_experiment_by_name("bpho-evaluate")
+    run = client.search_runs([exp.experiment_id], filter_string="tags.`bpho.model_uri` = 'models:/ev-single/latest'")[0]
+    assert run.data.tags["bpho.model_run_id"] == single.run_id
+    assert run.data.tags["bpho.dataset_digest"] == builder.open("ev").digest
+    assert "model_psnr" in run.data.metrics and "gain_psnr_ci95_low" in run.data.metrics
+    assert {"evaluation.csv", "crops_00.png", "frc_00.png"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+
+
+def _write_movie(path: Path, shape, pixel_um=0.14, scenes=1):
+    rng = np.random.default_rng(5)
+    with pyczi.create_czi(str(path)) as w:
+        for s in range(scenes):
+            for t, c, z in np.ndindex(*shape[:3]):
+                w.write(rng.poisson(40, shape[3:]).astype(np.uint16) + 100, plane={"T": t, "C": c, "Z": z},
+                        scene=s, location=(s * 10_000, 0))
+        w.write_metadata(scale_x=pixel_um * 1e-6, scale_y=pixel_um * 1e-6, scale_z=0.5e-6)
+
+
+@pytest.mark.parametrize("model", ["ev-single", "ev-movie"])
+def test_predict_real_czi_movie_to_imagej_tiff(env, tmp_path, model):
+    movie = tmp_path / "cell.czi"
+    _write_movie(movie, (7, 2, 2, 37, 45))
+    out = tmp_path / "out"
+    proc = run_bpho("predict", "--model", f"models:/{model}/latest", movie, "--out", out, "--tile", "16",
+                    "--overlap", "4")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = out / "cell.tif"
+    img = io.read(result)
+    assert img.shape == (7, 2, 2, 148, 180) and img.data.dtype == np.float32
+    assert img.pixel_size == pytest.approx((0.5, 0.035, 0.035))
+    assert np.isfinite(img.data).all()
+    with tifffile.TiffFile(result) as tf:
+        meta = tf.imagej_metadata
+        assert (meta["frames"], meta["channels"], meta["slices"]) == (7, 2, 2) and meta["hyperstack"]
+
+
+def test_predict_multiscene_czi_one_file_per_scene(env, tmp_path):
+    path = tmp_path / "plate.czi"
+    _write_movie(path, (1, 1, 1, 24, 30), scenes=2)
+    proc = run_bpho("predict", "--model", "models:/ev-single/latest", path, "--out", tmp_path / "o")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["plate_s0.tif", "plate_s1.tif"]
+    assert io.read(tmp_path / "o/plate_s1.tif").shape == (1, 1, 1, 96, 120)
+
+
+def test_blending_leaves_no_seams(env, demo):
+    folder = download_model("models:/ev-single/latest")
+    lr = io.read(demo / "paired/lr/field_002.czi").data[0, 0, 0]
+    whole = load_model(folder, device="cpu", tile=512).predict(lr)
+    tiled = load_model(folder, device="cpu", tile=24, overlap=8).predict(lr)
+    assert tiled.shape == whole.shape == (256, 256)
+    scale = np.percentile(whole, 99) - np.percentile(whole, 1)
+    assert np.abs(tiled - whole).mean() < 0.01 * scale
+    assert np.corrcoef(tiled.ravel(), whole.ravel())[0, 1] > 0.995
+
+
+def test_bad_model_uri_and_unreadable_input(env, tmp_path):
+    assert_one_line_error(run_bpho("evaluate", "--model", "models:/no-such-model/1", "--dataset", "ev"),
+                          "models:/no-such-model/1", "not found")
+    bad = tmp_path / "notes.czi"
+    bad.write_text("not an image")
+    good = tmp_path / "good.czi"
+    _write_movie(good, (1, 1, 1, 20, 20))
+    out = tmp_path / "out"
+    assert_one_line_error(run_bpho("predict", "--model", "models:/ev-single/latest", good, bad, "--out", out),
+                          "notes.czi", "not a CZI file")
+    assert not out.exists() or not any(out.iterdir())
+    assert_one_line_error(run_bpho("predict", "--model", "runs:/0123456789abcdef/model", good, "--out", out),
+                          "not found")
