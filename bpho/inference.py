@@ -52,11 +52,12 @@ def _blend_window(n: int, ramp: int) -> np.ndarray:
     return w
 
 
-def _starts(n: int, tile: int, step: int) -> list:
+def _starts(n: int, tile: int, overlap: int) -> list:
+    """The fewest tile origins covering 0..n with at least `overlap` between neighbours, evenly spread."""
     if n <= tile:
         return [0]
-    starts = list(range(0, n - tile, step)) + [n - tile]
-    return sorted(set(starts))
+    count = int(np.ceil((n - overlap) / max(tile - overlap, 1)))
+    return sorted({int(round(v)) for v in np.linspace(0, n - tile, count)})
 
 
 @dataclass
@@ -91,10 +92,9 @@ class SuperResolver:
         """(frames, h, w) normalised LR -> (h*scale, w*scale) normalised HR, tiled and blended."""
         f, h, w = window.shape
         s, tile = self.scale, self.tile
-        step = max(tile - self.overlap, 1)
         out = np.zeros((h * s, w * s), np.float32)
         weight = np.zeros_like(out)
-        boxes = [(y, x) for y in _starts(h, tile, step) for x in _starts(w, tile, step)]
+        boxes = [(y, x) for y in _starts(h, tile, self.overlap) for x in _starts(w, tile, self.overlap)]
         th, tw = min(tile, h), min(tile, w)
         wy, wx = _blend_window(th * s, self.overlap * s // 2), _blend_window(tw * s, self.overlap * s // 2)
         win = np.outer(wy, wx)
