@@ -1,6 +1,7 @@
 """Predict: LR images, z-stacks and movies (CZI or TIFF) to HR ImageJ TIFF that Fiji opens.
 
-Every scene of every input becomes ``OUT/<stem>.tif`` (``<stem>_s<N>.tif`` for multi-scene
+Every scene of every input becomes ``OUT/<stem>.tif`` (and ``<stem>.png``, its first frame
+next to the LR) (``<stem>_s<N>.tif`` for multi-scene
 files): axes (T, Z, C, Y, X) kept, pixel size y/x divided by the model's scale, float32.
 Each channel and z plane is super-resolved on its own; a multi-frame model slides its
 frame window along T (edges padded by reflection). Frames are written as they are
@@ -49,6 +50,8 @@ def _predict_image(model, img: io.Image, target: Path, progress: bool) -> Path:
     s = model.scale
     bar = tqdm(total=t * c * z, desc=img.path.name, unit="frame", disable=not progress, leave=False)
 
+    first = []
+
     def frames():
         # one (c, z) series at a time along T; pages must come out in ImageJ's T, Z, C order
         series = {}
@@ -59,7 +62,10 @@ def _predict_image(model, img: io.Image, target: Path, progress: bool) -> Path:
             for zi in range(z):
                 for ci in range(c):
                     bar.update()
-                    yield next(series[(zi, ci)]).astype(np.float32)
+                    frame = next(series[(zi, ci)]).astype(np.float32)
+                    if not first:
+                        first.append(frame)
+                    yield frame
 
     pz, py, px = img.pixel_size
     meta = {"axes": "TZCYX", "unit": "um", **({"spacing": pz} if pz else {})}
@@ -68,4 +74,23 @@ def _predict_image(model, img: io.Image, target: Path, progress: bool) -> Path:
         tifffile.imwrite(tmp, frames(), shape=(t, z, c, y * s, x * s), dtype=np.float32, imagej=True,
                          metadata=meta, **resolution)
     bar.close()
+    save_preview(target.with_suffix(".png"), img.data[0, 0, 0], first[0], s)
     return target
+
+
+def save_preview(png: Path, lr: np.ndarray, hr: np.ndarray, scale: int) -> None:
+    """First frame, first channel and plane: LR (pixels repeated) | prediction."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 5.3))
+    for ax, image, title in ((axes[0], np.kron(lr, np.ones((scale, scale))), "LR"), (axes[1], hr, "bpho prediction")):
+        lo, hi = np.percentile(image, (1, 99.8))
+        ax.imshow(image, cmap="magma", vmin=lo, vmax=hi, interpolation="nearest")
+        ax.set_title(title)
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(png, dpi=72)
+    plt.close(fig)

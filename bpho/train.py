@@ -320,7 +320,10 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, progress: bool = True)
                 tracking.log_dataset_input(ds.name, ds.digest, ds.path, context="training",
                                            tags={"tile_size": str(size)})
         for epoch in range(start, cfg.epochs):
-            order = np.random.default_rng([cfg.seed, epoch]).permutation(len(lr_tr))[d.rank::d.world]
+            order = np.random.default_rng([cfg.seed, epoch]).permutation(len(lr_tr))
+            # every rank gets the same number of samples (wrapping around, as DistributedSampler
+            # does): unequal batch counts would leave one rank waiting in all-reduce for ever
+            order = np.resize(order, per_rank * d.world)[d.rank::d.world]
             gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch * 101 + d.rank)
             running, seen = 0.0, 0
             bar = tqdm(range(batches), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",

@@ -139,6 +139,7 @@ def test_predict_real_czi_movie_to_imagej_tiff(env, tmp_path, model):
     assert img.shape == (7, 2, 2, 148, 180) and img.data.dtype == np.float32
     assert img.pixel_size == pytest.approx((0.5, 0.035, 0.035))
     assert np.isfinite(img.data).all()
+    assert (out / "cell.png").read_bytes().startswith(b"\x89PNG")
     with tifffile.TiffFile(result) as tf:
         meta = tf.imagej_metadata
         assert (meta["frames"], meta["channels"], meta["slices"]) == (7, 2, 2) and meta["hyperstack"]
@@ -149,7 +150,7 @@ def test_predict_multiscene_czi_one_file_per_scene(env, tmp_path):
     _write_movie(path, (1, 1, 1, 24, 30), scenes=2)
     proc = run_bpho("predict", "--model", "models:/ev-single/latest", path, "--out", tmp_path / "o")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["plate_s0.tif", "plate_s1.tif"]
+    assert sorted(p.name for p in (tmp_path / "o").glob("*.tif")) == ["plate_s0.tif", "plate_s1.tif"]
     assert io.read(tmp_path / "o/plate_s1.tif").shape == (1, 1, 1, 96, 120)
 
 

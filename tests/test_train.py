@@ -71,9 +71,9 @@ def test_model_folder_roundtrip_rebuilds_without_guessing(tmp_path):
     whole = load_model(folder, device="cpu", tile=64, overlap=0).predict(image)
     tiled = loaded.predict(image)
     assert tiled.shape == whole.shape == (80, 104)
-    # blending leaves no seams: tiled and whole-image predictions agree closely
-    assert np.abs(tiled - whole).max() < 0.05 * (np.ptp(whole) + 1e-6) * 10
+    # even an untrained network gives nearly the same picture tiled as whole (seams: test_evaluate_predict)
     assert np.corrcoef(tiled.ravel(), whole.ravel())[0, 1] > 0.99
+    assert loaded.meta == json.loads(json.dumps(meta))  # the config came back from disk as saved
 
 
 def test_few_hundred_steps_beat_bicubic(env):
