@@ -21,13 +21,12 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 import numpy as np
-from skimage.transform import resize
 from tqdm import tqdm
 
 from bpho import datasources, io, metrics, tracking
 from bpho.datasets import builder
 from bpho.datasets.recipe import Recipe
-from bpho.datasets.register import apply, register_pair
+from bpho.datasets.register import apply, register_pair, upsample
 from bpho.errors import BphoError
 from bpho.inference import load_model
 
@@ -56,8 +55,8 @@ def _pairs_from_dataset(name: str) -> List[Pair]:
         if rec["split"] != "valid" or not rec["included"]:
             continue
         pair = by_stem[rec["source"].split("#")[0]]
-        lr = builder._plane_stack(pair.lr, rec["scene"], r)
-        hr = builder._plane_stack(pair.hr, rec["scene"], r)
+        lr = builder.plane_stack(pair.lr, rec["scene"], r)
+        hr = builder.plane_stack(pair.hr, rec["scene"], r)
         shift = rec.get("shift_hr_px", [0.0, 0.0])
         if any(shift):
             hr = apply(hr, (-shift[0], -shift[1]))
@@ -75,18 +74,13 @@ def _pairs_from_datasource(name: str, scale: int) -> List[Pair]:
     r = Recipe(datasource=name, kind=source.kind, scale=scale, tile_sizes=(scale,))
     out = []
     for pair in source.pairs:
-        lr, hr = builder._plane_stack(pair.lr, 0, r), builder._plane_stack(pair.hr, 0, r)
+        lr, hr = builder.plane_stack(pair.lr, 0, r), builder.plane_stack(pair.hr, 0, r)
         if hr.shape[1:] != (lr.shape[1] * scale, lr.shape[2] * scale):
             raise BphoError(f"{pair.lr}: LR {lr.shape[1:]} and HR {hr.shape[1:]} do not match the model's scale {scale}")
         reg = register_pair(lr.mean(0), hr.mean(0), scale)
         out.append(Pair(pair.stem, lr, apply(hr, (-reg.shift[0], -reg.shift[1])), reg.margin,
                         io.read(pair.hr).pixel_size[2]))
     return out
-
-
-def upsample(lr: np.ndarray, scale: int, order: int) -> np.ndarray:
-    shape = (lr.shape[0] * scale, lr.shape[1] * scale)
-    return resize(lr.astype(np.float32), shape, order=order, mode="reflect", anti_aliasing=False)
 
 
 def bootstrap_ci(values: np.ndarray, seed: int = 0) -> tuple:
@@ -173,10 +167,9 @@ def _write_csv(path: Path, rows: List[dict]) -> None:
 
 
 def _figures(out: Path, items, scale: int) -> None:
-    import matplotlib
+    from bpho.plots import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     for i, (pair, cand, inner) in enumerate(items):
         hr = metrics.normalize_target(pair.hr[0][inner])

@@ -80,10 +80,9 @@ def _predict_image(model, img: io.Image, target: Path, progress: bool) -> Path:
 
 def save_preview(png: Path, lr: np.ndarray, hr: np.ndarray, scale: int) -> None:
     """First frame, first channel and plane: LR (pixels repeated) | prediction."""
-    import matplotlib
+    from bpho.plots import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 5.3))
     for ax, image, title in ((axes[0], np.kron(lr, np.ones((scale, scale))), "LR"), (axes[1], hr, "bpho prediction")):

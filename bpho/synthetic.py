@@ -287,10 +287,9 @@ def make_demo_data(out_dir, config: DemoConfig = DemoConfig(), force: bool = Fal
 
 def save_montage(data_dir: Path, png: Path) -> Path:
     """A PNG of what was made: LR | HR pairs, movie frames, HR-only, noisy | clean."""
-    import matplotlib
+    from bpho.plots import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     def first(pattern):
         files = sorted(data_dir.glob(pattern))

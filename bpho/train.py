@@ -189,10 +189,9 @@ def evaluate_tiles(net, lr: np.ndarray, hr: np.ndarray, scale: int, device, batc
 
 def save_panel(png: Path, net, lr: np.ndarray, hr: np.ndarray, scale: int, device, title: str) -> None:
     """LR | bicubic | model | HR on fixed validation tiles."""
-    import matplotlib
+    from bpho.plots import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     net.eval()
     with torch.no_grad():

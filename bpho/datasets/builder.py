@@ -34,6 +34,7 @@ from bpho.datasets import recipe as recipes
 from bpho.datasets.recipe import Recipe
 from bpho.datasets.register import Registration, apply, downsample, normalize, percentile_range, register_pair
 from bpho.errors import BphoError, BphoWarning, ConflictError, FileFormatError, NotFoundError
+from bpho.plots import pyplot
 
 
 MANIFEST = "manifest.json"
@@ -54,7 +55,7 @@ class Source:
     scene: int
 
 
-def _plane_stack(path: Path, scene: int, r: Recipe) -> np.ndarray:
+def plane_stack(path: Path, scene: int, r: Recipe) -> np.ndarray:
     """(T, Y, X) float32 of the recipe's channel and z plane (or z maximum projection)."""
     img = io.read(path, scene=scene)
     t, c, z, y, x = img.shape
@@ -126,25 +127,24 @@ class TileWriter:
         folder.mkdir(parents=True, exist_ok=True)
         self.folder, self.split = folder, split
         self.count = 0
-        self.shapes: Dict[str, Tuple[int, ...]] = {}
         self._raw = {side: builtins.open(folder / f".{split}_{side}.raw", "wb") for side in ("lr", "hr")}
         self.rows: List[Tuple] = []
 
     def add(self, lr: np.ndarray, hr: np.ndarray, rows: List[Tuple]) -> None:
         for side, arr in (("lr", lr), ("hr", hr)):
-            self.shapes[side] = arr.shape[1:]
             self._raw[side].write(np.ascontiguousarray(arr, dtype=np.float32).tobytes())
         self.count += len(lr)
         self.rows.extend(rows)
 
     def finish(self, shapes: Dict[str, Tuple[int, ...]]) -> Dict[str, str]:
+        """Write the .npy arrays (tile shapes per side, without N) and the CSV; return their sha256."""
         digests = {}
         for side, fh in self._raw.items():
             fh.close()
             raw = fh.name
             npy = self.folder / f"{self.split}_{side}.npy"
             header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False,
-                      "shape": (self.count, *self.shapes.get(side, shapes[side]))}
+                      "shape": (self.count, *shapes[side])}
             with builtins.open(npy, "wb") as out, builtins.open(raw, "rb") as src:
                 np.lib.format.write_array_header_1_0(out, header)
                 shutil.copyfileobj(src, out, length=1 << 22)
@@ -161,15 +161,6 @@ class TileWriter:
 # --- pictures people look at -----------------------------------------------------------
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _overlay(lr_up: np.ndarray, hr: np.ndarray) -> np.ndarray:
     """Magenta LR over green HR: grey where they agree, coloured fringes where they do not."""
     a, b = np.clip(lr_up, 0, 1), np.clip(hr, 0, 1)
@@ -183,7 +174,7 @@ def save_qc(png: Path, key: str, lr: np.ndarray, hr_before: np.ndarray, hr_after
     Shown on the LR grid times k (LR pixels repeated, HR averaged), so the QC costs a
     fraction of the build even for 2048 px images.
     """
-    plt = _plt()
+    plt = pyplot()
     k = max(1, min(scale, 768 // max(lr.shape)))
     lr_view = np.repeat(np.repeat(lr, k, axis=0), k, axis=1)
     views = [downsample(h, scale // k) if scale // k > 1 else h for h in (hr_before, hr_after)]
@@ -201,7 +192,7 @@ def save_qc(png: Path, key: str, lr: np.ndarray, hr_before: np.ndarray, hr_after
 
 
 def save_preview(png: Path, lr: np.ndarray, hr: np.ndarray, size: int, rng: np.random.Generator, n: int = 6) -> None:
-    plt = _plt()
+    plt = pyplot()
     pick = rng.choice(len(lr), size=min(n, len(lr)), replace=False) if len(lr) else []
     fig, axes = plt.subplots(max(len(pick), 1), 2, figsize=(5, 2.5 * max(len(pick), 1)), squeeze=False)
     for row, i in zip(axes, pick):
@@ -308,8 +299,8 @@ def make(recipe_name: str, datasource: Optional[str] = None, settings: Iterable[
 
 def _process(src: Source, r: Recipe, rng: np.random.Generator, tmp: Path, split: str):
     """Normalise, register and tile one source image; returns its manifest record and tiles."""
-    lr_raw = _plane_stack(src.pair.lr, src.scene, r)
-    hr_raw = _plane_stack(src.pair.hr, src.scene, r)
+    lr_raw = plane_stack(src.pair.lr, src.scene, r)
+    hr_raw = plane_stack(src.pair.hr, src.scene, r)
     _check_shapes(src, lr_raw, hr_raw, r)
     ranges = {}
     for side, stack in (("lr", lr_raw), ("hr", hr_raw)):

@@ -24,13 +24,13 @@ def normalize(stack: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return ((stack.astype(np.float32) - lo) / max(hi - lo, 1e-12)).astype(np.float32)
 
 
-def upsample(image: np.ndarray, scale: int) -> np.ndarray:
-    """Bicubic upsampling of a (Y, X) image by `scale`, pixel areas kept aligned
-    (LR pixel i covers HR pixels i*scale .. i*scale + scale - 1)."""
+def upsample(image: np.ndarray, scale: int, order: int = 3) -> np.ndarray:
+    """Spline upsampling of a (Y, X) image by `scale` (order 0 nearest, 1 bilinear, 3 bicubic),
+    pixel areas kept aligned (LR pixel i covers HR pixels i*scale .. i*scale + scale - 1)."""
     if scale == 1:
         return image.astype(np.float32)
     shape = (image.shape[0] * scale, image.shape[1] * scale)
-    return resize(image.astype(np.float32), shape, order=3, mode="reflect", anti_aliasing=False)
+    return resize(image.astype(np.float32), shape, order=order, mode="reflect", anti_aliasing=False)
 
 
 def ncc(a: np.ndarray, b: np.ndarray) -> float:

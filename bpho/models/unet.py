@@ -14,7 +14,7 @@ works: the input is padded (reflect) to a multiple of the encoder stride and cro
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Optional, Tuple
 
 import timm
