@@ -135,7 +135,7 @@ def _train(args) -> int:
 
     fields_ = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__ and v is not None}
     if "decoder_widths" in fields_:
-        fields_["decoder_widths"] = tuple(int(w) for w in fields_["decoder_widths"].split(","))
+        fields_["decoder_widths"] = _widths(fields_["decoder_widths"])
     result = train(TrainConfig(**fields_), resume=args.resume)
     if result.registered_version:
         print(f"run {result.run_id}: model registered as {result.registered_name} version {result.registered_version}"
@@ -172,6 +172,42 @@ def _predict(args) -> int:
                             overlap=args.overlap, batch=args.batch, half=args.half)
     for path in written:
         print(path)
+    return 0
+
+
+def _widths(text: Optional[str]):
+    return tuple(int(w) for w in text.split(",")) if text else None
+
+
+def _tune_fit(args) -> int:
+    from bpho import tune
+
+    result = tune.fit_search(args.dataset, tile_sizes=args.tile_sizes, memory_gb=args.memory_gb, encoder=args.encoder,
+                             mode=args.mode, decoder_widths=_widths(args.decoder_widths) or (256, 128, 64, 32, 16),
+                             precisions=args.precision,
+                             checkpointing=[c == "on" for c in args.checkpointing] if args.checkpointing else None,
+                             max_batch=args.max_batch, device=args.device)
+    print(result.table())
+    print(f"saved to {result.path}" + (f"; MLflow run {result.run_id}" if result.run_id else ""))
+    return 0
+
+
+def _tune_hparams(args) -> int:
+    from bpho import tune
+
+    space = tune.SearchSpace(**{k: v for k, v in (
+        ("encoders", args.encoders), ("modes", args.modes), ("losses", args.losses), ("tile_sizes", args.tile_sizes),
+        ("lr_min", args.lr_min), ("lr_max", args.lr_max), ("max_batch", args.max_batch), ("amp", args.amp),
+        ("decoder_widths", _widths(args.decoder_widths))) if v is not None})
+    r = tune.hparams(args.dataset, trials=args.trials, epochs=args.epochs, storage=args.storage,
+                     study_name=args.study, space=space, pruner=args.pruner, seed=args.seed, device=args.device,
+                     timeout=args.timeout)
+    print(f"study {r.study} on {r.storage}: {r.trials} trials; parent MLflow run {r.parent_run_id}")
+    if r.best_value is None:
+        print("no trial has finished yet")
+    else:
+        print(f"best validation PSNR gain over bicubic {r.best_value:+.3f} dB (run {r.best_run_id}) with "
+              + ", ".join(f"{k}={v}" for k, v in r.best_params.items()))
     return 0
 
 
@@ -295,6 +331,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=4, help="tiles per forward pass")
     p.add_argument("--half", action="store_true", help="fp16 inference (CUDA only)")
     p.set_defaults(func=_predict)
+
+    tune = sub.add_parser("tune", help="Optuna: batch sizes that fit the card; hyperparameter search").add_subparsers(
+        dest="action", required=True)
+    p = tune.add_parser("fit", help="largest batch per tile size within a memory budget, with tiles/s")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--memory-gb", type=float, help="budget (default: the device's free memory)")
+    p.add_argument("--tile-sizes", type=int, nargs="+", help="default: the dataset's")
+    p.add_argument("--encoder", default="resnet34")
+    p.add_argument("--mode", default="lr", choices=("pre", "lr"))
+    p.add_argument("--decoder-widths", help="comma-separated, e.g. 256,128,64,32,16")
+    p.add_argument("--precision", nargs="+", choices=("fp32", "amp"), help="default: fp32 amp on CUDA, fp32 on CPU")
+    p.add_argument("--checkpointing", nargs="+", choices=("off", "on"), help="default: off on on CUDA, off on CPU")
+    p.add_argument("--max-batch", type=int, default=256)
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.set_defaults(func=_tune_fit)
+    p = tune.add_parser("hparams", help="Optuna study maximising validation PSNR gain; one MLflow run per trial")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--trials", type=int, default=20, help="finished trials the study should hold (all workers)")
+    p.add_argument("--epochs", type=int, default=5, help="epochs per trial")
+    p.add_argument("--storage", help="Optuna RDB URL shared by workers, e.g. postgresql://user@host/db "
+                                     "(default: SQLite under BPHO_ROOT/tune)")
+    p.add_argument("--study", help="study name to create, resume or join (default hparams-<dataset>)")
+    p.add_argument("--encoders", nargs="+")
+    p.add_argument("--modes", nargs="+", choices=("lr", "pre"))
+    p.add_argument("--losses", nargs="+", choices=("l1", "mse", "l1+ssim"))
+    p.add_argument("--tile-sizes", type=int, nargs="+")
+    p.add_argument("--lr-min", type=float)
+    p.add_argument("--lr-max", type=float)
+    p.add_argument("--max-batch", type=int, help="batch cap where no fit table exists (default 16)")
+    p.add_argument("--amp", action="store_true", default=None)
+    p.add_argument("--decoder-widths")
+    p.add_argument("--pruner", default="median", choices=("median", "hyperband", "none"))
+    p.add_argument("--seed", type=int)
+    p.add_argument("--timeout", type=float, help="seconds this worker runs at most")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.set_defaults(func=_tune_hparams)
 
     p = sub.add_parser("tracking-uri", help="print the MLflow tracking URI bpho uses (for `mlflow ui`)")
     p.set_defaults(func=_tracking_uri)

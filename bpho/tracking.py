@@ -37,7 +37,7 @@ def _mlflow():
     return mlflow
 
 
-def _experiment_id(mlflow, name: str) -> str:
+def experiment_id(mlflow, name: str) -> str:
     exp = mlflow.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
@@ -60,18 +60,25 @@ def git_commit() -> Optional[str]:
 
 @contextmanager
 def run(experiment: str, run_name: str, tags: Optional[Dict[str, str]] = None,
-        run_id: Optional[str] = None) -> Iterator[object]:
+        run_id: Optional[str] = None, parent_run_id: Optional[str] = None) -> Iterator[object]:
     """Start a run, continue `run_id` (resume), or under ``mlflow run`` use the run it made;
-    yields the active mlflow.ActiveRun."""
+    with `parent_run_id`, a new child run in the parent's experiment (a tuning trial, from
+    any process). Yields the active mlflow.ActiveRun."""
     mlflow = _mlflow()
-    run_id = run_id or os.environ.get("MLFLOW_RUN_ID")
-    if run_id:
-        try:
-            active = mlflow.start_run(run_id=run_id)
-        except mlflow.exceptions.MlflowException as exc:
-            raise BphoError(f"run {run_id}: cannot continue it on {tracking_uri()} ({exc.message})") from None
+    if parent_run_id and not run_id:
+        parent = mlflow.get_run(parent_run_id)
+        active = mlflow.start_run(experiment_id=parent.info.experiment_id, run_name=run_name,
+                                  nested=mlflow.active_run() is not None,
+                                  tags={"mlflow.parentRunId": parent_run_id})
     else:
-        active = mlflow.start_run(experiment_id=_experiment_id(mlflow, experiment), run_name=run_name)
+        run_id = run_id or os.environ.get("MLFLOW_RUN_ID")
+        if run_id:
+            try:
+                active = mlflow.start_run(run_id=run_id)
+            except mlflow.exceptions.MlflowException as exc:
+                raise BphoError(f"run {run_id}: cannot continue it on {tracking_uri()} ({exc.message})") from None
+        else:
+            active = mlflow.start_run(experiment_id=experiment_id(mlflow, experiment), run_name=run_name)
     with active:
         commit = git_commit()
         all_tags = {**(tags or {}), **({"mlflow.source.git.commit": commit, "bpho.git_commit": commit} if commit else {})}
@@ -140,7 +147,15 @@ def log_model(folder: Path, registered_name: Optional[str]) -> Optional[str]:
     import mlflow
 
     package = Path(__file__).resolve().parent
-    info = mlflow.pyfunc.log_model(
+    with warnings.catch_warnings():  # "add type hints": arrays in, arrays out; no MLflow schema needed
+        warnings.filterwarnings("ignore", message=".*type hints.*")
+        info = _log_pyfunc(mlflow, package, folder, registered_name)
+    version = getattr(info, "registered_model_version", None)
+    return str(version) if version is not None else None
+
+
+def _log_pyfunc(mlflow, package: Path, folder: Path, registered_name: Optional[str]):
+    return mlflow.pyfunc.log_model(
         name="model",
         python_model=str(package / "serving" / "pyfunc_model.py"),
         artifacts={"model_dir": str(folder)},
@@ -148,8 +163,6 @@ def log_model(folder: Path, registered_name: Optional[str]) -> Optional[str]:
         pip_requirements=_requirements(),
         registered_model_name=registered_name,
     )
-    version = getattr(info, "registered_model_version", None)
-    return str(version) if version is not None else None
 
 
 def download_model(uri: str) -> Path:

@@ -21,7 +21,7 @@ import warnings
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import numpy as np
 import torch
@@ -213,6 +213,44 @@ def save_panel(png: Path, net, lr: np.ndarray, hr: np.ndarray, scale: int, devic
     plt.close(fig)
 
 
+def setup_model(cfg: TrainConfig, scale: int, frames: int, device: torch.device):
+    """The network on `device` as `cfg` asks (checkpointing, channels-last), its AMP dtype
+    (bf16 where supported, else fp16) and, for fp16, a gradient scaler."""
+    model_cfg = UNetConfig(encoder=cfg.encoder, scale=scale, frames=frames, mode=cfg.mode,
+                           decoder_widths=tuple(cfg.decoder_widths), encoder_weights=cfg.encoder_weights)
+    torch.manual_seed(cfg.seed)
+    net = build_model(model_cfg).to(device)
+    if cfg.grad_checkpointing:
+        net.set_grad_checkpointing(True)
+    if cfg.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    amp_dtype = None
+    if cfg.amp:
+        amp_dtype = torch.bfloat16 if device.type == "cpu" or torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    return net, model_cfg, amp_dtype, scaler
+
+
+def forward_backward(model, x, y, loss, amp_dtype, scaler, accumulate: int = 1, channels_last: bool = False):
+    """One forward and backward pass (gradients accumulate); returns the loss value."""
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        pred = model(x)
+    value = loss(pred.float(), y)
+    (scaler.scale(value / accumulate) if scaler else value / accumulate).backward()
+    return value.detach()
+
+
+def optimizer_step(opt, scaler) -> None:
+    if scaler:
+        scaler.step(opt)
+        scaler.update()
+    else:
+        opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
 def checkpoint_path(run_id: str) -> Path:
     return paths.root() / "checkpoints" / run_id / "last.pt"
 
@@ -258,7 +296,12 @@ def _dataset_tiles(cfg: TrainConfig):
     return ds, size, (lr_tr, hr_tr), (lr_va, hr_va)
 
 
-def train(cfg: TrainConfig, resume: Optional[str] = None, progress: bool = True) -> TrainResult:
+def train(cfg: TrainConfig, resume: Optional[str] = None, progress: bool = True, register: bool = True,
+          parent_run_id: Optional[str] = None, tags: Optional[dict] = None,
+          on_epoch: Optional[Callable[[int, dict, str], None]] = None) -> TrainResult:
+    """Train, log and (if `register`) register the model. `parent_run_id` nests the run under
+    another (a tuning study) and `tags` are added to its tags; `on_epoch(epoch, metrics, run_id)` is called after each epoch's
+    checkpoint and may raise to stop (a pruned trial)."""
     cfg = cfg.validated()
     device = pick_device(cfg.device)
     d = _init_distributed(device)
@@ -267,18 +310,7 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, progress: bool = True)
         torch.cuda.set_device(device)
     ds, size, (lr_tr, hr_tr), (lr_va, hr_va) = _dataset_tiles(cfg)
     scale = hr_tr.shape[-1] // lr_tr.shape[-1]
-    model_cfg = UNetConfig(encoder=cfg.encoder, scale=scale, frames=lr_tr.shape[1], mode=cfg.mode,
-                           decoder_widths=tuple(cfg.decoder_widths), encoder_weights=cfg.encoder_weights)
-    torch.manual_seed(cfg.seed)
-    net = build_model(model_cfg).to(device)
-    if cfg.grad_checkpointing:
-        net.set_grad_checkpointing(True)
-    if cfg.channels_last:
-        net = net.to(memory_format=torch.channels_last)
-    amp_dtype = None
-    if cfg.amp:
-        amp_dtype = torch.bfloat16 if device.type == "cpu" or torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    net, model_cfg, amp_dtype, scaler = setup_model(cfg, scale, lr_tr.shape[1], device)
     model = torch.nn.parallel.DistributedDataParallel(net) if d.world > 1 else net
 
     per_rank = math.ceil(len(lr_tr) / d.world)
@@ -304,9 +336,9 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, progress: bool = True)
 
     tags = {"bpho.dataset": ds.name, "bpho.dataset_digest": ds.digest, "bpho.recipe": ds.manifest["recipe"]["name"],
             "bpho.datasource": ds.manifest["datasource"]["name"],
-            "bpho.datasource_digest": ds.manifest["datasource"]["digest"], "bpho.model_name": name}
+            "bpho.datasource_digest": ds.manifest["datasource"]["digest"], "bpho.model_name": name, **(tags or {})}
     run_ctx = tracking.run("bpho-train", run_name=f"{cfg.dataset}-{cfg.encoder}-{cfg.mode}", tags=tags,
-                           run_id=resume) if d.main else nullcontext()
+                           run_id=resume, parent_run_id=parent_run_id) if d.main else nullcontext()
     with run_ctx as active:
         run_id = _broadcast_str(d, active.info.run_id if d.main else None)
         if d.main:
@@ -334,19 +366,9 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, progress: bool = True)
                     continue
                 x, y = augment(torch.from_numpy(lr_tr[idx]), torch.from_numpy(hr_tr[idx]), gen)
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                if cfg.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    pred = model(x)
-                value = loss(pred.float(), y)
-                (scaler.scale(value / cfg.accumulate) if scaler else value / cfg.accumulate).backward()
+                value = forward_backward(model, x, y, loss, amp_dtype, scaler, cfg.accumulate, cfg.channels_last)
                 if (b + 1) % cfg.accumulate == 0 or b == batches - 1:
-                    if scaler:
-                        scaler.step(opt)
-                        scaler.update()
-                    else:
-                        opt.step()
-                    opt.zero_grad(set_to_none=True)
+                    optimizer_step(opt, scaler)
                     if sched.last_epoch < sched.total_steps - 1:
                         sched.step()
                 running += float(value.detach()) * len(idx)
@@ -365,6 +387,8 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, progress: bool = True)
                                    f"epoch {epoch + 1}: PSNR model {metrics['valid_psnr']:.2f} dB, "
                                    f"bicubic {metrics['bicubic_psnr']:.2f} dB")
                         tracking.log_artifacts([png], "panels")
+                if on_epoch is not None:
+                    on_epoch(epoch, metrics, run_id)
                 print(f"epoch {epoch + 1}/{cfg.epochs}: train loss {metrics['train_loss']:.4f}, valid PSNR "
                       f"{metrics['valid_psnr']:.2f} dB (bicubic {metrics['bicubic_psnr']:.2f}), "
                       f"SSIM {metrics['valid_ssim']:.3f} (bicubic {metrics['bicubic_ssim']:.3f})", flush=True)
@@ -378,7 +402,8 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, progress: bool = True)
                     "dataset": ds.name, "dataset_digest": ds.digest, "tile_size": size, "run_id": run_id}
             with tempfile.TemporaryDirectory() as tmp:
                 folder = save_model(Path(tmp) / "bpho_model", net.float().cpu(), meta)
-                version = tracking.log_model(folder, registered_name=name)
-            result.registered_name, result.registered_version = name, version
+                version = tracking.log_model(folder, registered_name=name if register else None)
+            if register:
+                result.registered_name, result.registered_version = name, version
     _barrier(d)
     return result

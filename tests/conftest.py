@@ -123,3 +123,45 @@ def register_demo(demo: Path, tmp_path: Path, sub: str, name: str, kind: str):
     dst = tmp_path / "inputs" / name / sub
     shutil.copytree(demo / sub, dst)
     return datasources.add(name, [dst], kind=kind, progress=False)[0]
+
+
+def _postgres_bin() -> Path | None:
+    import glob
+    import shutil
+
+    found = shutil.which("initdb") or next(iter(sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))[-1:]), None)
+    return Path(found).resolve().parent if found else None
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A real PostgreSQL server on 127.0.0.1 (Debian's package; `.ci/run` installs it), one
+    database, trust authentication; as root it runs as the `postgres` user, as it must."""
+    import shutil
+    import tempfile
+
+    bindir = _postgres_bin()
+    if bindir is None:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL is not installed; .ci/run should have installed Debian's postgresql")
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
+    data = Path(tempfile.mkdtemp(prefix="bpho-pg-"))
+    prefix: list = []
+    if os.geteuid() == 0:
+        shutil.chown(data, "postgres")
+        prefix = ["runuser", "-u", "postgres", "--"]
+    port = _free_port()
+
+    def pg(*cmd):
+        subprocess.run([*prefix, *cmd], check=True, capture_output=True, text=True, cwd=data)
+
+    pg(str(bindir / "initdb"), "-D", str(data / "db"), "-U", "bpho", "--auth=trust", "-E", "UTF8")
+    pg(str(bindir / "pg_ctl"), "-D", str(data / "db"), "-l", str(data / "log"), "-w", "-t", "60",
+       "-o", f"-h 127.0.0.1 -p {port} -k {data}", "start")
+    try:
+        pg(str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "bpho", "bpho_test")
+        yield f"postgresql://bpho@127.0.0.1:{port}/bpho_test"
+    finally:
+        subprocess.run([*prefix, str(bindir / "pg_ctl"), "-D", str(data / "db"), "-m", "fast", "-w", "stop"],
+                       capture_output=True)
+        shutil.rmtree(data, ignore_errors=True)
