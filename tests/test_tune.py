@@ -4,6 +4,7 @@ in SQLite and shared by two worker processes through a real PostgreSQL server.""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -143,3 +144,20 @@ def test_tune_refuses_bad_input_in_one_line(env):
     assert_one_line_error(run_bpho("tune", "fit", "--dataset", "tiny", "--tile-sizes", "999"), "999")
     assert_one_line_error(run_bpho("tune", "hparams", "--dataset", "tiny", "--storage", "postgresql://x@127.0.0.1:1/db"),
                           "cannot open study", "127.0.0.1:1")
+
+
+def test_mlflow_run_tune_fit_entry_point(env, tmp_path):
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        [sys.executable, "-m", "mlflow", "run", str(repo), "-e", "tune", "--env-manager", "local",
+         "-P", "mode=fit", "-P", "dataset=tiny", "-P", "memory_gb=2", "-P", "encoder=resnet18",
+         "-P", "max_batch=4", "-P", "tile_sizes=32 64", "-P", "device=cpu"],
+        capture_output=True, text=True, cwd=tmp_path,
+        env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    fit = json.loads(tune.fit_path("tiny").read_text())
+    assert [(r["tile_size"], r["batch_size"]) for r in fit["recommended"]] == [(32, 4), (64, 4)]
+    run = MlflowClient().search_runs([MlflowClient().get_experiment_by_name("Default").experiment_id])[0]
+    assert run.data.params["mode"] == "fit" and run.data.metrics["batch_t64_fp32"] == 4
