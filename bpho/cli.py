@@ -211,6 +211,60 @@ def _tune_hparams(args) -> int:
     return 0
 
 
+def _synthesize(args) -> int:
+    import dataclasses
+
+    from bpho import synthesize as sy
+    from bpho.datasets.recipe import Recipe
+    from bpho.degrade import parse_settings
+
+    settings = parse_settings(args.set or [])
+    own = {f.name for f in dataclasses.fields(sy.MODELS.get(args.degradation, sy.MODELS["physical"])[0])}
+    recipe_fields = {f.name for f in dataclasses.fields(Recipe)}
+    unknown = [k for k in settings if k not in own and k not in recipe_fields]
+    if unknown:
+        raise BphoError(f"synthesize: --set {unknown[0]}: neither a {args.degradation} parameter ({', '.join(sorted(own))})"
+                        f" nor a recipe field")
+    deg = sy.degradation(args.degradation, {k: v for k, v in settings.items() if k in own}, fit_on=args.fit_on,
+                         recipe=args.recipe or "paired_001", progress=True)
+    ds = sy.synthesize(args.datasource, deg, args.dataset, recipe=args.recipe, force=args.force,
+                       recipe_settings=[f"{k}={v}" for k, v in settings.items() if k not in own])
+    print(f"dataset {ds.name} built at {ds.path} (digest {ds.digest[:12]}) with LR synthesized by {deg.name}:")
+    print("  " + ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(deg.params).items()))
+    if deg.fitted_on:
+        print(f"  fitted on {len(deg.fitted_on['pairs'])} pairs of {deg.fitted_on['datasource']} "
+              f"(intensity mapping explains {deg.fitted_on['explained']:.1%} of the LR variance)")
+    _print_dataset(ds)
+    return 0
+
+
+def _tune_degradation(args) -> int:
+    from bpho import synthesize as sy
+
+    r = sy.tune_degradation(args.datasource, args.degradation, trials=args.trials, storage=args.storage,
+                            study_name=args.study, max_pairs=args.max_pairs)
+    print(f"study {r['study']}: best distance {r['best_value']:.4f} ("
+          + ", ".join(f"{k} {v:.4f}" for k, v in r["scores"].items() if k != "total") + ")")
+    print("best parameters: " + ", ".join(f"{k}={v}" for k, v in r["best_params"].items()))
+    print(f"use them: bpho synthesize --degradation {args.degradation} "
+          + " ".join(f"--set {k}={','.join(map(str, v)) if isinstance(v, list) else v}"
+                     for k, v in r["best_params"].items() if v is not None) + " ...")
+    return 0
+
+
+def _tune_degradation_report(args) -> int:
+    from bpho import synthesize as sy
+
+    train = {k: v for k, v in (("encoder", args.encoder), ("batch_size", args.batch_size)) if v is not None}
+    if args.decoder_widths:
+        train["decoder_widths"] = _widths(args.decoder_widths)
+    result = sy.report(args.datasource, epochs=args.epochs, tile_size=args.tile_size, trials=args.trials,
+                       recipe_settings=args.set or [], train_settings=train, out_dir=args.out)
+    print(sy.report_table(result))
+    print(f"table and figure in {result['out']}; MLflow run {result['run_id']}")
+    return 0
+
+
 def _tracking_uri(args) -> int:
     from bpho import tracking
 
@@ -367,6 +421,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, help="seconds this worker runs at most")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.set_defaults(func=_tune_hparams)
+
+    p = tune.add_parser("degradation", help="Optuna: degradation parameters whose LR looks most like real LR")
+    p.add_argument("--datasource", required=True, help="a paired datasource (its training pairs are compared)")
+    p.add_argument("--degradation", required=True, choices=("classic", "physical"))
+    p.add_argument("--trials", type=int, default=40)
+    p.add_argument("--max-pairs", type=int, default=4, help="pairs compared per trial")
+    p.add_argument("--storage")
+    p.add_argument("--study")
+    p.set_defaults(func=_tune_degradation)
+    p = tune.add_parser("degradation-report", help="train on real vs synthetic pairs; evaluate on held-out real pairs")
+    p.add_argument("--datasource", required=True, help="a paired datasource")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--trials", type=int, default=0, help="search classic/physical first (default: their defaults)")
+    p.add_argument("--tile-size", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--encoder")
+    p.add_argument("--decoder-widths")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="recipe field for all four datasets")
+    p.add_argument("--out", help="folder for the table and figure")
+    p.set_defaults(func=_tune_degradation_report)
+
+    p = sub.add_parser("synthesize", help="a dataset of synthetic pairs: LR made from HR by a degradation model")
+    p.add_argument("--datasource", required=True, help="hr datasource, or a paired/movie one (its HR side)")
+    p.add_argument("--degradation", required=True, choices=("classic", "physical", "fitted"))
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="a degradation parameter, or a recipe field (repeatable)")
+    p.add_argument("--dataset", required=True, help="name of the dataset to build")
+    p.add_argument("--fit-on", help="fitted: the paired datasource to fit on (its training pairs)")
+    p.add_argument("--recipe", help="default paired_001 (movie_001 for a movie datasource)")
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(func=_synthesize)
 
     p = sub.add_parser("tracking-uri", help="print the MLflow tracking URI bpho uses (for `mlflow ui`)")
     p.set_defaults(func=_tracking_uri)

@@ -92,6 +92,12 @@ def log_params(params: Dict[str, object]) -> None:
     mlflow.log_params({k: (",".join(map(str, v)) if isinstance(v, (list, tuple)) else v) for k, v in params.items()})
 
 
+def set_tags(tags: Dict[str, str]) -> None:
+    import mlflow
+
+    mlflow.set_tags(tags)
+
+
 def log_metrics(metrics: Dict[str, float], step: Optional[int] = None) -> None:
     import mlflow
 

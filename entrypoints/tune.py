@@ -1,4 +1,4 @@
-"""MLproject `tune`: `bpho tune fit` or `bpho tune hparams` (-P mode=...), empty string = default."""
+"""MLproject `tune`: `bpho tune fit|hparams|degradation` (-P mode=...), empty string = default."""
 
 import sys
 
@@ -6,7 +6,8 @@ from bpho.cli import main
 
 ONLY = {"fit": {"--dataset", "--memory-gb", "--tile-sizes", "--encoder", "--max-batch", "--device"},
         "hparams": {"--dataset", "--trials", "--epochs", "--storage", "--study", "--tile-sizes", "--max-batch",
-                    "--device"}}
+                    "--device"},
+        "degradation": {"--datasource", "--degradation", "--trials", "--storage", "--study"}}
 
 if __name__ == "__main__":
     args = sys.argv[1:]

@@ -22,8 +22,9 @@ import json
 import shutil
 import warnings
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 from tqdm import tqdm
@@ -72,7 +73,7 @@ def plane_stack(path: Path, scene: int, r: Recipe) -> np.ndarray:
 
 
 def _check_shapes(src: Source, lr: np.ndarray, hr: np.ndarray, r: Recipe) -> None:
-    lr_f, hr_f = src.pair.lr, src.pair.hr
+    lr_f, hr_f = src.pair.lr or src.pair.hr, src.pair.hr
     if lr.shape[0] != hr.shape[0]:
         raise BphoError(f"{lr_f}: {lr.shape[0]} frames, but {hr_f} has {hr.shape[0]}; pairs need the same frames")
     if (hr.shape[1], hr.shape[2]) != (lr.shape[1] * r.scale, lr.shape[2] * r.scale):
@@ -220,6 +221,30 @@ def split_sources(stems: List[str], valid_fraction: float, seed: int) -> Dict[st
     return {stem: ("valid" if i < n_valid else "train") for i, stem in enumerate(order)}
 
 
+@dataclass(frozen=True)
+class Synthesis:
+    """Make the LR from the HR instead of reading it (synthesize_lowres): `lowres(hr, hr_pixel_um, rng)`
+    maps a raw (T, Y, X) HR stack to a raw (T, Y/scale, X/scale) LR stack; `record` (the
+    degradation's name, parameters and what it was fitted on) goes into the manifest."""
+
+    record: dict
+    lowres: Callable[[np.ndarray, Optional[float], np.random.Generator], np.ndarray]
+
+
+def _hr_sources(ds: datasources.Datasource) -> List[Source]:
+    """Every HR image of a datasource: its files (kind hr) or the HR side of its pairs."""
+    if ds.pairs:
+        hrs = [(p.stem, p.hr) for p in ds.pairs]
+    else:
+        hrs = [(str(Path(f["path"]).with_suffix("")), ds.path / f["path"]) for f in ds.manifest["files"]]
+    out = []
+    for stem, path in hrs:
+        n = io.count_scenes(path)
+        pair = datasources.Pair(stem, None, path)
+        out += [Source(stem if n == 1 else f"{stem}#s{s}", pair, s) for s in range(n)]
+    return out
+
+
 def _sources(ds: datasources.Datasource) -> List[Source]:
     out = []
     for pair in ds.pairs:
@@ -231,8 +256,10 @@ def _sources(ds: datasources.Datasource) -> List[Source]:
 
 
 def make(recipe_name: str, datasource: Optional[str] = None, settings: Iterable[str] = (),
-         name: Optional[str] = None, force: bool = False, progress: bool = True, track: bool = True) -> "Dataset":
-    """Build dataset `name` (default: the recipe's name) and log the build to MLflow."""
+         name: Optional[str] = None, force: bool = False, progress: bool = True, track: bool = True,
+         synthesis: Optional[Synthesis] = None) -> "Dataset":
+    """Build dataset `name` (default: the recipe's name) and log the build to MLflow; with
+    `synthesis`, from the datasource's HR images and LR made from them."""
     loaded = recipes.load(recipe_name)
     r = recipes.with_overrides(loaded.recipe, settings)
     if datasource:
@@ -243,22 +270,34 @@ def make(recipe_name: str, datasource: Optional[str] = None, settings: Iterable[
     if dest.exists() and not force:
         raise ConflictError(f"dataset {out_name!r} already exists; choose another --name, or --force to rebuild it")
     ds = datasources.open(r.datasource, verify=True, progress=progress)
-    if ds.kind != r.kind:
-        raise BphoError(f"recipe {loaded.name} reads {r.kind} datasources, but {ds.name!r} is of kind {ds.kind}; "
-                        "pass a matching --datasource")
-    if not ds.pairs:
+    kinds = (r.kind, "hr") if synthesis else (r.kind,)
+    if ds.kind not in kinds:
+        raise BphoError(f"recipe {loaded.name} reads {' or '.join(kinds)} datasources, but {ds.name!r} is of kind "
+                        f"{ds.kind}; pass a matching --datasource")
+    if synthesis:
+        r = replace(r, register=False)  # made from the HR: registered by construction
+        sources = _hr_sources(ds)
+    elif not ds.pairs:
         raise BphoError(f"datasource {ds.name!r} has no LR/HR pairs to build a dataset from")
-    sources = _sources(ds)
-    split = split_sources([p.stem for p in ds.pairs], r.valid_fraction, r.seed)
+    else:
+        sources = _sources(ds)
+    if not sources:
+        raise BphoError(f"datasource {ds.name!r} has no images to build a dataset from")
+    split = split_sources(sorted({src.pair.stem for src in sources}), r.valid_fraction, r.seed)
+    pixel = {ds.path / f["path"]: (f.get("pixel_size_um") or [None] * 3)[-1] for f in ds.manifest["files"]}
     rng = np.random.default_rng(r.seed)
     records, warned = [], []
     with paths.atomic_dir(dest, replace=force) as tmp:
         writers = {(size, s): TileWriter(tmp / "tiles" / str(size), s) for size in r.tile_sizes for s in SPLITS}
-        for src in tqdm(sources, desc=f"dataset {out_name}", unit="image", disable=not progress):
-            record, tiles = _process(src, r, rng, tmp, split[src.pair.stem])
+        for i, src in enumerate(tqdm(sources, desc=f"dataset {out_name}", unit="image", disable=not progress)):
+            lowres = None
+            if synthesis:  # seeded per image: the same LR whatever else is in the datasource
+                lowres = partial(synthesis.lowres, hr_pixel_um=pixel.get(src.pair.hr),
+                                 rng=np.random.default_rng([r.seed, i]))
+            record, tiles = _process(src, r, rng, tmp, split[src.pair.stem], lowres)
             records.append(record)
             if not record["included"]:
-                message = f"{src.pair.lr.name} / {src.pair.hr.name} ({src.key}): excluded, {record['reason']}"
+                message = f"{src.pair.lr.name if src.pair.lr else 'synthetic'} / {src.pair.hr.name} ({src.key}): excluded, {record['reason']}"
                 warnings.warn(message, BphoWarning, stacklevel=2)
                 warned.append(message)
             for size, (lr, hr, rows) in tiles.items():
@@ -282,6 +321,7 @@ def make(recipe_name: str, datasource: Optional[str] = None, settings: Iterable[
             "recipe": {"name": loaded.name, "file": str(loaded.path), "sha256": loaded.sha256},
             "parameters": r.params(),
             "datasource": {"name": ds.name, "kind": ds.kind, "digest": ds.digest},
+            **({"degradation": synthesis.record} if synthesis else {}),
             "sources": records,
             "tiles": tile_info,
             "warnings": warned,
@@ -297,10 +337,18 @@ def make(recipe_name: str, datasource: Optional[str] = None, settings: Iterable[
     return dataset
 
 
-def _process(src: Source, r: Recipe, rng: np.random.Generator, tmp: Path, split: str):
-    """Normalise, register and tile one source image; returns its manifest record and tiles."""
-    lr_raw = plane_stack(src.pair.lr, src.scene, r)
+def _process(src: Source, r: Recipe, rng: np.random.Generator, tmp: Path, split: str,
+             lowres: Optional[Callable[[np.ndarray], np.ndarray]] = None):
+    """Normalise, register and tile one source image; returns its manifest record and tiles.
+    With `lowres`, the LR is made from the HR by it (a degradation) instead of read."""
     hr_raw = plane_stack(src.pair.hr, src.scene, r)
+    if lowres is not None:
+        if hr_raw.shape[1] % r.scale or hr_raw.shape[2] % r.scale:
+            h, w = hr_raw.shape[1] // r.scale * r.scale, hr_raw.shape[2] // r.scale * r.scale
+            hr_raw = hr_raw[:, :h, :w]  # whole LR pixels only
+        lr_raw = np.asarray(lowres(hr_raw), dtype=np.float32)
+    else:
+        lr_raw = plane_stack(src.pair.lr, src.scene, r)
     _check_shapes(src, lr_raw, hr_raw, r)
     ranges = {}
     for side, stack in (("lr", lr_raw), ("hr", hr_raw)):
@@ -311,7 +359,8 @@ def _process(src: Source, r: Recipe, rng: np.random.Generator, tmp: Path, split:
                                   f"are both {lo:g}): empty or saturated")
         ranges[side] = [lo, hi]
     lr, hr = normalize(lr_raw, *ranges["lr"]), normalize(hr_raw, *ranges["hr"])
-    record = {"source": src.key, "lr": src.pair.lr.name, "hr": src.pair.hr.name, "scene": src.scene,
+    record = {"source": src.key, "lr": src.pair.lr.name if src.pair.lr else "synthetic", "hr": src.pair.hr.name,
+              "scene": src.scene,
               "split": split, "normalization": ranges, "included": True, "tiles": {}}
     reg, margin = None, 0
     if r.register:
@@ -356,6 +405,13 @@ def _track(dataset: "Dataset", ds: datasources.Datasource) -> None:
     with tracking.run(tracking.DATASETS_EXPERIMENT, run_name=dataset.name, tags=tags):
         # prefixed: `mlflow run` has already logged its own -P parameters (dataset=RECIPE, ...) unprefixed
         tracking.log_params({**{f"recipe.{k}": v for k, v in m["parameters"].items()}, "dataset.name": dataset.name})
+        if "degradation" in m:
+            deg = m["degradation"]
+            mlflow_tags = {"bpho.degradation": deg["name"]}
+            if deg.get("fitted_on"):
+                mlflow_tags["bpho.fitted_on"] = deg["fitted_on"]["datasource"]
+            tracking.set_tags(mlflow_tags)
+            tracking.log_params({f"degradation.{k}": v for k, v in {"name": deg["name"], **deg["parameters"]}.items()})
         counts = {f"tiles_{size}_{s}": info[s] for size, info in m["tiles"].items() for s in SPLITS}
         scores = [rec["score"] for rec in m["sources"] if "score" in rec]
         tracking.log_metrics({**counts, "pairs_excluded": sum(not rec["included"] for rec in m["sources"]),
