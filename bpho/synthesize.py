@@ -175,16 +175,15 @@ def tune_degradation(datasource: str, name: str, trials: int = 40, recipe: str =
                      max_pairs: Optional[int] = 4, progress: bool = True) -> dict:
     """Optuna study over a degradation's parameters minimising `similarity` on the training pairs
     of a paired datasource; every trial a child MLflow run of the study's run."""
-    from bpho.tune import EXPERIMENT as TUNE_EXPERIMENT, _optuna, _study_files, default_storage
+    from bpho.tune import EXPERIMENT as TUNE_EXPERIMENT, _optuna, _study_files, default_storage, open_study
 
     if name not in ("classic", "physical"):
         raise BphoError(f"tune degradation: {name!r} (search classic or physical; fitted is estimated, not searched)")
     optuna = _optuna()
     pairs = registered_pairs(datasource, recipe, split="train", max_pairs=max_pairs, progress=progress)
     scale = recipes.load(recipe).recipe.scale
-    study = optuna.create_study(direction="minimize", storage=storage or default_storage(),
-                                study_name=study_name or f"degradation-{name}-{datasource}", load_if_exists=True,
-                                sampler=optuna.samplers.TPESampler(seed=seed))
+    study = open_study(storage or default_storage(), study_name or f"degradation-{name}-{datasource}", "minimize",
+                       sampler=optuna.samplers.TPESampler(seed=seed))
     ds = datasources.open(datasource, verify=False)
     tags = {"bpho.tune": "degradation", "bpho.degradation": name, "bpho.datasource": datasource}
     with tracking.run(TUNE_EXPERIMENT, run_name=study.study_name, tags=tags) as parent:

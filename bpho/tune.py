@@ -89,8 +89,9 @@ def _train_config(a: Attempt, device: torch.device) -> TrainConfig:
                        grad_checkpointing=a.checkpointing, device=device.type)
 
 
-def _steps(a: Attempt, device: torch.device) -> float:
-    """Build the model, run 1 + `steps` training steps on real tiles; returns tiles/s of the timed ones."""
+def _steps(a: Attempt, device: torch.device, warmed=lambda: None) -> float:
+    """Build the model, run 1 + `steps` training steps on real tiles; returns tiles/s of the timed
+    ones. `warmed()` is called after the first step (code loaded, optimizer state allocated)."""
     lr, hr = builder.open(a.dataset).tiles(a.tile_size, "train")
     idx = np.resize(np.arange(len(lr)), a.batch_size)
     x = torch.from_numpy(np.asarray(lr[idx])).to(device)
@@ -101,6 +102,7 @@ def _steps(a: Attempt, device: torch.device) -> float:
     loss = loss_fn("l1")
     for i in range(1 + a.steps):  # the first step also allocates the optimizer state
         if i == 1:
+            warmed()
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             start = time.perf_counter()
@@ -119,25 +121,31 @@ def _proc_kb(field_name: str) -> int:
 
 
 def _cpu_attempt(a: Attempt) -> dict:
-    """In a fresh process: peak resident memory added by model, data and steps, and tiles/s."""
+    """In a fresh process: the peak of anonymous memory (tensors, not the library code that the
+    first step pages in) that model, optimizer state, data and steps add, and tiles/s."""
     try:  # big buffers straight from mmap, so that what a step frees is returned and counted once
         import ctypes
 
         ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 16)  # M_MMAP_THRESHOLD = 64 KiB
     except (OSError, AttributeError):
         pass
+    base = _proc_kb("RssAnon")
+
+    def reset_peak() -> None:  # the peak (VmHWM) restarts from here, after code has been paged in
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+        except OSError:
+            pass
+
     try:
-        Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current size
-    except OSError:
-        pass
-    base = _proc_kb("VmRSS")
-    try:
-        speed = _steps(a, torch.device("cpu"))
+        speed = _steps(a, torch.device("cpu"), warmed=reset_peak)
     except Exception as exc:
         if not is_out_of_memory(exc):
             raise
         return {"fits": False, "peak_bytes": None, "tiles_per_s": None, "error": "out of memory"}
-    return {"fits": True, "peak_bytes": (_proc_kb("VmHWM") - base) * 1024, "tiles_per_s": speed, "error": None}
+    mapped_files = _proc_kb("RssFile") + _proc_kb("RssShmem")
+    peak = max(_proc_kb("VmHWM") - mapped_files, _proc_kb("RssAnon")) - base
+    return {"fits": True, "peak_bytes": peak * 1024, "tiles_per_s": speed, "error": None}
 
 
 def _cuda_attempt(a: Attempt, device: torch.device) -> dict:
@@ -384,6 +392,22 @@ class StudyResult:
     best_run_id: Optional[str] = None
 
 
+def open_study(storage: str, name: str, direction: str, **kwargs):
+    """Create or load a study. Workers starting together may race to create the schema or the
+    study in a fresh database: the loser retries (and then loads what the winner made)."""
+    optuna = _optuna()
+    for attempt in range(5):
+        try:
+            return optuna.create_study(storage=storage, study_name=name, direction=direction, load_if_exists=True,
+                                       **kwargs)
+        except Exception as exc:  # a bad URL, an unreachable server, a missing driver, or a lost race
+            if "IntegrityError" in type(exc).__name__ + repr(exc) and attempt < 4:
+                time.sleep(0.5 + attempt)
+                continue
+            raise BphoError(f"tune: cannot open study {name!r} on {_safe_url(storage)} "
+                            f"({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+
+
 def _pruner(name: str):
     optuna = _optuna()
     if name == "median":
@@ -434,12 +458,8 @@ def hparams(dataset: str, trials: int = 20, epochs: int = 5, storage: Optional[s
         raise BphoError(f"tune hparams: unknown loss or mode {unknown}")
     storage = storage or default_storage()
     name = study_name or f"hparams-{dataset}"
-    try:
-        study = optuna.create_study(storage=storage, study_name=name, direction="maximize", load_if_exists=True,
-                                    sampler=optuna.samplers.TPESampler(seed=seed), pruner=_pruner(pruner))
-    except Exception as exc:  # a bad URL, an unreachable server, a missing driver
-        raise BphoError(f"tune hparams: cannot open study {name!r} on {_safe_url(storage)} "
-                        f"({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+    study = open_study(storage, name, "maximize", sampler=optuna.samplers.TPESampler(seed=seed),
+                       pruner=_pruner(pruner))
     parent = _parent_run(study, name, dataset)
     client = MlflowClient(tracking.tracking_uri())
 

@@ -63,7 +63,7 @@ def test_fit_search_finds_feasible_monotone_batches_on_cpu(env):
     at64 = {p["batch_size"]: p["peak_bytes"] for p in fit["points"] if p["tile_size"] == 64 and p["peak_bytes"]}
     assert at64[max(at64)] > at64[min(at64)]
     # tracked: the table, the plot and the recommendations in an MLflow run
-    client = MlflowClient()
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
     run = client.search_runs([client.get_experiment_by_name(tune.EXPERIMENT).experiment_id])[0]
     assert run.data.metrics["batch_t64_fp32"] == rec[64]["batch_size"]
     assert {"fit/fit.csv", "fit/fit.png", "fit/fit.txt", "fit/tiny.json"} <= {
@@ -159,5 +159,6 @@ def test_mlflow_run_tune_fit_entry_point(env, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     fit = json.loads(tune.fit_path("tiny").read_text())
     assert [(r["tile_size"], r["batch_size"]) for r in fit["recommended"]] == [(32, 4), (64, 4)]
-    run = MlflowClient().search_runs([MlflowClient().get_experiment_by_name("Default").experiment_id])[0]
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])  # not the process-wide URI an earlier test set
+    run = client.search_runs([client.get_experiment_by_name("Default").experiment_id])[0]
     assert run.data.params["mode"] == "fit" and run.data.metrics["batch_t64_fp32"] == 4
