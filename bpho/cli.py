@@ -265,6 +265,14 @@ def _tune_degradation_report(args) -> int:
     return 0
 
 
+def _server(args) -> int:
+    from bpho.server import serve
+
+    return serve(host=args.host, port=args.port, backend_store_uri=args.backend_store_uri, artifacts=args.artifacts,
+                 auth=args.auth, admin_password_file=args.admin_password_file,
+                 default_permission=args.default_permission, workers=args.workers)
+
+
 def _tracking_uri(args) -> int:
     from bpho import tracking
 
@@ -453,6 +461,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=_synthesize)
 
+    p = sub.add_parser("server", help="the group's MLflow tracking server (127.0.0.1 unless --host says otherwise)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every network; use with --auth)")
+    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--backend-store-uri", help="run store, e.g. postgresql://mlflow@db/mlflow "
+                                               "(default: SQLite under BPHO_ROOT/server)")
+    p.add_argument("--artifacts", help="artifact folder the server serves (default BPHO_ROOT/server/artifacts)")
+    p.add_argument("--auth", action="store_true", help="MLflow basic auth; admin password from $BPHO_ADMIN_PASSWORD "
+                                                       "or --admin-password-file")
+    p.add_argument("--admin-password-file")
+    p.add_argument("--default-permission", default="READ", help="what signed-in users may do with others' runs "
+                                                                 "(READ, EDIT, MANAGE, NO_PERMISSIONS)")
+    p.add_argument("--workers", type=int, default=2)
+    p.set_defaults(func=_server)
+
     p = sub.add_parser("tracking-uri", help="print the MLflow tracking URI bpho uses (for `mlflow ui`)")
     p.set_defaults(func=_tracking_uri)
     return parser
@@ -477,6 +499,17 @@ def main(argv: Optional[List[str]] = None) -> int:
         return args.func(args)
     except BphoError as exc:
         print(f"bpho: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        import errno
+
+        short_write = exc.errno is None and " written" in str(exc)  # numpy's tofile: "N requested and M written"
+        if exc.errno not in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) and not short_write:
+            raise
+        where = exc.filename or "an output file"
+        what = "disk full or file too large (a short write)" if short_write else exc.strerror
+        print(f"bpho: error: {where}: {what} while writing; nothing was kept. Free space (or raise the "
+              "file size limit) and run the command again", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("bpho: interrupted", file=sys.stderr)

@@ -67,8 +67,8 @@ def _pairs_from_dataset(name: str) -> List[Pair]:
     return out
 
 
-def _pairs_from_datasource(name: str, scale: int) -> List[Pair]:
-    source = datasources.open(name)
+def _pairs_from_datasource(source: datasources.Datasource, scale: int) -> List[Pair]:
+    name = source.name
     if not source.pairs:
         raise BphoError(f"datasource {name!r} has no LR/HR pairs to evaluate on")
     r = Recipe(datasource=name, kind=source.kind, scale=scale, tile_sizes=(scale,))
@@ -98,10 +98,11 @@ def evaluate(model_uri: str, dataset: Optional[str] = None, datasource: Optional
              out_dir: Optional[Path] = None, device: str = "auto", progress: bool = True, track: bool = True) -> dict:
     if (dataset is None) == (datasource is None):
         raise BphoError("evaluate: give exactly one of --dataset or --datasource")
+    source = datasources.open(datasource) if datasource else None  # files verified before anything else
     folder = tracking.download_model(model_uri)
     model = load_model(folder, device=device)
     s = model.scale
-    pairs = _pairs_from_dataset(dataset) if dataset else _pairs_from_datasource(datasource, s)
+    pairs = _pairs_from_dataset(dataset) if dataset else _pairs_from_datasource(source, s)
     rows, figures_input = [], []
     for pair in tqdm(pairs, desc="evaluate", unit="image", disable=not progress):
         if pair.lr.shape[0] < model.frames:
@@ -133,7 +134,8 @@ def evaluate(model_uri: str, dataset: Optional[str] = None, datasource: Optional
         with tracking.run("bpho-evaluate", run_name=f"eval-{dataset or datasource}", tags=tags):
             tracking.log_params({"model_uri": model_uri, "images": len(pairs), "evaluated_on": tags["bpho.evaluated_on"]})
             tracking.log_metrics({k: v for k, v in _flat(summary).items() if v is not None and np.isfinite(v)})
-            tracking.log_artifacts(sorted(out.glob("*")))
+            tracking.log_artifacts([out / "evaluation.csv"])
+            tracking.log_previews(sorted(out.glob("*.png")))
     return result
 
 

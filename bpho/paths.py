@@ -51,7 +51,8 @@ def atomic_dir(dest: Path, replace: bool = False) -> Iterator[Path]:
     if dest.exists() and not replace:
         raise ConflictError(f"{dest}: already exists")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    _remove_stale(dest)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-{os.getpid()}-", dir=dest.parent))
     trash = None
     try:
         yield tmp
@@ -64,6 +65,20 @@ def atomic_dir(dest: Path, replace: bool = False) -> Iterator[Path]:
         raise
     if trash is not None:
         remove_tree(trash)
+
+
+def _remove_stale(dest: Path) -> None:
+    """Remove temporary folders of `dest` left by killed processes (their pid is gone)."""
+    for old in dest.parent.glob(f".{dest.name}.tmp-*-*"):
+        pid = old.name[len(f".{dest.name}.tmp-"):].split("-")[0]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            remove_tree(old)
+        except PermissionError:  # alive, another user's
+            pass
 
 
 @contextmanager

@@ -70,10 +70,12 @@ def _predict_image(model, img: io.Image, target: Path, progress: bool) -> Path:
     pz, py, px = img.pixel_size
     meta = {"axes": "TZCYX", "unit": "um", **({"spacing": pz} if pz else {})}
     resolution = {"resolution": (s / px, s / py)} if px and py else {}
-    with atomic_file(target, suffix=".tif") as tmp:
-        tifffile.imwrite(tmp, frames(), shape=(t, z, c, y * s, x * s), dtype=np.float32, imagej=True,
-                         metadata=meta, **resolution)
-    bar.close()
+    try:
+        with atomic_file(target, suffix=".tif") as tmp:
+            tifffile.imwrite(tmp, frames(), shape=(t, z, c, y * s, x * s), dtype=np.float32, imagej=True,
+                             metadata=meta, **resolution)
+    finally:
+        bar.close()  # also on an error, so that its message starts a clean line
     save_preview(target.with_suffix(".png"), img.data[0, 0, 0], first[0], s)
     return target
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Dict, Iterable, Iterator, Optional
 
 from bpho import paths
-from bpho.errors import BphoError
+from bpho.errors import BphoError, BphoWarning
 
 DATASETS_EXPERIMENT = "bpho-datasets"
 
@@ -31,6 +31,11 @@ def tracking_uri() -> str:
 def _mlflow():
     import mlflow
 
+    # fail fast when a server is away (MLflow's default retries block each call for minutes);
+    # training buffers what it could not log (`Buffer`). Set these variables to override.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)  # models are registered where the runs go
@@ -81,7 +86,8 @@ def run(experiment: str, run_name: str, tags: Optional[Dict[str, str]] = None,
             active = mlflow.start_run(experiment_id=experiment_id(mlflow, experiment), run_name=run_name)
     with active:
         commit = git_commit()
-        all_tags = {**(tags or {}), **({"mlflow.source.git.commit": commit, "bpho.git_commit": commit} if commit else {})}
+        all_tags = {**(tags or {}), **({"mlflow.source.git.commit": commit, "bpho.git_commit": commit} if commit else {}),
+                    **({} if previews_enabled() else {"bpho.previews": "off"})}
         mlflow.set_tags(all_tags)
         yield active
 
@@ -111,6 +117,18 @@ def log_artifacts(files: Iterable[Path], artifact_path: Optional[str] = None) ->
         mlflow.log_artifact(str(f), artifact_path=artifact_path)
 
 
+def previews_enabled() -> bool:
+    """`BPHO_PREVIEWS=off` keeps pictures of the data (tiles, predictions, QC) off the tracking
+    server: they are still written locally; metrics, parameters and models are still logged."""
+    return os.environ.get("BPHO_PREVIEWS", "on").strip().lower() not in ("off", "0", "false", "no")
+
+
+def log_previews(files: Iterable[Path], artifact_path: Optional[str] = None) -> None:
+    """Log pictures of the data unless previews are switched off (see `previews_enabled`)."""
+    if previews_enabled():  # else the run is tagged bpho.previews=off when it starts
+        log_artifacts(files, artifact_path)
+
+
 def log_dataset_input(name: str, digest: str, location: Path, context: str,
                       tags: Optional[Dict[str, str]] = None) -> None:
     """Record a bpho dataset or datasource as an MLflow dataset input (shown in the UI)."""
@@ -122,6 +140,114 @@ def log_dataset_input(name: str, digest: str, location: Path, context: str,
         warnings.simplefilter("ignore")
         source = resolve_dataset_source(str(location))
     mlflow.log_input(MetaDataset(source, name=name, digest=digest[:36]), context=context, tags=tags)
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether an exception means the tracking server could not be reached (not a bad request)."""
+    import requests
+
+    if isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout, ConnectionError)):
+        return True
+    text = str(exc)
+    return any(s in text for s in ("Max retries exceeded", "Connection refused", "Failed to establish",
+                                   "Read timed out", "RemoteDisconnected", "too many 5", "503", "502"))
+
+
+class Buffer:
+    """Metrics and files for the active run that survive a tracking server outage.
+
+    Each item is logged at once when the server answers; otherwise it is kept, in memory and
+    in `spool` (JSON lines beside the checkpoint, so a crash during the outage loses nothing),
+    and logged with its original timestamp on the next successful call. `drain` waits for
+    the server before the run ends. The run is tagged with what arrived late.
+    """
+
+    def __init__(self, spool: Path):
+        import json
+
+        self.spool = Path(spool)
+        self.items = [json.loads(line) for line in self.spool.read_text().splitlines()] if self.spool.exists() else []
+        self.late_steps: set = set()
+        self.warned = False
+
+    def metrics(self, values: Dict[str, float], step: int) -> None:
+        import time
+
+        self._add({"kind": "metrics", "values": {k: float(v) for k, v in values.items()}, "step": step,
+                   "timestamp": int(time.time() * 1000)})
+
+    def artifact(self, path: Path, artifact_path: Optional[str] = None) -> None:
+        self._add({"kind": "artifact", "path": str(path), "artifact_path": artifact_path})
+
+    def _add(self, item: dict) -> None:
+        import json
+
+        self.items.append(item)
+        if not self.flush():
+            self.spool.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.spool, "a") as fh:
+                fh.write(json.dumps(item) + "\n")
+
+    def flush(self) -> bool:
+        """Log everything pending, oldest first; False (and nothing lost) if the server is away."""
+        import mlflow
+        from mlflow.entities import Metric
+
+        client = mlflow.MlflowClient()
+        run_id = mlflow.active_run().info.run_id
+        while self.items:
+            item = self.items[0]
+            try:
+                if item["kind"] == "metrics":
+                    client.log_batch(run_id, metrics=[Metric(k, v, item["timestamp"], item["step"])
+                                                      for k, v in item["values"].items()])
+                elif Path(item["path"]).exists():
+                    client.log_artifact(run_id, item["path"], item["artifact_path"])
+            except Exception as exc:
+                if not unreachable(exc):
+                    raise
+                if not self.warned:
+                    warnings.warn(f"tracking server {tracking_uri()} unreachable; training goes on and keeps "
+                                  f"metrics in {self.spool} until it is back", BphoWarning, stacklevel=3)
+                    self.warned = True
+                return False
+            self.items.pop(0)
+            if self.warned and item["kind"] == "metrics":
+                self.late_steps.add(item["step"])
+        if self.spool.exists():
+            self.spool.unlink()
+        if self.late_steps:
+            client.set_tag(run_id, "bpho.logged_late", f"steps {sorted(self.late_steps)} were logged after a "
+                                                       "tracking server outage, with their original times")
+        return True
+
+    def drain(self, wait_s: float) -> None:
+        """Wait up to `wait_s` seconds for the server to take everything pending."""
+        import time
+
+        deadline = time.time() + wait_s
+        while not self.flush():
+            if time.time() > deadline:
+                raise BphoError(f"tracking server {tracking_uri()} unreachable for {wait_s:.0f} s; nothing is "
+                                f"lost: metrics wait in {self.spool}, weights in its checkpoint; when the server "
+                                "is back, `bpho train --resume RUN_ID` logs them and the model")
+            time.sleep(2.0)
+
+
+def retry(call, wait_s: float, what: str):
+    """Call `call()`, retrying while the tracking server is unreachable, for up to `wait_s` seconds."""
+    import time
+
+    deadline = time.time() + wait_s
+    while True:
+        try:
+            return call()
+        except Exception as exc:
+            if not unreachable(exc):
+                raise
+            if time.time() > deadline:
+                raise BphoError(f"tracking server {tracking_uri()} unreachable for {wait_s:.0f} s while {what}") from None
+            time.sleep(2.0)
 
 
 def log_missing_epoch(metrics: Dict[str, float], epoch: int, key: str = "valid_psnr") -> None:

@@ -341,8 +341,11 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, progress: bool = True,
                            run_id=resume, parent_run_id=parent_run_id) if d.main else nullcontext()
     with run_ctx as active:
         run_id = _broadcast_str(d, active.info.run_id if d.main else None)
+        wait = float(os.environ.get("BPHO_TRACKING_WAIT", "600"))  # seconds to wait for an absent server
+        buffer = tracking.Buffer(checkpoint_path(run_id).parent / "pending.jsonl") if d.main else None
         if d.main:
             if resume:
+                buffer.drain(wait)  # what an outage before the kill kept back
                 tracking.log_missing_epoch(last_metrics, start - 1)
             else:
                 # prefixed: `mlflow run` has already logged its own -P values (tile_size='' ...) unprefixed
@@ -378,15 +381,16 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, progress: bool = True,
                 metrics = {"train_loss": running / max(seen, 1), "lr": opt.param_groups[0]["lr"],
                            **evaluate_tiles(net, lr_va, hr_va, scale, device, cfg.batch_size, loss, amp_dtype)}
                 _save_checkpoint(checkpoint_path(run_id), net, opt, sched, scaler, epoch, metrics, config)
-                tracking.log_metrics(metrics, step=epoch)
+                buffer.metrics(metrics, epoch)  # logged now, or kept until the server is back
                 last_metrics = metrics
                 if (epoch + 1) % cfg.panel_every == 0 or epoch == cfg.epochs - 1:
-                    with tempfile.TemporaryDirectory() as tmp:
-                        png = Path(tmp) / f"epoch_{epoch + 1:03d}.png"
-                        save_panel(png, net, *fixed, scale, device,
-                                   f"epoch {epoch + 1}: PSNR model {metrics['valid_psnr']:.2f} dB, "
-                                   f"bicubic {metrics['bicubic_psnr']:.2f} dB")
-                        tracking.log_artifacts([png], "panels")
+                    png = checkpoint_path(run_id).parent / "panels" / f"epoch_{epoch + 1:03d}.png"
+                    png.parent.mkdir(parents=True, exist_ok=True)
+                    save_panel(png, net, *fixed, scale, device,
+                               f"epoch {epoch + 1}: PSNR model {metrics['valid_psnr']:.2f} dB, "
+                               f"bicubic {metrics['bicubic_psnr']:.2f} dB")
+                    if tracking.previews_enabled():
+                        buffer.artifact(png, "panels")
                 if on_epoch is not None:
                     on_epoch(epoch, metrics, run_id)
                 print(f"epoch {epoch + 1}/{cfg.epochs}: train loss {metrics['train_loss']:.4f}, valid PSNR "
@@ -400,9 +404,11 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, progress: bool = True,
                         "percentile_low": ds.manifest["parameters"]["percentile_low"],
                         "percentile_high": ds.manifest["parameters"]["percentile_high"]},
                     "dataset": ds.name, "dataset_digest": ds.digest, "tile_size": size, "run_id": run_id}
+            buffer.drain(wait)
             with tempfile.TemporaryDirectory() as tmp:
                 folder = save_model(Path(tmp) / "bpho_model", net.float().cpu(), meta)
-                version = tracking.log_model(folder, registered_name=name if register else None)
+                version = tracking.retry(lambda: tracking.log_model(folder, registered_name=name if register else None),
+                                         wait, "logging the model")
             if register:
                 result.registered_name, result.registered_version = name, version
     _barrier(d)

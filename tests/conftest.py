@@ -70,41 +70,55 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory):
-    """A real MLflow tracking server on 127.0.0.1 (SQLite backend, proxied artifacts)."""
+def start_mlflow_server(where: Path, port: int, argv: list | None = None, env: dict | None = None,
+                        health_timeout: float = 120) -> subprocess.Popen:
+    """Start a real MLflow tracking server on 127.0.0.1:`port` (SQLite backend and proxied artifacts
+    under `where`, or the command line `argv`); returns once /health answers."""
     import time
     import urllib.request
 
-    where = tmp_path_factory.mktemp("mlflow-server")
-    port = _free_port()
-    log = open(where / "server.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{where / 'mlflow.db'}", "--artifacts-destination",
-         str(where / "artifacts"), "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, cwd=where,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
+    where.mkdir(parents=True, exist_ok=True)
+    argv = argv or [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+                    "--backend-store-uri", f"sqlite:///{where / 'mlflow.db'}", "--artifacts-destination",
+                    str(where / "artifacts"), "--workers", "1"]
+    log = open(where / "server.log", "a")
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=where, env=env, start_new_session=True)
+    log.close()
+    deadline = time.time() + health_timeout
     while True:
         try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
                 if r.status == 200:
-                    break
+                    return proc
         except OSError:
             pass
         if proc.poll() is not None or time.time() > deadline:
             proc.kill()
             raise RuntimeError(f"mlflow server did not start:\n{(where / 'server.log').read_text()[-3000:]}")
-        time.sleep(0.5)
-    yield url
-    proc.terminate()
+        time.sleep(0.3)
+
+
+def stop(proc: subprocess.Popen, sig: int = 15) -> None:
+    """Stop a server and its worker processes (its whole process group)."""
+    import signal
+
     try:
+        os.killpg(proc.pid, sig)
         proc.wait(timeout=20)
     except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    except ProcessLookupError:
+        pass
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real MLflow tracking server on 127.0.0.1 (SQLite backend, proxied artifacts)."""
+    port = _free_port()
+    proc = start_mlflow_server(tmp_path_factory.mktemp("mlflow-server"), port)
+    yield f"http://127.0.0.1:{port}"
+    stop(proc)
 
 
 @pytest.fixture

@@ -417,8 +417,8 @@ def _track(dataset: "Dataset", ds: datasources.Datasource) -> None:
         tracking.log_metrics({**counts, "pairs_excluded": sum(not rec["included"] for rec in m["sources"]),
                               **({"registration_score_min": min(scores)} if scores else {})})
         tracking.log_artifacts([dataset.path / MANIFEST])
-        tracking.log_artifacts(sorted((dataset.path / "qc").glob("*.png")), "qc")
-        tracking.log_artifacts(sorted((dataset.path / "previews").glob("*.png")), "previews")
+        tracking.log_previews(sorted((dataset.path / "qc").glob("*.png")), "qc")
+        tracking.log_previews(sorted((dataset.path / "previews").glob("*.png")), "previews")
         tracking.log_dataset_input(ds.name, ds.digest, ds.path, context="source", tags={"kind": ds.kind})
         tracking.log_dataset_input(dataset.name, dataset.digest, dataset.path, context="built")
 

@@ -1,0 +1,166 @@
+"""Faults a group meets: the tracking server goes away mid-training, a build is killed, a
+registered file changes on disk, the disk fills up. (A training process killed mid-epoch and
+resumed: tests/test_train.py::test_sigkill_mid_run_then_resume_continues_the_same_run.)"""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from bpho.datasets import builder
+
+from conftest import _free_port, assert_one_line_error, register_demo, run_bpho, start_mlflow_server, stop
+
+NET = ["--encoder", "resnet18", "--decoder-widths", "32,16,16,8,8"]
+
+
+@pytest.fixture(scope="module")
+def world(demo, tmp_path_factory):
+    root = tmp_path_factory.mktemp("faults-root")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BPHO_ROOT", str(root))
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'setup.db'}")
+        register_demo(demo, root, "paired", "pairs", "paired")
+        builder.make("paired_001", datasource="pairs", name="tiny", progress=False, track=False,
+                     settings=["tile_sizes=64", "tiles_per_image=60", "valid_fraction=0.34"])
+    return root
+
+
+@pytest.fixture
+def env(world, monkeypatch, tmp_path):
+    monkeypatch.setenv("BPHO_ROOT", str(world))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    return world
+
+
+def _wait(condition, timeout: float, what: str, proc=None):
+    deadline = time.time() + timeout
+    while not condition():
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"{what}: the process ended first:\n{proc.stderr.read()[-3000:]}")
+        if time.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def test_training_survives_a_tracking_server_outage(env, tmp_path):
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = start_mlflow_server(tmp_path / "server", port)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bpho.cli", "train", "--dataset", "tiny", "--epochs", "4", "--batch-size", "4", *NET],
+        env={**os.environ, "MLFLOW_TRACKING_URI": url, "BPHO_TRACKING_WAIT": "180"},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    client = MlflowClient(url)
+    runs = []
+
+    def first_epoch_logged():
+        exp = client.get_experiment_by_name("bpho-train")
+        runs[:] = client.search_runs([exp.experiment_id]) if exp else []
+        return bool(runs) and client.get_metric_history(runs[0].info.run_id, "valid_psnr")
+
+    try:
+        _wait(first_epoch_logged, 300, "the first epoch's metrics on the server", proc)
+        run_id = runs[0].info.run_id
+        stop(server, signal.SIGKILL)  # the server dies mid-training
+        spool = env / "checkpoints" / run_id / "pending.jsonl"
+        _wait(lambda: spool.exists() and len(spool.read_text().splitlines()) >= 2, 300,
+              "two epochs kept back while the server is away", proc)
+        assert proc.poll() is None  # training did not crash
+        server = start_mlflow_server(tmp_path / "server", port)  # and comes back, same store
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-3000:]
+        assert "unreachable" in err  # the user was told, once
+        history = client.get_metric_history(run_id, "valid_psnr")
+        assert sorted(m.step for m in history) == [0, 1, 2, 3]  # no gap, no duplicate
+        run = client.get_run(run_id)
+        assert "logged after a tracking server outage" in run.data.tags["bpho.logged_late"]
+        assert run.info.status == "FINISHED"
+        import mlflow
+
+        model = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model", tracking_uri=url))
+        assert next(model.rglob("bpho_model.json"), None) is not None  # the model reached the server
+        assert (env / "checkpoints" / run_id / "last.pt").is_file() and not spool.exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        stop(server)
+
+
+def test_a_killed_dataset_build_leaves_no_dataset(env):
+    datasets = env / "datasets"
+    proc = subprocess.Popen([sys.executable, "-m", "bpho.cli", "dataset", "make", "paired_001", "--datasource", "pairs",
+                             "--name", "killed", "--set", "tile_sizes=64", "--set", "tiles_per_image=400"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _wait(lambda: any(datasets.glob(".killed.tmp-*/tiles")), 120, "the build to start writing", proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (datasets / "killed").exists()
+    assert "killed" not in run_bpho("dataset", "list").stdout
+    run_bpho("dataset", "make", "paired_001", "--datasource", "pairs", "--name", "killed", "--set", "tile_sizes=64",
+             "--set", "tiles_per_image=4", check=True)
+    assert builder.open("killed").manifest["tiles"]["64"]["train"] > 0
+    assert not list(datasets.glob(".killed.tmp-*"))  # the dead build's leftovers were cleared
+
+
+def test_a_changed_datasource_file_is_refused_by_every_stage(env, demo, tmp_path):
+    register_demo(demo, tmp_path, "paired", "changed", "paired")
+    from bpho import datasources
+
+    victim = sorted((datasources.open("changed").path).rglob("lr/*.czi"))[0]
+    victim.chmod(0o644)
+    with open(victim, "r+b") as fh:  # one byte, deep inside the pixel data
+        fh.seek(victim.stat().st_size // 2)
+        byte = fh.read(1)
+        fh.seek(-1, 1)
+        fh.write(bytes([byte[0] ^ 0xFF]))
+    name = victim.name
+    assert run_bpho("datasource", "verify", "changed").returncode == 1
+    for argv in (["dataset", "make", "paired_001", "--datasource", "changed", "--name", "x"],
+                 ["synthesize", "--datasource", "changed", "--degradation", "physical", "--dataset", "y"],
+                 ["synthesize", "--datasource", "pairs", "--degradation", "fitted", "--fit-on", "changed",
+                  "--dataset", "z"],
+                 ["tune", "degradation", "--datasource", "changed", "--degradation", "classic", "--trials", "1"],
+                 ["evaluate", "--model", "runs:/0123456789abcdef/model", "--datasource", "changed"]):
+        proc = run_bpho(*argv)
+        assert_one_line_error(proc, name)
+    for folder in ("x", "y", "z"):
+        assert not (env / "datasets" / folder).exists()
+
+
+def _file_size_limit(limit: int):
+    def apply():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG) instead of killing
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+def test_disk_full_while_writing_tiles_or_predictions(env, demo, tmp_path):
+    cmd = [sys.executable, "-m", "bpho.cli", "dataset", "make", "paired_001", "--datasource", "pairs", "--name", "full",
+           "--set", "tile_sizes=64", "--set", "tiles_per_image=200"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=_file_size_limit(400_000))
+    assert_one_line_error(proc, "File too large", "nothing was kept")
+    assert not (env / "datasets" / "full").exists() and not list((env / "datasets").glob(".full.tmp-*"))
+
+    # a model far smaller than the limit, an HR output far larger (256 px LR -> 1024 px float32 HR, 4 MiB)
+    run_bpho("train", "--dataset", "tiny", "--epochs", "1", "--model-name", "full-disk", "--encoder", "test_resnet",
+             "--decoder-widths", "16,8,8,8,8", check=True)
+    lr = tmp_path / "big_lr.tif"
+    import numpy as np
+    import tifffile
+
+    tifffile.imwrite(lr, (np.random.default_rng(0).random((256, 256)) * 1000).astype(np.uint16))
+    out = tmp_path / "predictions"
+    proc = subprocess.run([sys.executable, "-m", "bpho.cli", "predict", "--model", "models:/full-disk/latest",
+                           str(lr), "--out", str(out)], capture_output=True, text=True,
+                          preexec_fn=_file_size_limit(3_000_000))
+    assert_one_line_error(proc, "while writing; nothing was kept")
+    assert not out.exists() or not any(out.iterdir())  # no half-written TIFF, no temporary file
