@@ -25,11 +25,11 @@ from bpho.paths import atomic_file
 
 def predict_files(model_uri: str, inputs: Iterable, out_dir, device: str = "auto", tile: int = 128,
                   overlap: int = 16, batch: int = 4, half: bool = False, progress: bool = True) -> List[Path]:
+    inputs = [Path(p) for p in inputs]
+    for path in inputs:  # check every input before loading the model or writing anything
+        io.file_kind(path)
     model = load_model(tracking.download_model(model_uri), device=device, tile=tile, overlap=overlap, batch=batch,
                        half=half)
-    inputs = [Path(p) for p in inputs]
-    for path in inputs:  # check every input before writing anything
-        io.file_kind(path)
     out_dir = Path(out_dir)
     written = []
     for path in tqdm(inputs, desc="files", unit="file", disable=not progress or len(inputs) < 2):
@@ -45,8 +45,11 @@ def _predict_image(model, img: io.Image, target: Path, progress: bool) -> Path:
     t, c, z, y, x = img.shape
     if model.frames > 1 and t < model.frames:
         raise BphoError(f"{img.path}: {t} frames is shorter than the model's frame window ({model.frames})")
+    img.check_grey()
     if not np.isfinite(img.data).all():
-        raise BphoError(f"{img.path}: the image holds NaN or infinite values")
+        raise BphoError(f"{img.path}: the image holds NaN or infinite values; fix or re-export it")
+    if not img.data.any():
+        raise BphoError(f"{img.path}: the image is all zero (an empty or failed acquisition); check the file")
     s = model.scale
     bar = tqdm(total=t * c * z, desc=img.path.name, unit="frame", disable=not progress, leave=False)
 

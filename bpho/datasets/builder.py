@@ -58,7 +58,7 @@ class Source:
 
 def plane_stack(path: Path, scene: int, r: Recipe) -> np.ndarray:
     """(T, Y, X) float32 of the recipe's channel and z plane (or z maximum projection)."""
-    img = io.read(path, scene=scene)
+    img = io.read(path, scene=scene).check_grey()
     t, c, z, y, x = img.shape
     if not 0 <= r.channel < c:
         raise FileFormatError(f"{path}: channel {r.channel} does not exist (the file has {c}); set channel=0..{c - 1}")

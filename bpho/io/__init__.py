@@ -48,6 +48,19 @@ class Image:
     n_scenes: int = 1
 
     @property
+    def rgb(self) -> bool:
+        """Colour samples (an RGB picture, e.g. a screenshot or a JPEG-like export), not grey channels."""
+        return self.path.suffix.lower() in (".tif", ".tiff") and "S" in self.axes_source
+
+    def check_grey(self) -> "Image":
+        from bpho.errors import FileFormatError
+
+        if self.rgb:
+            raise FileFormatError(f"{self.path}: an RGB picture, not grey microscopy channels; export the raw "
+                                  "channels (in Fiji: Image > Color > Split Channels, save each as TIFF)")
+        return self
+
+    @property
     def shape(self) -> Tuple[int, int, int, int, int]:
         return tuple(int(n) for n in self.data.shape)  # type: ignore[return-value]
 
