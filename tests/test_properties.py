@@ -1,0 +1,105 @@
+"""Property-based tests (hypothesis): readers, tilers, normalisation and degradations on random
+shapes, dtypes and values never fail other than with bpho's documented errors."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from bpho import io
+from bpho.datasets.builder import content_table, tile_positions
+from bpho.datasets.register import normalize, percentile_range
+from bpho.degrade import classic, physical
+from bpho.errors import BphoError
+
+SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+DTYPES = st.sampled_from([np.uint8, np.uint16, np.int16, np.float32, np.float64])
+
+
+@st.composite
+def images(draw):
+    shape = draw(st.lists(st.integers(1, 4), min_size=0, max_size=2)) + draw(
+        st.lists(st.integers(1, 24), min_size=2, max_size=2))
+    return draw(hnp.arrays(draw(DTYPES), tuple(shape)))
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # tifffile: how it will store 3-sample data
+@SETTINGS
+@given(images())
+def test_tiff_reader_returns_the_pixels_or_a_clear_error(data):
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "x.tif"
+        tifffile.imwrite(path, data)
+        try:
+            img = io.read(path)
+        except BphoError:
+            return  # documented refusal (one clear line at the CLI)
+        assert img.data.ndim == 5 and img.data.size == data.size
+        with tifffile.TiffFile(path) as tf:  # Y and X as the TIFF itself declares them
+            series = tf.series[0]
+            yx = tuple(series.shape[series.axes.index(a)] for a in "YX")
+        assert img.shape[-2:] == yx
+        np.testing.assert_array_equal(np.sort(img.data, axis=None), np.sort(data, axis=None))
+
+
+@SETTINGS
+@given(st.binary(max_size=4096), st.sampled_from([".czi", ".tif", ".tiff"]))
+def test_random_bytes_are_refused_with_a_clear_error(blob, suffix):
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"junk{suffix}"
+        path.write_bytes(blob)
+        try:
+            io.read(path)
+        except BphoError as exc:
+            assert str(path) in str(exc)
+
+
+@SETTINGS
+@given(hnp.arrays(bool, st.tuples(st.integers(1, 48), st.integers(1, 48))), st.sampled_from([4, 8, 16]),
+       st.sampled_from([1, 2, 4]), st.integers(0, 6), st.integers(0, 50), st.floats(0, 1), st.integers(0, 2 ** 32 - 1))
+def test_tiles_stay_inside_on_the_grid_and_have_content(content, size, scale, margin, wanted, threshold, seed):
+    pos = tile_positions(content_table(content), size, scale, margin, wanted, threshold, np.random.default_rng(seed))
+    h, w = content.shape
+    assert pos.shape[1] == 2 and len(pos) <= wanted and len({tuple(p) for p in pos}) == len(pos)
+    for y, x in pos:
+        assert y % scale == 0 and x % scale == 0
+        assert margin <= y <= h - size - margin and margin <= x <= w - size - margin
+        assert content[y:y + size, x:x + size].mean() >= threshold - 1e-9
+
+
+@SETTINGS
+@given(hnp.arrays(np.float32, st.tuples(st.integers(1, 3), st.integers(2, 20), st.integers(2, 20)),
+                  elements=st.floats(-1e6, 1e6, width=32)))
+def test_normalisation_is_finite_and_monotone(stack):
+    lo, hi = percentile_range(stack, 2, 99.8)
+    out = normalize(stack, lo, hi)
+    assert out.dtype == np.float32 and np.isfinite(out).all()
+    order = np.argsort(stack, axis=None, kind="stable")
+    assert np.all(np.diff(out.ravel()[order]) >= -1e-6)
+
+
+@SETTINGS
+@given(st.integers(1, 3), st.sampled_from([1, 2, 4]), st.integers(1, 6), st.integers(1, 6),
+       st.sampled_from([np.uint16, np.float32]), st.integers(0, 2 ** 32 - 1), st.booleans())
+def test_degradations_keep_shape_type_and_finiteness(frames, scale, ny, nx, dtype, seed, physical_model):
+    rng = np.random.default_rng(seed)
+    hr = (rng.random((frames, ny * scale, nx * scale)) * 4000).astype(dtype)
+    if physical_model:
+        lr = physical.degrade(hr, physical.PhysicalParams(scale=scale), rng, hr_pixel_um=0.035)
+    else:
+        lr = classic.degrade(hr, classic.ClassicParams(scale=scale), rng)
+    assert lr.shape == (frames, ny, nx) and lr.dtype == hr.dtype and np.isfinite(lr).all()
+    odd = np.pad(hr, ((0, 0), (0, 1), (0, 0)))  # one HR row too many for whole LR pixels
+    if scale > 1:
+        try:
+            classic.degrade(odd, classic.ClassicParams(scale=scale), rng)
+            raise AssertionError("an HR not divisible by the scale was accepted")
+        except BphoError:
+            pass
