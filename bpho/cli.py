@@ -186,7 +186,7 @@ def _tune_fit(args) -> int:
                              mode=args.mode, decoder_widths=_widths(args.decoder_widths) or (256, 128, 64, 32, 16),
                              precisions=args.precision,
                              checkpointing=[c == "on" for c in args.checkpointing] if args.checkpointing else None,
-                             max_batch=args.max_batch, device=args.device)
+                             max_batch=args.max_batch, device=args.device, refine=args.refine)
     print(result.table())
     print(f"saved to {result.path}" + (f"; MLflow run {result.run_id}" if result.run_id else ""))
     return 0
@@ -406,6 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", nargs="+", choices=("fp32", "amp"), help="default: fp32 amp on CUDA, fp32 on CPU")
     p.add_argument("--checkpointing", nargs="+", choices=("off", "on"), help="default: off on on CUDA, off on CPU")
     p.add_argument("--max-batch", type=int, default=256)
+    p.add_argument("--refine", action="store_true", help="bisect to the exact largest batch (default: powers of 2)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.set_defaults(func=_tune_fit)
     p = tune.add_parser("hparams", help="Optuna study maximising validation PSNR gain; one MLflow run per trial")

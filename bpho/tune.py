@@ -181,7 +181,7 @@ class FitResult:
         lines = [f"fit search on {self.device}, budget {self.budget_bytes / MB:,.0f} MB, "
                  f"{self.model['encoder']} ({self.model['mode']})",
                  f"{'tile':>5} {'precision':>9} {'ckpt':>5} {'batch':>6} {'fits':>5} {'peak MB':>9} {'tiles/s':>8}"]
-        for p in self.points:
+        for p in sorted(self.points, key=lambda p: (p["precision"], p["checkpointing"], p["tile_size"], p["batch_size"])):
             peak = f"{p['peak_bytes'] / MB:9.0f}" if p["peak_bytes"] is not None else f"{'-':>9}"
             speed = f"{p['tiles_per_s']:8.1f}" if p["tiles_per_s"] is not None else f"{'-':>8}"
             lines.append(f"{p['tile_size']:5d} {p['precision']:>9} {('yes' if p['checkpointing'] else 'no'):>5} "
@@ -202,9 +202,11 @@ def fit_path(dataset: str) -> Path:
 def fit_search(dataset: str, tile_sizes: Optional[Sequence[int]] = None, memory_gb: Optional[float] = None,
                encoder: str = "resnet34", mode: str = "lr", decoder_widths: Sequence[int] = (256, 128, 64, 32, 16),
                precisions: Optional[Sequence[str]] = None, checkpointing: Optional[Sequence[bool]] = None,
-               max_batch: int = 256, steps: int = 2, device: str = "auto", track: bool = True,
+               max_batch: int = 256, steps: int = 2, device: str = "auto", refine: bool = False, track: bool = True,
                progress: bool = True) -> FitResult:
-    """The largest batch per tile size (and precision / checkpointing) within the memory budget."""
+    """The largest batch per tile size (and precision / checkpointing) within the memory budget:
+    the batch doubles from 2 until a step no longer fits; with `refine`, the gap between the last
+    batch that fit and the first that did not is bisected to the exact largest batch."""
     optuna = _optuna()
     from optuna.distributions import CategoricalDistribution, IntDistribution
     from optuna.trial import TrialState
@@ -262,13 +264,24 @@ def fit_search(dataset: str, tile_sizes: Optional[Sequence[int]] = None, memory_
                 for size in sizes:
                     fits = []
                     batch = MIN_BATCH
+                    failed = None
                     while batch <= cap:
                         p = attempt(size, batch, precision, ckpt)
                         points.append(p)
                         if not p["fits"]:
+                            failed = batch
                             break
                         fits.append(p)
                         batch *= 2
+                    lo, hi = (fits[-1]["batch_size"] if fits else 0), (failed or min(batch, cap + 1))
+                    while refine and fits and hi - lo > 1:
+                        p = attempt(size, (lo + hi) // 2, precision, ckpt)
+                        points.append(p)
+                        if p["fits"]:
+                            fits.append(p)
+                            lo = p["batch_size"]
+                        else:
+                            hi = p["batch_size"]
                     best = max(fits, key=lambda p: p["batch_size"], default=None)
                     fastest = max(fits, key=lambda p: p["tiles_per_s"], default=None)
                     recommended.append({"tile_size": size, "precision": precision, "checkpointing": ckpt,

@@ -206,3 +206,25 @@ def test_report_trains_on_real_and_synthetic_pairs(env, tracked, tmp_path):
         f.path for f in client.list_artifacts(result["run_id"], "report")}
     saved = json.loads((tmp_path / "report" / "report.json").read_text())
     assert saved["rows"][3]["degradation"]["fitted_on"]["datasource"] == "pairs"
+
+
+def test_mlflow_run_synthesize_lowres_entry_point(env, tracked, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        [sys.executable, "-m", "mlflow", "run", str(repo), "-e", "synthesize_lowres", "--env-manager", "local",
+         "-P", "datasource=hr_only", "-P", "degradation=classic", "-P", "dataset=syn_entry",
+         "-P", "set=tile_sizes=64 tiles_per_image=2 downsample=bilinear", "-P", "force=true"],
+        capture_output=True, text=True, cwd=tmp_path,
+        env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = builder.open("syn_entry").manifest
+    assert m["degradation"]["parameters"]["downsample"] == "bilinear" and m["parameters"]["tile_sizes"] == [64]
+    client = MlflowClient(tracked)
+    run = client.search_runs([client.get_experiment_by_name("Default").experiment_id],
+                             filter_string="params.dataset = 'syn_entry'")[0]
+    assert run.data.tags["bpho.degradation"] == "classic" and run.data.params["degradation.downsample"] == "bilinear"

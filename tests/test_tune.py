@@ -42,7 +42,8 @@ def env(world, monkeypatch, tmp_path):
 
 def test_fit_search_finds_feasible_monotone_batches_on_cpu(env):
     proc = run_bpho("tune", "fit", "--dataset", "tiny", "--memory-gb", "0.3", "--encoder", "resnet18", "--mode", "pre",
-                    "--decoder-widths", "64,32,16,16,8", "--max-batch", "128", "--device", "cpu", check=True)
+                    "--decoder-widths", "64,32,16,16,8", "--max-batch", "128", "--device", "cpu", "--refine",
+                    check=True)
     assert "recommended" in proc.stdout and "tiles/s" in proc.stdout
     fit = json.loads(tune.fit_path("tiny").read_text())
     budget = fit["budget_bytes"]
@@ -58,6 +59,11 @@ def test_fit_search_finds_feasible_monotone_batches_on_cpu(env):
         assert all(p["fits"] for p in pts if p["batch_size"] <= r["batch_size"])
         assert all(not p["fits"] for p in pts if p["batch_size"] > r["batch_size"])
     assert rec[64]["batch_size"] <= rec[32]["batch_size"]  # a bigger tile never allows a bigger batch
+    # --refine bisected to the exact limit: the next batch up was tried and did not fit (or is above the cap)
+    for size, r in rec.items():
+        cap = 128 if size == 32 else rec[32]["batch_size"]  # the smaller tile's limit caps the bigger one
+        assert r["batch_size"] == cap or any(p["tile_size"] == size and p["batch_size"] == r["batch_size"] + 1
+                                             and not p["fits"] for p in fit["points"])
     assert any(not p["fits"] for p in fit["points"])  # the budget did bind
     # a real measurement: 16x the samples at 64 px costs more memory than 2 (activations grow with the batch)
     at64 = {p["batch_size"]: p["peak_bytes"] for p in fit["points"] if p["tile_size"] == 64 and p["peak_bytes"]}
