@@ -98,12 +98,9 @@ def synthesize(datasource: str, degradation_: Degradation, dataset: str, recipe:
     """Dataset `dataset` of synthetic pairs from the HR images of `datasource`."""
     ds = datasources.open(datasource, verify=False)
     recipe = recipe or ("movie_001" if ds.kind == "movie" else "paired_001")
-    scale = getattr(degradation_.params, "scale")
-    synthesis = builder.Synthesis(
-        record=degradation_.record(),
-        lowres=lambda hr, hr_pixel_um, rng: degradation_(hr, hr_pixel_um=hr_pixel_um, rng=rng))
-    return builder.make(recipe, datasource=datasource, settings=[f"scale={scale}", *recipe_settings], name=dataset,
-                        force=force, progress=progress, track=track, synthesis=synthesis)
+    synthesis = builder.Synthesis(record=degradation_.record(), lowres=degradation_)
+    return builder.make(recipe, datasource=datasource, settings=[f"scale={degradation_.params.scale}", *recipe_settings],
+                        name=dataset, force=force, progress=progress, track=track, synthesis=synthesis)
 
 
 # --- how close is synthetic LR to real LR? ------------------------------------------------

@@ -300,8 +300,11 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, progress: bool = True,
           parent_run_id: Optional[str] = None, tags: Optional[dict] = None,
           on_epoch: Optional[Callable[[int, dict, str], None]] = None) -> TrainResult:
     """Train, log and (if `register`) register the model. `parent_run_id` nests the run under
-    another (a tuning study) and `tags` are added to its tags; `on_epoch(epoch, metrics, run_id)` is called after each epoch's
-    checkpoint and may raise to stop (a pruned trial)."""
+    another (a tuning study) and `tags` are added to its tags; `on_epoch(epoch, metrics, run_id)`
+    is called after each epoch's checkpoint and may raise to stop (a pruned trial).
+
+    Metrics and panels go through a `tracking.Buffer`: a tracking server outage does not stop
+    training; what could not be logged is logged when the server is back."""
     cfg = cfg.validated()
     device = pick_device(cfg.device)
     d = _init_distributed(device)

@@ -1,6 +1,6 @@
 """Faults a group meets: the tracking server goes away mid-training, a build is killed, a
 registered file changes on disk, the disk fills up. (A training process killed mid-epoch and
-resumed: tests/test_train.py::test_sigkill_mid_run_then_resume_continues_the_same_run.)"""
+resumed: tests/test_train.py::test_resume_after_sigkill_continues_the_same_run.)"""
 
 from __future__ import annotations
 
