@@ -95,7 +95,7 @@ def test_hparams_study_nested_runs_and_out_of_memory(env, tracked, monkeypatch):
         return real_train(cfg, **kwargs)
 
     monkeypatch.setattr(tune, "train", counting_train)
-    result = tune.hparams("tiny", trials=3, epochs=2, space=SPACE, pruner="none", seed=1, progress=False)
+    result = tune.hparams("tiny", trials=3, epochs=2, space=SPACE, pruner="median", seed=1, progress=False)
     assert result.trials == 3
 
     study = optuna.load_study(study_name="hparams-tiny", storage=tune.default_storage())
