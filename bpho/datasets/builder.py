@@ -21,6 +21,7 @@ import datetime as _dt
 import json
 import shutil
 import warnings
+import zlib
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -289,15 +290,16 @@ def make(recipe_name: str, datasource: Optional[str] = None, settings: Iterable[
     records, warned = [], []
     with paths.atomic_dir(dest, replace=force) as tmp:
         writers = {(size, s): TileWriter(tmp / "tiles" / str(size), s) for size in r.tile_sizes for s in SPLITS}
-        for i, src in enumerate(tqdm(sources, desc=f"dataset {out_name}", unit="image", disable=not progress)):
+        for src in tqdm(sources, desc=f"dataset {out_name}", unit="image", disable=not progress):
             lowres = None
-            if synthesis:  # seeded per image: the same LR whatever else is in the datasource
+            if synthesis:  # seeded by the image's name: the same LR whatever else is in the datasource
                 lowres = partial(synthesis.lowres, hr_pixel_um=pixel.get(src.pair.hr),
-                                 rng=np.random.default_rng([r.seed, i]))
+                                 rng=np.random.default_rng([r.seed, zlib.crc32(src.key.encode())]))
             record, tiles = _process(src, r, rng, tmp, split[src.pair.stem], lowres)
             records.append(record)
             if not record["included"]:
-                message = f"{src.pair.lr.name if src.pair.lr else 'synthetic'} / {src.pair.hr.name} ({src.key}): excluded, {record['reason']}"
+                lr_name = src.pair.lr.name if src.pair.lr else "synthetic"
+                message = f"{lr_name} / {src.pair.hr.name} ({src.key}): excluded, {record['reason']}"
                 warnings.warn(message, BphoWarning, stacklevel=2)
                 warned.append(message)
             for size, (lr, hr, rows) in tiles.items():
