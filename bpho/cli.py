@@ -219,7 +219,7 @@ def _synthesize(args) -> int:
     from bpho.degrade import parse_settings
 
     settings = parse_settings(args.set or [])
-    own = {f.name for f in dataclasses.fields(sy.MODELS.get(args.degradation, sy.MODELS["physical"])[0])}
+    own = {f.name for f in dataclasses.fields(sy.MODELS[args.degradation][0])}
     recipe_fields = {f.name for f in dataclasses.fields(Recipe)}
     unknown = [k for k in settings if k not in own and k not in recipe_fields]
     if unknown:

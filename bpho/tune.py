@@ -22,11 +22,10 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import os
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -445,7 +444,7 @@ def _parent_run(study, name: str, dataset: str) -> str:
         mine = active.info.run_id
     study.set_user_attr("mlflow_parent_run_id", mine)
     time.sleep(1.0)  # a worker that raced us has written by now; the last write wins for both
-    winner = study._storage.get_study_user_attrs(study._study_id)["mlflow_parent_run_id"]
+    winner = study.user_attrs["mlflow_parent_run_id"]  # read back from the storage
     if winner != mine:
         MlflowClient(tracking.tracking_uri()).delete_run(mine)
     return winner

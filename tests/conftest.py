@@ -179,3 +179,27 @@ def postgres_url():
         subprocess.run([*prefix, str(bindir / "pg_ctl"), "-D", str(data / "db"), "-m", "fast", "-w", "stop"],
                        capture_output=True)
         shutil.rmtree(data, ignore_errors=True)
+
+
+def build_world(demo: Path, root: Path, sources=(("paired", "pairs", "paired"),), datasets=(),
+                tracking_uri: str | None = None) -> Path:
+    """A module's shared BPHO_ROOT: private copies of demo data registered as datasources
+    (`sources`: (demo subfolder, name, kind)) and small datasets built from them
+    (`datasets`: (recipe, datasource, name, recipe settings)), untracked."""
+    from bpho.datasets import builder
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BPHO_ROOT", str(root))
+        mp.setenv("MLFLOW_TRACKING_URI", tracking_uri or f"sqlite:///{root / 'setup.db'}")
+        for sub, name, kind in sources:
+            register_demo(demo, root, sub, name, kind)
+        for recipe, datasource, name, settings in datasets:
+            builder.make(recipe, datasource=datasource, name=name, progress=False, track=False, settings=settings)
+    return root
+
+
+def use_world(monkeypatch, world: Path, tmp_path: Path) -> Path:
+    """This test works in `world` with its own embedded MLflow store."""
+    monkeypatch.setenv("BPHO_ROOT", str(world))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    return world

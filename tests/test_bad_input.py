@@ -11,21 +11,17 @@ import pytest
 import tifffile
 
 from bpho import io
-from bpho.datasets import builder
 
-from conftest import assert_one_line_error, register_demo, run_bpho
+from conftest import assert_one_line_error, build_world, run_bpho
 
 
 @pytest.fixture(scope="module")
 def world(demo, tmp_path_factory):
     """Demo datasources, a small dataset and a small registered model (`tiny`), under one root."""
-    root = tmp_path_factory.mktemp("bad-input-root")
+    root = build_world(demo, tmp_path_factory.mktemp("bad-input-root"), tracking_uri=None,
+                       datasets=[("paired_001", "pairs", "tiny", ["tile_sizes=64", "tiles_per_image=8"])])
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("BPHO_ROOT", str(root))
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
-        register_demo(demo, root, "paired", "pairs", "paired")
-        builder.make("paired_001", datasource="pairs", name="tiny", progress=False, track=False,
-                     settings=["tile_sizes=64", "tiles_per_image=8"])
         run_bpho("train", "--dataset", "tiny", "--epochs", "1", "--encoder", "test_resnet", "--decoder-widths",
                  "16,8,8,8,8", "--model-name", "tiny", root=root, check=True)
     return root

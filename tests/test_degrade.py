@@ -17,7 +17,7 @@ from bpho.degrade.fitted import RegisteredPair
 from bpho.errors import BphoError
 from bpho import synthesize as sy
 
-from conftest import assert_one_line_error, register_demo, run_bpho
+from conftest import assert_one_line_error, build_world, run_bpho
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.uint16])
@@ -105,13 +105,8 @@ def test_fitted_recovers_known_parameters_from_pairs(demo):
 
 @pytest.fixture(scope="module")
 def world(demo, tmp_path_factory):
-    root = tmp_path_factory.mktemp("synth-root")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("BPHO_ROOT", str(root))
-        register_demo(demo, root, "paired", "pairs", "paired")
-        register_demo(demo, root, "hr_only", "hr_only", "hr")
-        register_demo(demo, root, "movie", "demo_movie", "movie")
-    return root
+    return build_world(demo, tmp_path_factory.mktemp("synth-root"), sources=[
+        ("paired", "pairs", "paired"), ("hr_only", "hr_only", "hr"), ("movie", "demo_movie", "movie")])
 
 
 @pytest.fixture

@@ -10,35 +10,27 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
 from bpho.datasets import builder
 
-from conftest import _free_port, assert_one_line_error, register_demo, run_bpho, start_mlflow_server, stop
+from conftest import (_free_port, assert_one_line_error, build_world, register_demo, run_bpho, start_mlflow_server,
+                      stop, use_world)
 
 NET = ["--encoder", "resnet18", "--decoder-widths", "32,16,16,8,8"]
 
 
 @pytest.fixture(scope="module")
 def world(demo, tmp_path_factory):
-    root = tmp_path_factory.mktemp("faults-root")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("BPHO_ROOT", str(root))
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'setup.db'}")
-        register_demo(demo, root, "paired", "pairs", "paired")
-        builder.make("paired_001", datasource="pairs", name="tiny", progress=False, track=False,
-                     settings=["tile_sizes=64", "tiles_per_image=60", "valid_fraction=0.34"])
-    return root
+    return build_world(demo, tmp_path_factory.mktemp("faults-root"), datasets=[
+        ("paired_001", "pairs", "tiny", ["tile_sizes=64", "tiles_per_image=60", "valid_fraction=0.34"])])
 
 
 @pytest.fixture
 def env(world, monkeypatch, tmp_path):
-    monkeypatch.setenv("BPHO_ROOT", str(world))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    return world
+    return use_world(monkeypatch, world, tmp_path)
 
 
 def _wait(condition, timeout: float, what: str, proc=None):

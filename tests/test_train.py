@@ -21,7 +21,7 @@ from bpho.inference import load_model, save_model
 from bpho.models import build_model
 from bpho.train import TrainConfig, train
 
-from conftest import assert_one_line_error, register_demo, run_bpho
+from conftest import assert_one_line_error, build_world, run_bpho, use_world
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL_NET = dict(encoder="resnet18", decoder_widths=(64, 32, 16, 16, 8))
@@ -31,24 +31,17 @@ WIDTHS = "64,32,16,16,8"
 @pytest.fixture(scope="module")
 def world(demo, tmp_path_factory):
     """A BPHO_ROOT with the demo datasources and small datasets (64 px HR tiles) built once."""
-    root = tmp_path_factory.mktemp("train-root")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("BPHO_ROOT", str(root))
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'setup.db'}")
-        register_demo(demo, root, "paired", "pairs", "paired")
-        register_demo(demo, root, "movie", "demo_movie", "movie")
-        builder.make("paired_001", datasource="pairs", name="tiny", progress=False, track=False,
-                     settings=["tile_sizes=64", "tiles_per_image=150", "valid_fraction=0.34"])
-        builder.make("movie_001", name="tiny_movie", progress=False, track=False,
-                     settings=["tile_sizes=32", "tiles_per_image=4", "valid_fraction=0"])
-    return root
+    return build_world(demo, tmp_path_factory.mktemp("train-root"),
+                       sources=[("paired", "pairs", "paired"), ("movie", "demo_movie", "movie")],
+                       datasets=[("paired_001", "pairs", "tiny", ["tile_sizes=64", "tiles_per_image=150",
+                                                                  "valid_fraction=0.34"]),
+                                 ("movie_001", "demo_movie", "tiny_movie", ["tile_sizes=32", "tiles_per_image=4",
+                                                                            "valid_fraction=0"])])
 
 
 @pytest.fixture
 def env(world, monkeypatch, tmp_path):
-    monkeypatch.setenv("BPHO_ROOT", str(world))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    return world
+    return use_world(monkeypatch, world, tmp_path)
 
 
 @pytest.mark.parametrize("mode", ["pre", "lr"])

@@ -14,9 +14,8 @@ import torch
 from mlflow import MlflowClient
 
 from bpho import tune
-from bpho.datasets import builder
 
-from conftest import assert_one_line_error, register_demo, run_bpho
+from conftest import assert_one_line_error, build_world, run_bpho, use_world
 
 SMALL_NET = ["--encoders", "resnet18", "--decoder-widths", "32,16,16,8,8"]
 SPACE = tune.SearchSpace(encoders=("resnet18",), decoder_widths=(32, 16, 16, 8, 8), max_batch=8)
@@ -24,20 +23,13 @@ SPACE = tune.SearchSpace(encoders=("resnet18",), decoder_widths=(32, 16, 16, 8, 
 
 @pytest.fixture(scope="module")
 def world(demo, tmp_path_factory):
-    root = tmp_path_factory.mktemp("tune-root")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("BPHO_ROOT", str(root))
-        register_demo(demo, root, "paired", "pairs", "paired")
-        builder.make("paired_001", datasource="pairs", name="tiny", progress=False, track=False,
-                     settings=["tile_sizes=32,64", "tiles_per_image=24", "valid_fraction=0.34"])
-    return root
+    return build_world(demo, tmp_path_factory.mktemp("tune-root"), datasets=[
+        ("paired_001", "pairs", "tiny", ["tile_sizes=32,64", "tiles_per_image=24", "valid_fraction=0.34"])])
 
 
 @pytest.fixture
 def env(world, monkeypatch, tmp_path):
-    monkeypatch.setenv("BPHO_ROOT", str(world))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    return world
+    return use_world(monkeypatch, world, tmp_path)
 
 
 def test_fit_search_finds_feasible_monotone_batches_on_cpu(env):
@@ -142,7 +134,7 @@ def test_two_workers_share_one_postgres_study(env, tracked, postgres_url):
     children = client.search_runs([client.get_run(parent).info.experiment_id],
                                   filter_string=f"tags.mlflow.parentRunId = '{parent}'")
     assert sorted(int(r.data.tags["bpho.optuna_trial"]) for r in children) == sorted(numbers)
-    assert all(f"study shared on postgresql://bpho@127.0.0.1" in out for out, _ in outs)
+    assert all("study shared on postgresql://bpho@127.0.0.1" in out for out, _ in outs)
 
 
 def test_tune_refuses_bad_input_in_one_line(env):

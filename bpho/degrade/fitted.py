@@ -18,7 +18,7 @@ every intensity, i.e. the same Poisson-Gaussian statistics.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import numpy as np
 from scipy import optimize
