@@ -270,7 +270,8 @@ def _server(args) -> int:
 
     return serve(host=args.host, port=args.port, backend_store_uri=args.backend_store_uri, artifacts=args.artifacts,
                  auth=args.auth, admin_password_file=args.admin_password_file,
-                 default_permission=args.default_permission, workers=args.workers)
+                 default_permission=args.default_permission, workers=args.workers,
+                 auth_database_uri=args.auth_database_uri)
 
 
 def _tracking_uri(args) -> int:
@@ -471,6 +472,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--auth", action="store_true", help="MLflow basic auth; admin password from $BPHO_ADMIN_PASSWORD "
                                                        "or --admin-password-file")
     p.add_argument("--admin-password-file")
+    p.add_argument("--auth-database-uri", help="where users and permissions live, e.g. the run store's PostgreSQL "
+                                               "URI (default: SQLite under BPHO_ROOT/server)")
     p.add_argument("--default-permission", default="READ", help="what signed-in users may do with others' runs "
                                                                  "(READ, EDIT, MANAGE, NO_PERMISSIONS)")
     p.add_argument("--workers", type=int, default=2)

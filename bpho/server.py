@@ -4,7 +4,7 @@ Binds 127.0.0.1 unless another host is asked for. The run store is SQLite under
 ``$BPHO_ROOT/server`` or any backend URI (PostgreSQL for a team); artifacts (models, small
 previews) are stored under ``$BPHO_ROOT/server/artifacts`` or a given folder and served by
 the server itself, so clients need no access to that disk. ``--auth`` turns on MLflow's
-basic-auth app. The admin password is read from ``$BPHO_ADMIN_PASSWORD`` or a file, never
+basic-auth app; its users live in SQLite under ``$BPHO_ROOT/server`` or ``--auth-database-uri``. The admin password is read from ``$BPHO_ADMIN_PASSWORD`` or a file, never
 from the command line, where every user of the machine could read it in the process list. It
 goes to MLflow in the child's environment, and MLflow uses it only when it creates the admin
 user in an empty user store.
@@ -52,7 +52,8 @@ def _private_file(path: Path, text: str) -> None:
 
 def command(host: str = "127.0.0.1", port: int = 5000, backend_store_uri: Optional[str] = None,
             artifacts: Optional[Path] = None, auth: bool = False, admin_password_file: Optional[Path] = None,
-            default_permission: str = "READ", workers: int = 2) -> tuple[List[str], dict]:
+            default_permission: str = "READ", workers: int = 2,
+            auth_database_uri: Optional[str] = None) -> tuple[List[str], dict]:
     """The `mlflow server` command line and environment for these settings (files it needs are written)."""
     folder = paths.root() / "server"
     folder.mkdir(parents=True, exist_ok=True)
@@ -74,7 +75,9 @@ def command(host: str = "127.0.0.1", port: int = 5000, backend_store_uri: Option
         config = configparser.ConfigParser()
         config["mlflow"] = {
             "default_permission": default_permission,
-            "database_uri": f"sqlite:///{folder / 'basic_auth.db'}",
+            # users and permissions; MLflow keeps them in their own tables (alembic_version_auth),
+            # so they may share the run store's PostgreSQL database
+            "database_uri": auth_database_uri or f"sqlite:///{folder / 'basic_auth.db'}",
             "admin_username": "admin",
             "authorization_function": "mlflow.server.auth:authenticate_request_basic_auth",
         }

@@ -80,6 +80,41 @@ def test_auth_server_lets_no_one_in_without_a_password(root, tmp_path, monkeypat
         stop(proc)
 
 
+def test_team_server_keeps_runs_and_users_in_postgresql_across_a_restart(root, postgres_url, monkeypatch):
+    import psycopg
+
+    with psycopg.connect(postgres_url, autocommit=True) as conn:  # a database of its own (Optuna's has tables too)
+        conn.execute("CREATE DATABASE team")
+    team = postgres_url.rsplit("/", 1)[0] + "/team"
+    monkeypatch.setenv(server.ADMIN_PASSWORD_ENV, PASSWORD)
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    argv, env = server.command(port=port, auth=True, workers=1, backend_store_uri=team, auth_database_uri=team)
+    proc = start_mlflow_server(root / "server", port, argv=argv, env=env)
+    try:
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", PASSWORD)
+        import mlflow.server
+
+        mlflow.server.get_app_client("basic-auth", tracking_uri=url).create_user("bob", "bob-own-password-22")
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "bob")
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "bob-own-password-22")
+        client = MlflowClient(url)
+        run = client.create_run(client.create_experiment("bob-exp"))
+        client.log_metric(run.info.run_id, "psnr", 30.25)
+    finally:
+        stop(proc)
+    assert not (root / "server" / "basic_auth.db").exists() and not (root / "server" / "mlflow.db").exists()
+    with psycopg.connect(team) as conn:
+        assert conn.execute("SELECT username FROM users ORDER BY username").fetchall() == [("admin",), ("bob",)]
+    proc = start_mlflow_server(root / "server", port, argv=argv, env=env)  # the machine restarts
+    try:
+        assert _get(f"{url}/api/2.0/mlflow/experiments/search?max_results=5", "bob", "bob-own-password-22") == 200
+        assert MlflowClient(url).get_run(run.info.run_id).data.metrics["psnr"] == 30.25
+    finally:
+        stop(proc)
+
+
 def test_previews_switch_keeps_pictures_of_the_data_off_the_server(demo, tmp_path, tracked, monkeypatch, root):
     from bpho.datasets import builder
 
