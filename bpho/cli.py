@@ -435,7 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = tune.add_parser("degradation", help="Optuna: degradation parameters whose LR looks most like real LR")
     p.add_argument("--datasource", required=True, help="a paired datasource (its training pairs are compared)")
     p.add_argument("--degradation", required=True, choices=("classic", "physical"))
-    p.add_argument("--trials", type=int, default=40)
+    p.add_argument("--trials", type=int, default=100, help="trials to add to the study (demo: about 15 s per 100)")
     p.add_argument("--max-pairs", type=int, default=4, help="pairs compared per trial")
     p.add_argument("--storage")
     p.add_argument("--study")
@@ -443,7 +443,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = tune.add_parser("degradation-report", help="train on real vs synthetic pairs; evaluate on held-out real pairs")
     p.add_argument("--datasource", required=True, help="a paired datasource")
     p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--trials", type=int, default=0, help="search classic/physical first (default: their defaults)")
+    p.add_argument("--trials", type=int, default=100, help="study trials for classic and physical "
+                                                           "(0: their default parameters)")
     p.add_argument("--tile-size", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--encoder")

@@ -177,9 +177,12 @@ def test_degradation_study_logs_nested_trials(env, tracked):
     assert min(r.data.metrics["total"] for r in children) == pytest.approx(result["best_value"])
     assert parent.data.metrics["best_total"] == pytest.approx(result["best_value"])
     assert "study/best_degradation.json" in {f.path for f in client.list_artifacts(parent.info.run_id, "study")}
+    # the HR's dark level is measured, as fitted measures it, not searched; gain is not searched
+    fit = sy.degradation("fitted", fit_on="pairs")
+    assert result["best_params"]["hr_offset"] == pytest.approx(fit.params.hr_offset, rel=0.05) and fit.params.hr_offset > 50
+    assert {c.data.params["degradation.gain"] for c in children} == {"2.0"}
     # the distance prefers the truth: the fitted model is closer to the real LR than a badly blurred one
     pairs = sy.registered_pairs("pairs", split="train")
-    fit = sy.degradation("fitted", fit_on="pairs")
     blurry = sy.Degradation("physical", replace(fit.params, psf_fwhm_nm=600.0))
     noiseless = sy.Degradation("physical", replace(fit.params, photons=5000.0, read_noise=0.0))
     close = sy.similarity(fit, pairs)
@@ -190,7 +193,7 @@ def test_degradation_study_logs_nested_trials(env, tracked):
 def test_report_trains_on_real_and_synthetic_pairs(env, tracked, tmp_path):
     train = {"encoder": "resnet18", "decoder_widths": (32, 16, 16, 8, 8), "batch_size": 4}
     result = sy.report("pairs", epochs=1, tile_size=64, recipe_settings=["tile_sizes=64", "tiles_per_image=8"],
-                       train_settings=train, out_dir=tmp_path / "report", progress=False)
+                       train_settings=train, trials=3, out_dir=tmp_path / "report", progress=False)
     assert [r["training_pairs"] for r in result["rows"]] == ["real", "classic", "physical", "fitted"]
     assert all(np.isfinite(r["psnr"]) and np.isfinite(r["gain_psnr"]) for r in result["rows"])
     assert (tmp_path / "report" / "report.png").stat().st_size > 0

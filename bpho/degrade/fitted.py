@@ -28,6 +28,7 @@ from bpho.degrade.physical import PhysicalParams
 from bpho.errors import BphoError
 
 degrade = physical.degrade  # the fitted model is the physical one with fitted parameters
+HR_DARK_PERCENTILE = 0.5  # the HR's dark level: this low percentile of its pixels
 
 
 @dataclass
@@ -68,7 +69,7 @@ def _mapping(s: np.ndarray, lr: np.ndarray) -> Tuple[float, float, float]:
 
 
 def fit(pairs: Sequence[RegisteredPair], scale: int, psf: str = "gaussian", max_fwhm_nm: float = 800.0,
-        hr_offset_percentile: float = 0.5, bins: int = 24, bit_depth: int = 16) -> Fit:
+        hr_offset_percentile: float = HR_DARK_PERCENTILE, bins: int = 24, bit_depth: int = 16) -> Fit:
     """Estimate `physical` parameters from registered pairs (see the module docstring)."""
     if not pairs:
         raise BphoError("fitted: no registered pairs to fit on")
