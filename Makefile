@@ -26,9 +26,9 @@ demo: install
 	$(BIN)/bpho datasource add demo_denoise $(DEMO)/denoise --kind denoise
 	$(BIN)/bpho datasource verify
 	$(BIN)/bpho datasource list
-	test -d $(BPHO_ROOT)/datasets/paired_001 || $(BIN)/bpho dataset make paired_001
+	test -d $(BPHO_ROOT)/datasets/paired_001/images || $(BIN)/bpho dataset make paired_001 --force
 	$(BIN)/bpho dataset list
-	$(BIN)/bpho train --dataset paired_001 --tile-size 128 --epochs 10
+	$(BIN)/bpho train --dataset paired_001 --minutes 2
 	$(BIN)/bpho evaluate --model models:/bpho-paired_001/latest --dataset paired_001 --out $(BPHO_ROOT)/evaluation/paired_001
 	$(BIN)/bpho predict --model models:/bpho-paired_001/latest $(DEMO)/movie/lr/movie_000.czi --out $(BPHO_ROOT)/predictions
 	@echo "See the runs and the registered model: $(BIN)/mlflow ui --backend-store-uri $$($(BIN)/bpho tracking-uri)"

@@ -1,3 +1,3 @@
 """bpho: tracked deep-learning super-resolution and denoising for microscopy."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -169,7 +169,7 @@ def _predict(args) -> int:
     from bpho.predict import predict_files
 
     written = predict_files(args.model, args.inputs, args.out, device=args.device, tile=args.tile,
-                            overlap=args.overlap, batch=args.batch, half=args.half)
+                            overlap=args.overlap, batch=args.batch, half=args.half, context=args.context)
     for path in written:
         print(path)
     return 0
@@ -183,7 +183,7 @@ def _tune_fit(args) -> int:
     from bpho import tune
 
     result = tune.fit_search(args.dataset, tile_sizes=args.tile_sizes, memory_gb=args.memory_gb, encoder=args.encoder,
-                             mode=args.mode, decoder_widths=_widths(args.decoder_widths) or (256, 128, 64, 32, 16),
+                             mode=args.mode, decoder_widths=_widths(args.decoder_widths) or tune.TrainConfig.decoder_widths,
                              precisions=args.precision,
                              checkpointing=[c == "on" for c in args.checkpointing] if args.checkpointing else None,
                              max_batch=args.max_batch, device=args.device, refine=args.refine)
@@ -355,8 +355,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True)
     p.add_argument("--tile-size", type=int, help="HR tile size (default: the dataset's smallest)")
     p.add_argument("--batch-size", type=int)
-    p.add_argument("--epochs", type=int)
+    how_long = p.add_mutually_exclusive_group()
+    how_long.add_argument("--epochs", type=int, help="default 10")
+    how_long.add_argument("--minutes", type=float,
+                          help="a wall-clock budget instead: the epochs are planned from the pace of the first batches")
     p.add_argument("--encoder", help="any timm model with features_only (default resnet34)")
+    p.add_argument("--depth", type=int, help="encoder stages used (default 3: stride 8 for a resnet)")
     p.add_argument("--mode", choices=("pre", "lr"), help="pre: upsample LR first; lr: pixel-shuffle at the end")
     p.add_argument("--frames", type=int, help="LR frames in (checked against the dataset)")
     p.add_argument("--loss", choices=("l1", "mse", "l1+ssim"))
@@ -369,7 +373,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"))
     p.add_argument("--panel-every", type=int, help="log an LR|bicubic|model|HR panel every N epochs")
-    p.add_argument("--decoder-widths", help="comma-separated decoder widths, e.g. 256,128,64,32,16")
+    p.add_argument("--decoder-widths", help="comma-separated decoder widths, deepest first (default 128,64,64)")
+    p.add_argument("--head-channels", type=int, help="HR channels after the pixel shuffle (mode lr; default 8)")
+    p.add_argument("--padding", choices=("replicate", "reflect", "zeros"),
+                   help="of every convolution (default replicate; zeros lets the network find tile borders)")
     p.add_argument("--encoder-weights", help="a local weights file for the encoder (nothing is downloaded)")
     p.add_argument("--model-name", help="registered model name (default bpho-<dataset>)")
     p.add_argument("--resume", metavar="RUN_ID", help="continue a killed run from its last checkpoint")
@@ -391,6 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--tile", type=int, default=128, help="LR tile side in pixels")
     p.add_argument("--overlap", type=int, default=16, help="LR pixels of overlap between tiles")
+    p.add_argument("--context", type=int, default=16,
+                   help="LR pixels of context around each tile, so the output hardly depends on --tile")
     p.add_argument("--batch", type=int, default=4, help="tiles per forward pass")
     p.add_argument("--half", action="store_true", help="fp16 inference (CUDA only)")
     p.set_defaults(func=_predict)
@@ -403,7 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile-sizes", type=int, nargs="+", help="default: the dataset's")
     p.add_argument("--encoder", default="resnet34")
     p.add_argument("--mode", default="lr", choices=("pre", "lr"))
-    p.add_argument("--decoder-widths", help="comma-separated, e.g. 256,128,64,32,16")
+    p.add_argument("--decoder-widths", help="comma-separated, e.g. 128,64,64")
     p.add_argument("--precision", nargs="+", choices=("fp32", "amp"), help="default: fp32 amp on CUDA, fp32 on CPU")
     p.add_argument("--checkpointing", nargs="+", choices=("off", "on"), help="default: off on on CUDA, off on CPU")
     p.add_argument("--max-batch", type=int, default=256)

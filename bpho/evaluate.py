@@ -1,10 +1,14 @@
 """Evaluate a model on full held-out images against nearest / bilinear / bicubic upsampling.
 
-Images: a dataset's validation source images (registered with the shifts the dataset
-recorded), or every pair of a paired datasource never used in training (registered here).
-Each LR image is super-resolved whole (tiled and blended); every method is compared with
-the HR image by `bpho.metrics.compare` (PSNR, SSIM, MS-SSIM, NRMSE) and by FRC against the
-HR (two independent acquisitions), on the interior the registration shift did not invent.
+Images: a dataset's validation source images (kept whole in the dataset, the HR moved onto
+the LR by the dataset's registration), or every pair of a paired datasource never used in
+training (registered here). Each LR image is super-resolved whole (tiled and blended); every
+method is compared with the HR image by `bpho.metrics.compare` (PSNR, SSIM, MS-SSIM, NRMSE)
+and by FRC against the HR (two independent acquisitions), on the interior the registration
+shift did not invent.
+
+Training validates every epoch with the same functions (`score_model`, `score_baselines`,
+`summarize`) on the same images, so its `valid_psnr` is this module's model PSNR.
 
 Results: ``evaluation.csv`` (one row per image and method), a summary (means, and the
 model's gain over bicubic with a 95% bootstrap interval over images), and figures
@@ -16,7 +20,6 @@ from __future__ import annotations
 
 import csv
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -28,43 +31,22 @@ from bpho.datasets import builder
 from bpho.datasets.recipe import Recipe
 from bpho.datasets.register import apply, register_pair, upsample
 from bpho.errors import BphoError
-from bpho.inference import load_model
+from bpho.inference import SuperResolver, load_model
 
 BASELINES = {"nearest": 0, "bilinear": 1, "bicubic": 3}
 METRICS = ("psnr", "ssim", "ms_ssim", "nrmse", "frc_nm")
 
 
-@dataclass
-class Pair:
-    name: str
-    lr: np.ndarray  # (T, y, x) raw LR
-    hr: np.ndarray  # (T, Y, X) raw HR, aligned with the LR
-    margin: int  # HR pixels at each border to leave out
-    pixel_um: Optional[float]  # HR pixel size
+Pair = builder.ImagePair
 
 
-def _pairs_from_dataset(name: str) -> List[Pair]:
-    ds = builder.open(name)
-    r = Recipe(**{**ds.manifest["parameters"], "tile_sizes": tuple(ds.manifest["parameters"]["tile_sizes"])})
-    source = datasources.open(ds.manifest["datasource"]["name"])
-    if source.digest != ds.manifest["datasource"]["digest"]:
-        raise BphoError(f"dataset {name!r} was built from another version of datasource {source.name!r}")
-    by_stem = {p.stem: p for p in source.pairs}
-    out = []
-    for rec in ds.manifest["sources"]:
-        if rec["split"] != "valid" or not rec["included"]:
-            continue
-        pair = by_stem[rec["source"].split("#")[0]]
-        lr = builder.plane_stack(pair.lr, rec["scene"], r)
-        hr = builder.plane_stack(pair.hr, rec["scene"], r)
-        shift = rec.get("shift_hr_px", [0.0, 0.0])
-        if any(shift):
-            hr = apply(hr, (-shift[0], -shift[1]))
-        margin = int(np.ceil(max(abs(s) for s in shift))) + 2
-        out.append(Pair(rec["source"], lr, hr, margin, io.read(pair.hr, scene=rec["scene"]).pixel_size[2]))
-    if not out:
-        raise BphoError(f"dataset {name!r} has no validation images; evaluate on a held-out --datasource instead")
-    return out
+def validation_pairs(dataset: str) -> List[Pair]:
+    """The dataset's held-out source images, whole, as the builder registered and stored them."""
+    ds = builder.open(dataset)
+    if ds.validation_split != "valid":
+        raise BphoError(f"dataset {dataset!r} holds no image out (valid_fraction=0); evaluate on a paired "
+                        "--datasource never used in training instead")
+    return ds.validation_images()
 
 
 def _pairs_from_datasource(source: datasources.Datasource, scale: int) -> List[Pair]:
@@ -83,6 +65,54 @@ def _pairs_from_datasource(source: datasources.Datasource, scale: int) -> List[P
     return out
 
 
+def score(img: np.ndarray, pair: Pair, t: int = 0) -> dict:
+    """One (Y, X) HR-sized image against frame `t` of the pair's HR, on the interior the
+    registration did not invent: `metrics.compare` (PSNR, SSIM, MS-SSIM, NRMSE) and FRC in nm."""
+    m = pair.margin
+    inner = (slice(m, -m or None), slice(m, -m or None))
+    hr = pair.hr[t][inner]
+    values = metrics.compare(img[inner], hr)
+    values["frc_nm"] = metrics.frc(img[inner], hr).resolution_nm(pair.pixel_um)
+    return values
+
+
+def score_model(model: SuperResolver, pairs: List[Pair], progress: bool = False):
+    """Every frame of every pair super-resolved whole (the model's tiling and blending) and
+    scored; returns the rows and, per pair, its frame-0 prediction for the figures."""
+    rows, first = [], []
+    for pair in tqdm(pairs, desc="evaluate", unit="image", disable=not progress):
+        if pair.lr.shape[0] < model.frames:
+            raise BphoError(f"{pair.name}: {pair.lr.shape[0]} frames, but the model takes {model.frames}")
+        for t, pred in enumerate(model.predict_frames(pair.lr)):
+            rows.append({"image": pair.name, "t": t, "method": "model", **score(pred, pair, t)})
+            if t == 0:
+                first.append(pred)
+    return rows, first
+
+
+def score_baselines(pairs: List[Pair], scale: int) -> List[dict]:
+    """The same rows for nearest, bilinear and bicubic upsampling of each LR frame."""
+    return [{"image": pair.name, "t": t, "method": name, **score(upsample(pair.lr[t], scale, order), pair, t)}
+            for pair in pairs for t in range(pair.lr.shape[0]) for name, order in BASELINES.items()]
+
+
+def summarize(rows: List[dict]) -> Dict[str, float]:
+    """Flat means for tracking: ``valid_<metric>`` for the model, ``<baseline>_<metric>``, and
+    the model's PSNR / SSIM gains over bicubic and bilinear (NaN-free: uncalibrated FRC is left out)."""
+    means = _means(rows)
+    out = {f"{'valid' if method == 'model' else method}_{k}": v
+           for method, values in means.items() for k, v in values.items() if v is not None}
+    for base, suffix in (("bicubic", ""), ("bilinear", "_bilinear")):
+        for k in ("psnr", "ssim"):
+            out[f"valid_{k}_gain{suffix}"] = out[f"valid_{k}"] - out[f"{base}_{k}"]
+    return out
+
+
+def _means(rows: List[dict]) -> Dict[str, Dict[str, Optional[float]]]:
+    return {method: {k: _mean([r[k] for r in rows if r["method"] == method]) for k in METRICS}
+            for method in ("model", *BASELINES)}
+
+
 def bootstrap_ci(values: np.ndarray, seed: int = 0) -> tuple:
     """95% bootstrap interval of the mean (scipy); a single value gives (value, value)."""
     from scipy.stats import bootstrap
@@ -99,31 +129,18 @@ def evaluate(model_uri: str, dataset: Optional[str] = None, datasource: Optional
     if (dataset is None) == (datasource is None):
         raise BphoError("evaluate: give exactly one of --dataset or --datasource")
     source = datasources.open(datasource) if datasource else None  # files verified before anything else
+    pairs = validation_pairs(dataset) if dataset else None
     folder = tracking.download_model(model_uri)
     model = load_model(folder, device=device)
     s = model.scale
-    pairs = _pairs_from_dataset(dataset) if dataset else _pairs_from_datasource(source, s)
-    rows, figures_input = [], []
-    for pair in tqdm(pairs, desc="evaluate", unit="image", disable=not progress):
-        if pair.lr.shape[0] < model.frames:
-            raise BphoError(f"{pair.name}: {pair.lr.shape[0]} frames, but the model takes {model.frames}")
-        preds = np.stack(list(model.predict_frames(pair.lr)))
-        m = pair.margin
-        inner = (slice(m, -m or None), slice(m, -m or None))
-        for t in range(pair.lr.shape[0]):
-            hr = pair.hr[t][inner]
-            candidates = {"model": preds[t], **{k: upsample(pair.lr[t], s, o) for k, o in BASELINES.items()}}
-            for method, img in candidates.items():
-                values = metrics.compare(img[inner], hr)
-                values["frc_nm"] = metrics.frc(img[inner], hr).resolution_nm(pair.pixel_um)
-                rows.append({"image": pair.name, "t": t, "method": method, **values})
-            if t == 0:
-                figures_input.append((pair, candidates, inner))
+    pairs = pairs or _pairs_from_datasource(source, s)
+    rows, figures_input = score_model(model, pairs, progress)
+    rows += score_baselines(pairs, s)
     summary = _summary(rows)
     out = Path(out_dir or tempfile.mkdtemp(prefix="bpho-eval-"))
     out.mkdir(parents=True, exist_ok=True)
     _write_csv(out / "evaluation.csv", rows)
-    _figures(out, figures_input[:3], s)
+    _figures(out, pairs[:3], figures_input[:3], s)
     meta = model.meta
     result = {"model": model_uri, "training_run": meta.get("run_id"), "summary": summary, "out": str(out),
               "images": len(pairs), "dataset_digest": meta.get("dataset_digest")}
@@ -140,10 +157,7 @@ def evaluate(model_uri: str, dataset: Optional[str] = None, datasource: Optional
 
 
 def _summary(rows: List[dict]) -> Dict[str, dict]:
-    summary: Dict[str, dict] = {}
-    for method in ("model", *BASELINES):
-        mine = [r for r in rows if r["method"] == method]
-        summary[method] = {k: _mean([r[k] for r in mine]) for k in METRICS}
+    summary: Dict[str, dict] = _means(rows)
     for k in ("psnr", "ssim"):
         gains = np.array([m[k] - b[k] for m, b in zip([r for r in rows if r["method"] == "model"],
                                                        [r for r in rows if r["method"] == "bicubic"])])
@@ -168,20 +182,34 @@ def _write_csv(path: Path, rows: List[dict]) -> None:
         writer.writerows(rows)
 
 
-def _figures(out: Path, items, scale: int) -> None:
+def side_by_side(pair: Pair, pred: np.ndarray, scale: int, bicubic: Optional[np.ndarray] = None) -> list:
+    """(name, HR-sized image) for LR (pixels repeated) | bicubic | model | HR, frame 0."""
+    bicubic = upsample(pair.lr[0], scale, BASELINES["bicubic"]) if bicubic is None else bicubic
+    return [("LR", np.kron(pair.lr[0], np.ones((scale, scale)))), ("bicubic", bicubic), ("model", pred),
+            ("HR", pair.hr[0])]
+
+
+def zoom_box(shape) -> tuple:
+    """The middle quarter (each side) of an image of `shape`: where the figures zoom in."""
+    h, w = shape
+    return slice(h // 2 - h // 8, h // 2 + h // 8), slice(w // 2 - w // 8, w // 2 + w // 8)
+
+
+def _figures(out: Path, pairs: List[Pair], preds: List[np.ndarray], scale: int) -> None:
     from bpho.plots import pyplot
 
     plt = pyplot()
 
-    for i, (pair, cand, inner) in enumerate(items):
+    for i, (pair, pred) in enumerate(zip(pairs, preds)):
+        m = pair.margin
+        inner = (slice(m, -m or None), slice(m, -m or None))
+        cand = {"model": pred, **{k: upsample(pair.lr[0], scale, o) for k, o in BASELINES.items()}}
         hr = metrics.normalize_target(pair.hr[0][inner])
-        panels = [("LR", np.kron(pair.lr[0], np.ones((scale, scale)))[inner]), ("bicubic", cand["bicubic"][inner]),
-                  ("model", cand["model"][inner]), ("HR", pair.hr[0][inner])]
         fig, axes = plt.subplots(2, 4, figsize=(14, 7))
         h, w = hr.shape
-        zoom = (slice(h // 2 - h // 8, h // 2 + h // 8), slice(w // 2 - w // 8, w // 2 + w // 8))
-        for col, (name, img) in enumerate(panels):
-            shown = np.clip(metrics.fit_to(img, hr), 0, 1)
+        zoom = zoom_box(hr.shape)
+        for col, (name, img) in enumerate(side_by_side(pair, pred, scale, cand["bicubic"])):
+            shown = np.clip(metrics.fit_to(img[inner], hr), 0, 1)
             axes[0, col].imshow(shown, cmap="magma", vmin=0, vmax=1)
             axes[0, col].add_patch(plt.Rectangle((zoom[1].start, zoom[0].start), w // 4, h // 4, fill=False, color="c"))
             axes[0, col].set_title(name)

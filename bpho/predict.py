@@ -24,12 +24,13 @@ from bpho.paths import atomic_file
 
 
 def predict_files(model_uri: str, inputs: Iterable, out_dir, device: str = "auto", tile: int = 128,
-                  overlap: int = 16, batch: int = 4, half: bool = False, progress: bool = True) -> List[Path]:
+                  overlap: int = 16, batch: int = 4, half: bool = False, progress: bool = True,
+                  context: int = 16) -> List[Path]:
     inputs = [Path(p) for p in inputs]
     for path in inputs:  # check every input before loading the model or writing anything
         io.file_kind(path)
     model = load_model(tracking.download_model(model_uri), device=device, tile=tile, overlap=overlap, batch=batch,
-                       half=half)
+                       context=context, half=half)
     out_dir = Path(out_dir)
     written = []
     for path in tqdm(inputs, desc="files", unit="file", disable=not progress or len(inputs) < 2):

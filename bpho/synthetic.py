@@ -17,6 +17,8 @@ against the truth.
 Layout written by `make_demo_data(DIR)`::
 
     paired/lr/field_000.czi  paired/hr/field_000.czi   registered-pair stand-ins
+    truth/paired_hr/field_000.tif                      the HR without detector noise (float32 ADU):
+                                                       what a perfect model could output
     movie/lr/movie_000.czi   movie/hr/movie_000.czi    LR time-lapse and its HR truth
     hr_only/field_000.czi                              HR without LR
     denoise/noisy/field_000.czi  denoise/clean/...     single frames and averages of 50
@@ -187,6 +189,17 @@ def blur_and_bin(scene: np.ndarray, fine_um: float, scope: Microscope,
     return blurred[: h * f, : w * f].reshape(h, f, w, f).mean(axis=(1, 3))
 
 
+def _photons(pixels: np.ndarray, scope: Microscope, level: Optional[float]) -> np.ndarray:
+    """Expected photons per pixel: `level` (default: the 99.9th percentile) gets `scope.photons`."""
+    level = level or np.percentile(pixels, 99.9)
+    return np.clip(pixels / level * scope.photons, 0, None)
+
+
+def expected_adu(pixels: np.ndarray, scope: Microscope, level: Optional[float] = None) -> np.ndarray:
+    """The mean of `detect`: what the detector reads without noise (float32 ADU)."""
+    return (_photons(pixels, scope, level) * scope.gain + scope.offset).astype(np.float32)
+
+
 def detect(pixels: np.ndarray, scope: Microscope, rng: np.random.Generator,
            level: Optional[float] = None, average: int = 1) -> np.ndarray:
     """Poisson-Gaussian detector: photons, gain, offset, read noise, uint16 ADU.
@@ -194,9 +207,7 @@ def detect(pixels: np.ndarray, scope: Microscope, rng: np.random.Generator,
     level: the intensity that receives `scope.photons` (default: this image's 99.9th
     percentile). average: the mean of that many independent frames.
     """
-    level = level or np.percentile(pixels, 99.9)
-    photons = np.clip(pixels / level * scope.photons, 0, None)
-    counts = rng.poisson(photons * average) / average
+    counts = rng.poisson(_photons(pixels, scope, level) * average) / average
     adu = counts * scope.gain + scope.offset + rng.normal(0, scope.read_noise / np.sqrt(average), counts.shape)
     return np.clip(np.round(adu), 0, 65535).astype(np.uint16)
 
@@ -240,7 +251,11 @@ def make_demo_data(out_dir, config: DemoConfig = DemoConfig(), force: bool = Fal
             n = config.paired_size * OVERSAMPLE
             scene = render_scene(random_tubes(rng, n * fine), (n, n), fine, rng)
             shift = rng.uniform(-config.max_shift_hr_px, config.max_shift_hr_px, 2)
-            _write(tmp / "paired/hr" / f"{name}.czi", image(scene, fine, hr, rng), hr.pixel_um)
+            hr_pixels = blur_and_bin(scene, fine, hr)
+            _write(tmp / "paired/hr" / f"{name}.czi", detect(hr_pixels, hr, rng), hr.pixel_um)
+            (tmp / "truth/paired_hr").mkdir(parents=True, exist_ok=True)
+            io.write_imagej(tmp / "truth/paired_hr" / f"{name}.tif", expected_adu(hr_pixels, hr)[None, None, None],
+                            pixel_size=(None, hr.pixel_um, hr.pixel_um))
             _write(tmp / "paired/lr" / f"{name}.czi", image(scene, fine, lr, rng, shift_um=tuple(shift * hr.pixel_um)), lr.pixel_um)
             truth["paired"][name] = {"lr_offset_hr_px": [float(s) for s in shift]}
             bar.update()

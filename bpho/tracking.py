@@ -93,6 +93,15 @@ def run(experiment: str, run_name: str, tags: Optional[Dict[str, str]] = None,
         yield active
 
 
+def run_finished(run_id: str) -> bool:
+    """Whether run `run_id` ended normally (a killed run stays RUNNING)."""
+    mlflow = _mlflow()
+    try:
+        return mlflow.MlflowClient().get_run(run_id).info.status == "FINISHED"
+    except mlflow.exceptions.MlflowException:
+        return False
+
+
 def log_params(params: Dict[str, object]) -> None:
     import mlflow
 

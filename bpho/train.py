@@ -6,9 +6,12 @@ loss scaling), channels-last, gradient checkpointing of the encoder, gradient
 accumulation. Several GPUs: run under ``torchrun --nproc_per_node=N`` (DDP; rank 0 alone
 validates, logs and checkpoints).
 
-Every epoch ends with a checkpoint in ``$BPHO_ROOT/checkpoints/<run_id>/last.pt`` (tensors
-only, loaded with ``weights_only=True``); ``--resume RUN_ID`` continues the same MLflow run
-from it, so the metrics have neither gaps nor repeated steps.
+Every epoch is validated as `bpho evaluate` scores a model (the dataset's validation images,
+whole, through the same tiled inference and metric protocol: `validate`); the best epoch is
+the one logged and registered. Every epoch ends with a checkpoint in
+``$BPHO_ROOT/checkpoints/<run_id>/last.pt`` (and ``best.pt``; tensors only, loaded with
+``weights_only=True``); ``--resume RUN_ID`` continues the same MLflow run from it, so the
+metrics have neither gaps nor repeated steps.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import json
 import math
 import os
 import tempfile
+import time
 import warnings
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -28,10 +32,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from bpho import paths, tracking
+from bpho import evaluate, paths, tracking
 from bpho.datasets import builder
 from bpho.errors import BphoError, BphoWarning, NotFoundError
-from bpho.inference import pick_device, save_model
+from bpho.inference import SuperResolver, pick_device, save_model
 from bpho.models import UNetConfig, build_model
 
 LOSSES = ("l1", "mse", "l1+ssim")
@@ -43,11 +47,12 @@ class TrainConfig:
     tile_size: Optional[int] = None  # default: the dataset's smallest tile size
     batch_size: int = 8
     epochs: int = 10
+    minutes: Optional[float] = None  # a wall-clock budget instead: epochs set from the first batches' pace
     encoder: str = "resnet34"
     mode: str = "lr"
     frames: Optional[int] = None  # default: the dataset's
     loss: str = "l1"
-    lr: float = 1e-3
+    lr: float = 2e-3
     weight_decay: float = 1e-4
     amp: bool = False
     channels_last: bool = False
@@ -56,7 +61,10 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     panel_every: int = 1
-    decoder_widths: Tuple[int, ...] = (256, 128, 64, 32, 16)
+    decoder_widths: Tuple[int, ...] = UNetConfig.decoder_widths
+    depth: Optional[int] = UNetConfig.depth
+    head_channels: Optional[int] = UNetConfig.head_channels
+    padding: str = UNetConfig.padding
     encoder_weights: Optional[str] = None
     model_name: Optional[str] = None
 
@@ -69,6 +77,8 @@ class TrainConfig:
         for name in ("batch_size", "epochs", "accumulate", "panel_every"):
             if getattr(self, name) < 1:
                 problems.append(f"{name}={getattr(self, name)} (>= 1)")
+        if self.minutes is not None and self.minutes <= 0:
+            problems.append(f"minutes={self.minutes} (> 0)")
         if self.lr <= 0:
             problems.append(f"lr={self.lr} (> 0)")
         if problems:
@@ -155,69 +165,60 @@ def loss_fn(name: str):
     return lambda pred, target: F.l1_loss(pred, target) + 0.2 * ssim_term(pred, target)
 
 
-def bicubic(lr: torch.Tensor, scale: int) -> torch.Tensor:
-    centre = lr[:, lr.shape[1] // 2: lr.shape[1] // 2 + 1]
-    return F.interpolate(centre, scale_factor=scale, mode="bicubic", align_corners=False) if scale > 1 else centre
-
-
 @torch.no_grad()
-def evaluate_tiles(net, lr: np.ndarray, hr: np.ndarray, scale: int, device, batch: int, loss, amp_dtype=None) -> dict:
-    """Valid loss, and PSNR / SSIM (piq, on [0, 1]) of the model and of bicubic upsampling."""
-    import piq
-
+def validate(net, meta: dict, device, pairs, baselines: list) -> Tuple[dict, np.ndarray]:
+    """`bpho evaluate`'s number: the validation images super-resolved whole by the same
+    tiled, blended inference (`SuperResolver`, its default tiles) and scored by the same
+    protocol. Returns the flat metrics (valid_psnr, valid_psnr_gain, ...) and the first
+    image's prediction (frame 0)."""
     net.eval()
-    sums = {k: 0.0 for k in ("valid_loss", "valid_psnr", "valid_ssim", "bicubic_psnr", "bicubic_ssim")}
-    n = len(lr)
-    for i in range(0, n, batch):
-        x = torch.from_numpy(np.array(lr[i:i + batch])).to(device)
-        y = torch.from_numpy(np.array(hr[i:i + batch])).to(device)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            pred = net(x)
-        pred = pred.float()
-        base = bicubic(x, scale)
-        k = len(x)
-        sums["valid_loss"] += float(loss(pred, y)) * k
-        for tag, img in (("valid", pred), ("bicubic", base)):
-            a, b = img.clamp(0, 1), y.clamp(0, 1)
-            sums[f"{tag}_psnr"] += float(piq.psnr(a, b, data_range=1.0, reduction="sum"))
-            sums[f"{tag}_ssim"] += float(piq.ssim(a, b, data_range=1.0, reduction="sum"))
-    net.train()
-    out = {k: v / max(n, 1) for k, v in sums.items()}
-    out["valid_psnr_gain"] = out["valid_psnr"] - out["bicubic_psnr"]
-    return out
+    try:
+        rows, first = evaluate.score_model(SuperResolver(net=net, meta=meta, device=device), pairs)
+    finally:
+        net.train()
+    return evaluate.summarize(rows + baselines), first[0]
 
 
-def save_panel(png: Path, net, lr: np.ndarray, hr: np.ndarray, scale: int, device, title: str) -> None:
-    """LR | bicubic | model | HR on fixed validation tiles."""
+def save_panel(png: Path, pair, pred: np.ndarray, scale: int, title: str) -> None:
+    """LR | bicubic | model | HR: the middle of the first validation image, as validated."""
+    from bpho.metrics import fit_to, normalize_target
     from bpho.plots import pyplot
 
     plt = pyplot()
-
-    net.eval()
-    with torch.no_grad():
-        x = torch.from_numpy(np.asarray(lr)).to(device)
-        pred = net(x).float().cpu().numpy()[:, 0]
-        base = bicubic(x, scale).cpu().numpy()[:, 0]
-    net.train()
-    centre = np.asarray(lr)[:, lr.shape[1] // 2]
-    rows = len(lr)
-    fig, axes = plt.subplots(rows, 4, figsize=(10, 2.6 * rows), squeeze=False)
-    for r in range(rows):
-        for ax, img, name in zip(axes[r], (centre[r], base[r], pred[r], hr[r, 0]), ("LR", "bicubic", "model", "HR")):
-            ax.imshow(img, cmap="magma", vmin=0, vmax=1, interpolation="nearest")
-            ax.set_title(name, fontsize=9)
-            ax.axis("off")
+    zoom = evaluate.zoom_box(pair.hr.shape[-2:])
+    hr = normalize_target(pair.hr[0][zoom])
+    fig, axes = plt.subplots(1, 4, figsize=(12, 3.4))
+    for ax, (name, img) in zip(axes, evaluate.side_by_side(pair, pred, scale)):
+        ax.imshow(np.clip(fit_to(img[zoom], hr), 0, 1), cmap="magma", vmin=0, vmax=1, interpolation="nearest")
+        ax.set_title(name, fontsize=9)
+        ax.axis("off")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(png, dpi=72)
     plt.close(fig)
 
 
+def lr_factor(step: int, total: Optional[int]) -> float:
+    """One-cycle learning-rate multiplier (PyTorch's OneCycleLR defaults: cosine warm-up from 1/25
+    over the first 30% of `total` steps, then cosine annealing to 1/25e4); 1/25 while `total` is
+    not known yet (the first steps of a time budget)."""
+    if total is None:
+        return 1 / 25
+    p = min(1.0, step / max(1, total))
+    if p < 0.3:
+        return 1 / 25 + (1 - 1 / 25) * (1 - math.cos(math.pi * p / 0.3)) / 2
+    return 1 / 25e4 + (1 - 1 / 25e4) * (1 + math.cos(math.pi * (p - 0.3) / 0.7)) / 2
+
+
+PROBE_BATCHES = 12  # a time budget times this many batches to plan its epochs
+
+
 def setup_model(cfg: TrainConfig, scale: int, frames: int, device: torch.device):
     """The network on `device` as `cfg` asks (checkpointing, channels-last), its AMP dtype
     (bf16 where supported, else fp16) and, for fp16, a gradient scaler."""
     model_cfg = UNetConfig(encoder=cfg.encoder, scale=scale, frames=frames, mode=cfg.mode,
-                           decoder_widths=tuple(cfg.decoder_widths), encoder_weights=cfg.encoder_weights)
+                           decoder_widths=tuple(cfg.decoder_widths), depth=cfg.depth, head_channels=cfg.head_channels,
+                           padding=cfg.padding, encoder_weights=cfg.encoder_weights)
     torch.manual_seed(cfg.seed)
     net = build_model(model_cfg).to(device)
     if cfg.grad_checkpointing:
@@ -251,8 +252,9 @@ def optimizer_step(opt, scaler) -> None:
     opt.zero_grad(set_to_none=True)
 
 
-def checkpoint_path(run_id: str) -> Path:
-    return paths.root() / "checkpoints" / run_id / "last.pt"
+def checkpoint_path(run_id: str, name: str = "last") -> Path:
+    """``last.pt`` (resume) or ``best.pt`` (the weights of the best validated epoch)."""
+    return paths.root() / "checkpoints" / run_id / f"{name}.pt"
 
 
 def _save_checkpoint(path: Path, net, opt, sched, scaler, epoch: int, metrics: dict, config: dict) -> None:
@@ -266,8 +268,24 @@ def _save_checkpoint(path: Path, net, opt, sched, scaler, epoch: int, metrics: d
         torch.save(state, tmp)
 
 
-def _load_checkpoint(run_id: str) -> dict:
-    path = checkpoint_path(run_id)
+def _plan_epochs(d: Dist, budget_s: float, started: float, valid_s: float, done: int, batches: int) -> int:
+    """Epochs that fit a time budget, at the pace of the first `done` batches plus one validation
+    per epoch (rank 0 decides, every rank follows)."""
+    per_batch = (time.monotonic() - started - valid_s) / done
+    epochs = max(1, int((budget_s - valid_s) // (per_batch * batches + valid_s)))
+    if d.main:
+        print(f"{budget_s / 60:g} min at {per_batch * batches + valid_s:.1f} s an epoch (validation "
+              f"{valid_s:.1f} s): {epochs} epochs", flush=True)
+    return int(_broadcast_str(d, str(epochs)))
+
+
+def _save_best(path: Path, net, epoch: int, metrics: dict) -> None:
+    with paths.atomic_file(path, suffix=".pt") as tmp:
+        torch.save({"model": net.state_dict(), "epoch": epoch, "metrics": metrics}, tmp)
+
+
+def _load_checkpoint(run_id: str, name: str = "last") -> dict:
+    path = checkpoint_path(run_id, name)
     if not path.is_file():
         raise NotFoundError(f"run {run_id}: no checkpoint at {path}; was the run trained under this BPHO_ROOT?")
     try:
@@ -283,17 +301,16 @@ def _dataset_tiles(cfg: TrainConfig):
     ds = builder.open(cfg.dataset)
     size = cfg.tile_size or min(ds.tile_sizes)
     lr_tr, hr_tr = ds.tiles(size, "train")
-    lr_va, hr_va = ds.tiles(size, "valid")
     if len(lr_tr) == 0:
         raise BphoError(f"dataset {cfg.dataset!r} has no training tiles of size {size}")
-    if len(lr_va) == 0:  # no held-out source: validate on training tiles, and say so
-        warnings.warn(f"dataset {cfg.dataset!r} has no validation tiles of size {size}: the valid_* metrics "
-                      "are measured on training tiles", BphoWarning, stacklevel=2)
-        lr_va, hr_va = lr_tr, hr_tr
+    pairs = ds.validation_images()
+    if ds.validation_split == "train":  # no held-out source: validate on a training image, and say so
+        warnings.warn(f"dataset {cfg.dataset!r} holds no image out: the valid_* metrics are measured on the "
+                      f"training image {pairs[0].name}", BphoWarning, stacklevel=2)
     frames = lr_tr.shape[1]
     if cfg.frames is not None and cfg.frames != frames:
         raise BphoError(f"--frames {cfg.frames}: dataset {cfg.dataset!r} has {frames}-frame tiles")
-    return ds, size, (lr_tr, hr_tr), (lr_va, hr_va)
+    return ds, size, lr_tr, hr_tr, pairs
 
 
 def train(cfg: TrainConfig, resume: Optional[str] = None, progress: bool = True, register: bool = True,
@@ -311,7 +328,7 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, progress: bool = True,
     if d.world > 1 and device.type == "cuda":
         device = torch.device("cuda", d.local_rank)
         torch.cuda.set_device(device)
-    ds, size, (lr_tr, hr_tr), (lr_va, hr_va) = _dataset_tiles(cfg)
+    ds, size, lr_tr, hr_tr, pairs = _dataset_tiles(cfg)
     scale = hr_tr.shape[-1] // lr_tr.shape[-1]
     net, model_cfg, amp_dtype, scaler = setup_model(cfg, scale, lr_tr.shape[1], device)
     model = torch.nn.parallel.DistributedDataParallel(net) if d.world > 1 else net
@@ -320,11 +337,16 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, progress: bool = True,
     batches = math.ceil(per_rank / cfg.batch_size)
     opt_steps = math.ceil(batches / cfg.accumulate)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * opt_steps)
+    # a time budget sets the epochs from the first batches' pace (see `_plan_epochs`)
+    plan = {"epochs": None if cfg.minutes else cfg.epochs}
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda step: lr_factor(step, plan["epochs"] * opt_steps if plan["epochs"] else None))
     loss = loss_fn(cfg.loss)
     start = 0
-    config = {**asdict(cfg), "tile_size": size, "scale": scale, "frames": model_cfg.frames, "world_size": d.world}
+    config = {**asdict(cfg), "epochs": plan["epochs"], "tile_size": size, "scale": scale, "frames": model_cfg.frames,
+              "world_size": d.world}
     last_metrics: dict = {}
+    best: dict = {}  # the best validated epoch so far: {"epoch", "metrics"} (its weights are in best.pt)
     if resume:
         state = _load_checkpoint(resume)
         net.load_state_dict(state["model"])
@@ -334,8 +356,19 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, progress: bool = True,
             scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["torch_rng"])
         start, last_metrics = int(state["epoch"]) + 1, state["metrics"]
+        plan["epochs"] = config["epochs"] = json.loads(state["config"])["epochs"]  # the run's own plan
+        if start >= plan["epochs"] and tracking.run_finished(resume):
+            raise BphoError(f"run {resume} already finished its {plan['epochs']} epochs and logged its model; "
+                            "nothing to resume")
+        if checkpoint_path(resume, "best").is_file():
+            kept = _load_checkpoint(resume, "best")
+            best = {"epoch": int(kept["epoch"]), "metrics": kept["metrics"]}
     name = cfg.model_name or f"bpho-{cfg.dataset}"
-    fixed = (np.array(lr_va[:4]), np.array(hr_va[:4]))
+    norm = ds.manifest["parameters"]
+    meta = {"model": model_cfg.to_dict(),
+            "normalization": {"percentile_low": norm["percentile_low"], "percentile_high": norm["percentile_high"]},
+            "dataset": ds.name, "dataset_digest": ds.digest, "tile_size": size}
+    baselines = evaluate.score_baselines(pairs, scale) if d.main else []
 
     tags = {"bpho.dataset": ds.name, "bpho.dataset_digest": ds.digest, "bpho.recipe": ds.manifest["recipe"]["name"],
             "bpho.datasource": ds.manifest["datasource"]["name"],
@@ -344,6 +377,7 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, progress: bool = True,
                            run_id=resume, parent_run_id=parent_run_id) if d.main else nullcontext()
     with run_ctx as active:
         run_id = _broadcast_str(d, active.info.run_id if d.main else None)
+        meta["run_id"] = run_id
         wait = float(os.environ.get("BPHO_TRACKING_WAIT", "600"))  # seconds to wait for an absent server
         buffer = tracking.Buffer(checkpoint_path(run_id).parent / "pending.jsonl") if d.main else None
         if d.main:
@@ -356,14 +390,20 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, progress: bool = True,
                                      **{f"model.{k}": v for k, v in model_cfg.to_dict().items()}})
                 tracking.log_dataset_input(ds.name, ds.digest, ds.path, context="training",
                                            tags={"tile_size": str(size)})
-        for epoch in range(start, cfg.epochs):
+        started = time.monotonic()
+        valid_s = 0.0
+        if plan["epochs"] is None and d.main:  # a time budget counts validation too: time one
+            validate(net, meta, device, pairs, baselines)
+            valid_s = time.monotonic() - started
+        epoch = start
+        while plan["epochs"] is None or epoch < plan["epochs"]:
             order = np.random.default_rng([cfg.seed, epoch]).permutation(len(lr_tr))
             # every rank gets the same number of samples (wrapping around, as DistributedSampler
             # does): unequal batch counts would leave one rank waiting in all-reduce for ever
             order = np.resize(order, per_rank * d.world)[d.rank::d.world]
             gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch * 101 + d.rank)
             running, seen = 0.0, 0
-            bar = tqdm(range(batches), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
+            bar = tqdm(range(batches), desc=f"epoch {epoch + 1}/{plan['epochs'] or '?'}", unit="batch",
                        disable=not (progress and d.main), leave=False)
             opt.zero_grad(set_to_none=True)
             for b in bar:
@@ -375,39 +415,65 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, progress: bool = True,
                 value = forward_backward(model, x, y, loss, amp_dtype, scaler, cfg.accumulate, cfg.channels_last)
                 if (b + 1) % cfg.accumulate == 0 or b == batches - 1:
                     optimizer_step(opt, scaler)
-                    if sched.last_epoch < sched.total_steps - 1:
-                        sched.step()
+                    sched.step()
                 running += float(value.detach()) * len(idx)
                 seen += len(idx)
                 bar.set_postfix(loss=f"{running / seen:.4f}")
+                if plan["epochs"] is None and b + 1 == min(PROBE_BATCHES, batches):
+                    # kept in the checkpoint's config: --resume follows the same plan
+                    plan["epochs"] = config["epochs"] = _plan_epochs(d, cfg.minutes * 60, started, valid_s, b + 1,
+                                                                     batches)
+                    bar.set_description(f"epoch {epoch + 1}/{plan['epochs']}")
             if d.main:
-                metrics = {"train_loss": running / max(seen, 1), "lr": opt.param_groups[0]["lr"],
-                           **evaluate_tiles(net, lr_va, hr_va, scale, device, cfg.batch_size, loss, amp_dtype)}
+                valid, pred = validate(net, meta, device, pairs, baselines)
+                metrics = {"train_loss": running / max(seen, 1), "lr": opt.param_groups[0]["lr"], **valid}
                 _save_checkpoint(checkpoint_path(run_id), net, opt, sched, scaler, epoch, metrics, config)
+                if not best or metrics["valid_psnr"] > best["metrics"]["valid_psnr"]:
+                    best = {"epoch": epoch, "metrics": metrics}
+                    _save_best(checkpoint_path(run_id, "best"), net, epoch, metrics)
                 buffer.metrics(metrics, epoch)  # logged now, or kept until the server is back
                 last_metrics = metrics
-                if (epoch + 1) % cfg.panel_every == 0 or epoch == cfg.epochs - 1:
+                if (epoch + 1) % cfg.panel_every == 0 or epoch == plan["epochs"] - 1:
                     png = checkpoint_path(run_id).parent / "panels" / f"epoch_{epoch + 1:03d}.png"
                     png.parent.mkdir(parents=True, exist_ok=True)
-                    save_panel(png, net, *fixed, scale, device,
-                               f"epoch {epoch + 1}: PSNR model {metrics['valid_psnr']:.2f} dB, "
-                               f"bicubic {metrics['bicubic_psnr']:.2f} dB")
+                    save_panel(png, pairs[0], pred, scale,
+                               f"epoch {epoch + 1}, {pairs[0].name}: PSNR model {metrics['valid_psnr']:.2f} dB, "
+                               f"bicubic {metrics['bicubic_psnr']:.2f} dB, bilinear {metrics['bilinear_psnr']:.2f} dB")
                     if tracking.previews_enabled():
                         buffer.artifact(png, "panels")
                 if on_epoch is not None:
                     on_epoch(epoch, metrics, run_id)
-                print(f"epoch {epoch + 1}/{cfg.epochs}: train loss {metrics['train_loss']:.4f}, valid PSNR "
-                      f"{metrics['valid_psnr']:.2f} dB (bicubic {metrics['bicubic_psnr']:.2f}), "
-                      f"SSIM {metrics['valid_ssim']:.3f} (bicubic {metrics['bicubic_ssim']:.3f})", flush=True)
+                print(f"epoch {epoch + 1}/{plan['epochs']}: train loss {metrics['train_loss']:.4f}, valid PSNR "
+                      f"{metrics['valid_psnr']:.2f} dB (bicubic {metrics['bicubic_psnr']:.2f}, bilinear "
+                      f"{metrics['bilinear_psnr']:.2f}), SSIM {metrics['valid_ssim']:.3f} "
+                      f"(bicubic {metrics['bicubic_ssim']:.3f})", flush=True)
             _barrier(d)
+            epoch += 1
+            if cfg.minutes and epoch == 1 and start == 0:  # the whole first epoch (validation, checkpoints,
+                if d.main:                                 # panel) may shorten the plan, never lengthen it
+                    epoch_s = time.monotonic() - started - valid_s
+                    left = cfg.minutes * 60 - (time.monotonic() - started)
+                    plan["epochs"] = min(plan["epochs"], 1 + int(max(0.0, left) // epoch_s))
+                    buffer.metrics({"epochs_planned": plan["epochs"]}, 0)
+                plan["epochs"] = config["epochs"] = int(_broadcast_str(d, str(plan["epochs"])))
         result = TrainResult(run_id=run_id, model_uri=f"runs:/{run_id}/model", registered_name=None,
                              registered_version=None, metrics=last_metrics)
         if d.main:
-            meta = {"model": model_cfg.to_dict(), "normalization": {
-                        "percentile_low": ds.manifest["parameters"]["percentile_low"],
-                        "percentile_high": ds.manifest["parameters"]["percentile_high"]},
-                    "dataset": ds.name, "dataset_digest": ds.digest, "tile_size": size, "run_id": run_id}
+            # the model logged and registered is the best validated epoch, not the last one
+            if not best:  # a run resumed from a checkpoint of bpho 0.1, which kept no best.pt
+                best = {"epoch": plan["epochs"] - 1, "metrics": last_metrics}
+                _save_best(checkpoint_path(run_id, "best"), net, best["epoch"], last_metrics)
+            net.load_state_dict(_load_checkpoint(run_id, "best")["model"])
+            result.metrics = {**best["metrics"], "best_epoch": best["epoch"], "epochs": plan["epochs"]}
+            meta["validation"] = {"epoch": best["epoch"] + 1, "images": [p.name for p in pairs],
+                                  "split": ds.validation_split,
+                                  **{k: v for k, v in best["metrics"].items() if k.startswith(("valid_", "bi"))}}
+            buffer.metrics({f"best_{k}": v for k, v in best["metrics"].items() if k.startswith("valid_")},
+                           plan["epochs"] - 1)
             buffer.drain(wait)
+            tracking.set_tags({"bpho.best_epoch": f"{best['epoch'] + 1} of {plan['epochs']} (step {best['epoch']})"})
+            print(f"registering epoch {best['epoch'] + 1} (best valid PSNR {best['metrics']['valid_psnr']:.2f} dB)",
+                  flush=True)
             with tempfile.TemporaryDirectory() as tmp:
                 folder = save_model(Path(tmp) / "bpho_model", net.float().cpu(), meta)
                 version = tracking.retry(lambda: tracking.log_model(folder, registered_name=name if register else None),

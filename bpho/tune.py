@@ -199,7 +199,7 @@ def fit_path(dataset: str) -> Path:
 
 
 def fit_search(dataset: str, tile_sizes: Optional[Sequence[int]] = None, memory_gb: Optional[float] = None,
-               encoder: str = "resnet34", mode: str = "lr", decoder_widths: Sequence[int] = (256, 128, 64, 32, 16),
+               encoder: str = "resnet34", mode: str = "lr", decoder_widths: Sequence[int] = TrainConfig.decoder_widths,
                precisions: Optional[Sequence[str]] = None, checkpointing: Optional[Sequence[bool]] = None,
                max_batch: int = 256, steps: int = 2, device: str = "auto", refine: bool = False, track: bool = True,
                progress: bool = True) -> FitResult:

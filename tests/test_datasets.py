@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from bpho import datasources
+from bpho import datasources, io
 from bpho.datasets import builder, recipe
 from bpho.datasets.register import downsample, ncc, register_pair
 from bpho.errors import BphoError, BphoWarning, IntegrityError, NotFoundError
@@ -42,6 +42,19 @@ def test_registration_recovers_planted_shifts(root, planted, tmp_path):
         assert np.abs(np.asarray(rec["shift_hr_px"]) - expected).max() < 0.25, (rec, expected)
         assert rec["score"] > rec["score_before"] and rec["score"] > 0.9
         assert (ds.path / "qc" / f"{rec['source'].replace('/', '__')}.png").read_bytes().startswith(b"\x89PNG")
+    # the held-out images are kept whole, the LR as acquired and the HR moved onto it
+    images = ds.validation_images()
+    assert [p.name for p in images] == [r["source"] for r in ds.manifest["sources"] if r["split"] == "valid"]
+    assert ds.validation_split == "valid" and images
+    for pair in images:
+        assert np.array_equal(pair.lr[0], io.read(planted / "paired/lr" / f"{Path(pair.name).name}.czi").data[0, 0, 0])
+        m = -(-pair.margin // 4)
+        before = io.read(planted / "paired/hr" / f"{Path(pair.name).name}.czi").data[0, 0, 0].astype(np.float32)
+        inner = (slice(m, -m), slice(m, -m))
+        aligned, raw = ncc(downsample(pair.hr[0], 4)[inner], pair.lr[0][inner]), ncc(downsample(before, 4)[inner],
+                                                                                  pair.lr[0][inner])
+        assert aligned > 0.9 and aligned > raw, (aligned, raw)
+        assert pair.pixel_um == pytest.approx(0.035)
 
 
 def test_register_pair_on_a_shift_planted_by_hand(demo):

@@ -109,6 +109,15 @@ def test_evaluate_logs_table_figures_and_links(env, tmp_path):
     assert run.data.tags["bpho.model_run_id"] == single.run_id
     assert run.data.tags["bpho.dataset_digest"] == builder.open("ev").digest
     assert "model_psnr" in run.data.metrics and "gain_psnr_ci95_low" in run.data.metrics
+    # what training logged and registered is what evaluate measures on the same images
+    trained = client.get_run(single.run_id)
+    history = {m.step: m.value for m in client.get_metric_history(single.run_id, "valid_psnr")}
+    best = int(single.metrics["best_epoch"])
+    assert best == max(history, key=history.get)
+    assert run.data.metrics["model_psnr"] == pytest.approx(history[best], abs=0.05)
+    assert trained.data.metrics["best_valid_psnr"] == pytest.approx(history[best])
+    assert run.data.metrics["bicubic_psnr"] == pytest.approx(trained.data.metrics["bicubic_psnr"], abs=1e-6)
+    assert trained.data.tags["bpho.best_epoch"].startswith(f"{best + 1} of 2")
     assert {"evaluation.csv", "crops_00.png", "frc_00.png"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
 
 

@@ -28,6 +28,22 @@ def test_mlproject_declares_its_entry_points():
     assert sorted(pip) == sorted(project)  # `mlflow run` builds the same environment as `pip install`
 
 
+def test_mlproject_train_defaults_are_the_training_defaults():
+    """`mlflow run . -e train` with no -P trains what `bpho train` does (one set of defaults)."""
+    import dataclasses
+
+    from bpho.train import TrainConfig
+
+    params = yaml.safe_load((REPO / "MLproject").read_text())["entry_points"]["train"]["parameters"]
+    fields = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    checked = 0
+    for name, spec in params.items():
+        if spec.get("default", "") != "" and fields.get(name, dataclasses.MISSING) is not dataclasses.MISSING:
+            assert spec["default"].lower() == str(fields[name]).lower(), (name, spec["default"], fields[name])
+            checked += 1
+    assert checked >= 6
+
+
 def test_mlflow_run_demo_data(tmp_path):
     out = tmp_path / "demo"
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",

@@ -38,6 +38,20 @@ def test_layout_shapes_and_pixel_sizes(demo):
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
 
 
+def test_noiseless_hr_truth_is_the_mean_of_the_acquired_hr(demo):
+    """truth/paired_hr holds what a perfect model could output: the HR detector's expected reading."""
+    for hr_path in sorted((demo / "paired/hr").glob("*.czi")):
+        hr = io.read(hr_path).data[0, 0, 0].astype(np.float64)
+        clean = io.read(demo / "truth/paired_hr" / f"{hr_path.stem}.tif")
+        assert clean.data.dtype == np.float32 and clean.shape[-2:] == hr.shape
+        assert clean.pixel_size[2] == pytest.approx(io.read(hr_path).pixel_size[2])
+        clean = clean.data[0, 0, 0].astype(np.float64)
+        residual = hr - clean  # Poisson-Gaussian noise: zero mean, variance gain * photons + read noise^2
+        assert abs(residual.mean()) < 0.2
+        bright = clean > np.percentile(clean, 90)
+        assert residual[bright].var() > 2 * residual[~bright].var()  # signal-dependent, as photon noise is
+
+
 def test_movie_moves(demo):
     frames = io.read(demo / "movie/hr/movie_000.czi").data[:, 0, 0].astype(float)
     first, last = frames[0], frames[-1]

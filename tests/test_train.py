@@ -19,6 +19,7 @@ from bpho.datasets import builder
 from bpho.errors import BphoError
 from bpho.inference import load_model, save_model
 from bpho.models import build_model
+from bpho.synthetic import DemoConfig, make_demo_data
 from bpho.train import TrainConfig, train
 
 from conftest import assert_one_line_error, build_world, run_bpho, use_world
@@ -44,6 +45,26 @@ def env(world, monkeypatch, tmp_path):
     return use_world(monkeypatch, world, tmp_path)
 
 
+@pytest.fixture(scope="module")
+def wide(tmp_path_factory):
+    """Demo pairs of 1024 px HR (256 px LR: inference tiles of 32..256 LR px all differ), 64 px HR tiles."""
+    demo = make_demo_data(tmp_path_factory.mktemp("wide-demo") / "demo", DemoConfig(
+        seed=5, paired_fields=3, paired_size=1024, movies=0, hr_only_fields=0, denoise_fields=0), progress=False)
+    return build_world(demo, tmp_path_factory.mktemp("wide-root"), sources=[("paired", "wide_pairs", "paired")],
+                       datasets=[("paired_001", "wide_pairs", "wide", ["tile_sizes=64,128", "tiles_per_image=120",
+                                                                       "valid_fraction=0.34"])])
+
+
+def full_image_psnr(model_uri: str, dataset: str, tile: int = 128) -> float:
+    """`bpho evaluate --dataset`'s model PSNR, with LR inference tiles of `tile` px."""
+    from bpho import evaluate
+    from bpho.tracking import download_model
+
+    model = load_model(download_model(model_uri), device="cpu", tile=tile, overlap=min(16, tile // 2))
+    rows, _ = evaluate.score_model(model, evaluate.validation_pairs(dataset))
+    return float(np.mean([r["psnr"] for r in rows]))
+
+
 @pytest.mark.parametrize("mode", ["pre", "lr"])
 @pytest.mark.parametrize("frames", [1, 5])
 def test_unet_any_size(mode, frames):
@@ -53,6 +74,34 @@ def test_unet_any_size(mode, frames):
     assert out.shape == (2, 1, 100, 132) and torch.isfinite(out).all()
     with pytest.raises(BphoError, match="not a timm model"):
         build_model({"encoder": "resnet_does_not_exist"})
+
+
+def test_untrained_pixel_shuffle_has_no_checkerboard_and_borders_are_not_zeros():
+    net = build_model({"encoder": "resnet18", "mode": "lr", "scale": 4, "decoder_widths": [32, 16, 16]}).eval()
+    with torch.no_grad():
+        shuffled = net.head[:2](torch.rand(1, 16, 6, 7))  # ICNR: the 4x4 sub-pixels of each LR pixel start equal
+    assert shuffled.shape == (1, 8, 24, 28)  # head_channels
+    blocks = shuffled.reshape(1, shuffled.shape[1], 6, 4, 7, 4)
+    assert torch.allclose(blocks, blocks[:, :, :, :1, :, :1].expand_as(blocks))
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d) and max(m.padding) > 0]
+    assert convs and all(m.padding_mode == "replicate" for m in convs)  # no zero border to measure intensities by
+    with torch.no_grad():  # a flat image stays flat up to the border: no border is detectable from inside
+        flat = net(torch.full((1, 1, 24, 24), 0.3))
+    assert float(flat.std()) < 1e-4
+
+
+def test_a_bpho_01_model_folder_still_loads(tmp_path):
+    """bpho 0.1 saved no depth, head width or padding: it used every stage, the last width, zeros."""
+    old = {"encoder": "resnet18", "scale": 4, "frames": 1, "mode": "lr", "decoder_widths": [32, 16, 8, 8, 8],
+           "encoder_weights": None}
+    net = build_model({**old, "depth": None, "head_channels": None, "padding": "zeros"})
+    folder = save_model(tmp_path / "m", net, {"model": old, "normalization": {"percentile_low": 1, "percentile_high": 99}})
+    loaded = load_model(folder, device="cpu", context=0)  # the bare network on the whole image
+    assert loaded.net.config.padding == "zeros" and loaded.net.config.depth is None
+    image = np.random.default_rng(0).random((24, 24)).astype(np.float32)
+    with torch.no_grad():
+        direct = net.eval()(torch.from_numpy(image)[None, None]).numpy()[0, 0]
+    assert np.allclose(loaded.predict_normalized(image[None]), direct, atol=1e-5)
 
 
 def test_model_folder_roundtrip_rebuilds_without_guessing(tmp_path):
@@ -77,6 +126,45 @@ def test_few_hundred_steps_beat_bicubic(env):
     m = result.metrics
     assert m["valid_psnr"] > m["bicubic_psnr"] + 0.5, m
     assert m["valid_ssim"] > m["bicubic_ssim"], m
+
+
+def test_output_does_not_depend_on_the_inference_tiles(wide, monkeypatch, tmp_path):
+    """Trained on the smallest tiles (16 px LR, where every stage of the encoder reaches a 1x1
+    bottleneck), predicted whole with LR tiles of 32..256 px: the same picture. With zero
+    padding the network can measure intensities against the tile border; the same training
+    then spread 0.05 dB between tile sizes, and on the demo an 80-epoch run lost 13 dB at tile 128."""
+    use_world(monkeypatch, wide, tmp_path)
+    result = train(TrainConfig(dataset="wide", tile_size=64, batch_size=8, epochs=12, panel_every=12,
+                               **{**SMALL_NET, "depth": None}), progress=False, register=False)
+    psnr = {t: full_image_psnr(result.model_uri, "wide", t) for t in (32, 64, 128, 256)}
+    assert max(psnr.values()) - min(psnr.values()) < 0.025, psnr  # issue #13 asks < 0.2
+    assert psnr[128] == pytest.approx(result.metrics["valid_psnr"], abs=0.05)  # what training reported
+    assert result.metrics["valid_psnr_gain_bilinear"] > 1.0, result.metrics  # and it learned something
+
+
+def test_longer_training_never_registers_a_worse_model(env):
+    train(TrainConfig(dataset="tiny", batch_size=8, epochs=2, lr=2e-3, model_name="short", **SMALL_NET),
+          progress=False)
+    long = train(TrainConfig(dataset="tiny", batch_size=8, epochs=8, lr=2e-3, model_name="long", **SMALL_NET),
+                 progress=False)
+    got = {name: full_image_psnr(f"models:/{name}/latest", "tiny") for name in ("short", "long")}
+    assert got["long"] >= got["short"] - 0.1, got
+    # the registered weights are the best validated epoch, and training logged its number
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    history = {m.step: m.value for m in client.get_metric_history(long.run_id, "valid_psnr")}
+    assert len(history) == 8 and long.metrics["best_epoch"] == max(history, key=history.get)
+    assert got["long"] == pytest.approx(max(history.values()), abs=0.05)
+
+
+def test_time_budget_sets_the_epochs(env):
+    result = train(TrainConfig(dataset="tiny", batch_size=16, minutes=0.3, **SMALL_NET), progress=False,
+                   register=False)
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    planned = client.get_metric_history(result.run_id, "epochs_planned")[0].value
+    steps = [m.step for m in client.get_metric_history(result.run_id, "valid_psnr")]
+    assert planned >= 2 and steps == list(range(int(planned))) and result.metrics["epochs"] == planned
+    lrs = [m.value for m in client.get_metric_history(result.run_id, "lr")]
+    assert len(lrs) == planned and lrs[-1] < 0.01 * TrainConfig.lr  # one cycle over the planned epochs
 
 
 def test_small_card_options_train(env):
@@ -115,7 +203,8 @@ def test_mlflow_run_train_on_server_registers_a_loadable_model(env, tracked, tmp
     assert run.data.tags["bpho.datasource_digest"] == ds.manifest["datasource"]["digest"]
     assert run.data.tags["bpho.recipe"] == "paired_001" and "bpho.git_commit" in run.data.tags
     assert run.data.params["train.encoder"] == "resnet18" and run.data.params["train.tile_size"] == "64"
-    assert {"train_loss", "valid_loss", "valid_psnr", "valid_ssim", "bicubic_psnr", "bicubic_ssim"} <= set(run.data.metrics)
+    assert {"train_loss", "valid_psnr", "valid_ssim", "valid_psnr_gain", "bicubic_psnr",
+            "bilinear_psnr", "valid_frc_nm", "best_valid_psnr"} <= set(run.data.metrics)
     assert any(i.dataset.name == "tiny" for i in run.inputs.dataset_inputs)
     assert {a.path for a in client.list_artifacts(run.info.run_id, "panels")} == {"panels/epoch_001.png"}
     # a fresh process loads the model by name and super-resolves an odd-sized image
@@ -186,11 +275,31 @@ def test_torchrun_two_cpu_processes(env, tmp_path):
     assert len(client.search_runs([run.info.experiment_id], filter_string="tags.`bpho.model_name` = 'ddp'")) == 1
 
 
+def test_a_dataset_of_bpho_01_asks_to_be_rebuilt(env):
+    import shutil
+
+    old = env / "datasets" / "old_tiny"
+    shutil.copytree(env / "datasets" / "tiny", old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    del manifest["validation_images"]
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    try:
+        assert_one_line_error(run_bpho("train", "--dataset", "old_tiny"), "old_tiny", "bpho 0.1", "--force")
+        assert_one_line_error(run_bpho("evaluate", "--model", "runs:/0123/model", "--dataset", "old_tiny"),
+                              "old_tiny", "rebuild")
+        assert_one_line_error(run_bpho("evaluate", "--model", "runs:/0123/model", "--dataset", "tiny_movie"),
+                              "holds no image out", "--datasource")
+    finally:
+        shutil.rmtree(old)
+
+
 @pytest.mark.parametrize("args, needle", [
     (["--dataset", "nope"], "nope"),
     (["--dataset", "tiny", "--tile-size", "256"], "no tile size 256"),
     (["--dataset", "tiny", "--encoder", "resnet_does_not_exist"], "resnet_does_not_exist"),
     (["--dataset", "tiny", "--frames", "5"], "--frames 5"),
+    (["--dataset", "tiny", "--depth", "0"], "depth 0"),
+    (["--dataset", "tiny", "--encoder", "resnet18", "--depth", "9"], "9 feature stages"),
 ])
 def test_train_bad_input_one_line(env, args, needle):
     assert_one_line_error(run_bpho("train", *args), needle)

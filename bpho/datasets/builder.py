@@ -5,6 +5,10 @@
 - ``tiles/<size>/<split>_lr.npy``  float32 (N, frames, size/scale, size/scale), memory-mappable
 - ``tiles/<size>/<split>_hr.npy``  float32 (N, 1, size, size)
 - ``tiles/<size>/<split>_tiles.csv``  where each tile came from: source, scene, t, y, x (HR origin)
+- ``images/<source>_lr.npy``, ``images/<source>_hr.npy``  the held-out source images whole:
+  raw LR (T, y, x) and raw HR (T, Y, X) moved onto the LR by the registration, float32 (the
+  images training validates on and `bpho evaluate --dataset` scores; with no validation
+  split, the first training image, and the manifest says so)
 - ``qc/<source>.png``  LR over HR (magenta/green) before and after registration
 - ``previews/tiles_<size>.png``  random train tiles, LR | HR
 - ``manifest.json``  recipe (name, file sha256, parameters), datasource (name, digest),
@@ -177,7 +181,8 @@ def save_qc(png: Path, key: str, lr: np.ndarray, hr_before: np.ndarray, hr_after
     fraction of the build even for 2048 px images.
     """
     plt = pyplot()
-    k = max(1, min(scale, 768 // max(lr.shape)))
+    # k divides the scale, so the HR averaged over scale/k pixels matches the LR repeated k times
+    k = max(d for d in range(1, scale + 1) if scale % d == 0 and d <= max(1, 768 // max(lr.shape)))
     lr_view = np.repeat(np.repeat(lr, k, axis=0), k, axis=1)
     views = [downsample(h, scale // k) if scale // k > 1 else h for h in (hr_before, hr_after)]
     fig, axes = plt.subplots(1, 2, figsize=(10, 5.4))
@@ -285,9 +290,11 @@ def make(recipe_name: str, datasource: Optional[str] = None, settings: Iterable[
     if not sources:
         raise BphoError(f"datasource {ds.name!r} has no images to build a dataset from")
     split = split_sources(sorted({src.pair.stem for src in sources}), r.valid_fraction, r.seed)
+    # whole images to validate on: every held-out one, or with none held out the first usable training image
+    held_split = "valid" if "valid" in split.values() else "train"
     pixel = {ds.path / f["path"]: (f.get("pixel_size_um") or [None] * 3)[-1] for f in ds.manifest["files"]}
     rng = np.random.default_rng(r.seed)
-    records, warned = [], []
+    records, warned, kept = [], [], []
     with paths.atomic_dir(dest, replace=force) as tmp:
         writers = {(size, s): TileWriter(tmp / "tiles" / str(size), s) for size in r.tile_sizes for s in SPLITS}
         for src in tqdm(sources, desc=f"dataset {out_name}", unit="image", disable=not progress):
@@ -295,7 +302,10 @@ def make(recipe_name: str, datasource: Optional[str] = None, settings: Iterable[
             if synthesis:  # seeded by the image's name: the same LR whatever else is in the datasource
                 lowres = partial(synthesis.lowres, hr_pixel_um=pixel.get(src.pair.hr),
                                  rng=np.random.default_rng([r.seed, zlib.crc32(src.key.encode())]))
-            record, tiles = _process(src, r, rng, tmp, split[src.pair.stem], lowres)
+            keep = split[src.pair.stem] == held_split and (held_split == "valid" or not any(kept))
+            record, tiles = _process(src, r, rng, tmp, split[src.pair.stem], lowres, keep_image=keep,
+                                     pixel_um=pixel.get(src.pair.hr))
+            kept += ["image" in record]
             records.append(record)
             if not record["included"]:
                 lr_name = src.pair.lr.name if src.pair.lr else "synthetic"
@@ -315,6 +325,9 @@ def make(recipe_name: str, datasource: Optional[str] = None, settings: Iterable[
             tile_info[str(size)] = info
             train = load_tiles(tmp, size, "train")
             save_preview(tmp / "previews" / f"tiles_{size}.png", *train, size, np.random.default_rng(r.seed))
+        if not any(kept):
+            raise BphoError(f"dataset {out_name}: every {held_split} image was excluded, so there is no whole image "
+                            "to validate on; check the pairs (see the warnings) or change seed / valid_fraction")
         if not any(info["train"] for info in tile_info.values()):
             raise BphoError(f"dataset {out_name}: no tile passed the content threshold "
                             f"({r.content_threshold}); lower content_threshold or check the images")
@@ -326,6 +339,8 @@ def make(recipe_name: str, datasource: Optional[str] = None, settings: Iterable[
             **({"degradation": synthesis.record} if synthesis else {}),
             "sources": records,
             "tiles": tile_info,
+            "validation_images": {"split": held_split,
+                                  "sources": [rec["source"] for rec in records if "image" in rec]},
             "warnings": warned,
             "bpho_version": bpho.__version__,
             "git_commit": tracking.git_commit(),
@@ -340,9 +355,11 @@ def make(recipe_name: str, datasource: Optional[str] = None, settings: Iterable[
 
 
 def _process(src: Source, r: Recipe, rng: np.random.Generator, tmp: Path, split: str,
-             lowres: Optional[Callable[[np.ndarray], np.ndarray]] = None):
+             lowres: Optional[Callable[[np.ndarray], np.ndarray]] = None, keep_image: bool = False,
+             pixel_um: Optional[float] = None):
     """Normalise, register and tile one source image; returns its manifest record and tiles.
-    With `lowres`, the LR is made from the HR by it (a degradation) instead of read."""
+    With `lowres`, the LR is made from the HR by it (a degradation) instead of read; with
+    `keep_image`, the whole raw pair (HR moved onto the LR) is saved under ``images/``."""
     hr_raw = plane_stack(src.pair.hr, src.scene, r)
     if lowres is not None:
         if hr_raw.shape[1] % r.scale or hr_raw.shape[2] % r.scale:
@@ -369,7 +386,7 @@ def _process(src: Source, r: Recipe, rng: np.random.Generator, tmp: Path, split:
         lr_mean, hr_mean = lr.mean(axis=0), hr.mean(axis=0)
         reg = register_pair(lr_mean, hr_mean, r.scale)
         record.update(shift_hr_px=list(reg.shift), score=reg.score, score_before=reg.score_before)
-        qc = tmp / "qc" / f"{src.key.replace('/', '__')}.png"
+        qc = tmp / "qc" / f"{_safe(src.key)}.png"
         back = (-reg.shift[0], -reg.shift[1])  # moves HR onto LR
         if reg.score < r.min_registration_score:
             save_qc(qc, src.key, lr_mean, hr_mean, apply(hr_mean[None], back)[0], r.scale, reg)
@@ -384,6 +401,14 @@ def _process(src: Source, r: Recipe, rng: np.random.Generator, tmp: Path, split:
             lr = apply(lr, (reg.shift[0] / r.scale, reg.shift[1] / r.scale))
             hr_after = apply(hr_mean[None], back)[0]
         save_qc(qc, src.key, lr_mean, hr_mean, hr_after, r.scale, reg)
+    if keep_image:
+        hr_moved = apply(hr_raw, (-reg.shift[0], -reg.shift[1])) if reg is not None else hr_raw
+        record["image"] = {"margin": margin, "hr_pixel_um": pixel_um, "files": {}}
+        for side, arr in (("lr", lr_raw), ("hr", hr_moved)):
+            rel = f"images/{_safe(src.key)}_{side}.npy"
+            (tmp / "images").mkdir(exist_ok=True)
+            np.save(tmp / rel, np.ascontiguousarray(arr, dtype=np.float32))
+            record["image"]["files"][side] = {"path": rel, "sha256": datasources.sha256_file(tmp / rel)}
     half = r.frames // 2
     cut: Dict[int, Tuple[list, list, list]] = {size: ([], [], []) for size in r.tile_sizes}
     for t in range(half, lr.shape[0] - half):
@@ -397,6 +422,11 @@ def _process(src: Source, r: Recipe, rng: np.random.Generator, tmp: Path, split:
                 rows.append((src.key, src.scene, t, int(y), int(x)))
     tiles = {size: (np.stack(a), np.stack(b), rows) for size, (a, b, rows) in cut.items() if rows}
     return record, tiles
+
+
+def _safe(key: str) -> str:
+    """A source key as a file name (keys of files in sub-folders hold '/')."""
+    return key.replace("/", "__")
 
 
 def _track(dataset: "Dataset", ds: datasources.Datasource) -> None:
@@ -434,6 +464,19 @@ def load_tiles(folder: Path, size: int, split: str) -> Tuple[np.ndarray, np.ndar
 
 
 @dataclass(frozen=True)
+class ImagePair:
+    """A whole held-out source image: raw LR (T, y, x) and raw HR (T, Y, X) float32, the HR
+    moved onto the LR by the dataset's registration; `margin` HR pixels at each border hold
+    values the shift invented (leave them out of scores); `pixel_um` is the HR pixel size."""
+
+    name: str
+    lr: np.ndarray
+    hr: np.ndarray
+    margin: int
+    pixel_um: Optional[float]
+
+
+@dataclass(frozen=True)
 class Dataset:
     name: str
     path: Path
@@ -454,6 +497,25 @@ class Dataset:
         if split not in SPLITS:
             raise NotFoundError(f"split {split!r}: use train or valid")
         return load_tiles(self.path, size, split)
+
+    @property
+    def validation_split(self) -> str:
+        """'valid', or 'train' for a dataset without held-out images (it validates on a training image)."""
+        return self.manifest.get("validation_images", {}).get("split", "valid")
+
+    def validation_images(self) -> List[ImagePair]:
+        """The whole source images training validates on and `bpho evaluate --dataset` scores."""
+        if "validation_images" not in self.manifest:
+            raise BphoError(f"dataset {self.name!r} was built by bpho 0.1, which kept no whole validation images; "
+                            "rebuild it with the command that made it, adding --force")
+        out = []
+        for rec in self.manifest["sources"]:
+            if "image" not in rec:
+                continue
+            img = rec["image"]
+            lr, hr = (np.load(self.path / img["files"][side]["path"]) for side in ("lr", "hr"))
+            out.append(ImagePair(rec["source"], lr, hr, int(img["margin"]), img["hr_pixel_um"]))
+        return out
 
     def index(self, size: int, split: str = "train") -> List[dict]:
         with builtins.open(self.path / "tiles" / str(size) / f"{split}_tiles.csv", newline="") as fh:

@@ -25,6 +25,9 @@ from torch import nn
 from bpho.errors import BphoError
 
 
+PADDINGS = ("replicate", "reflect", "zeros")
+
+
 @dataclass(frozen=True)
 class UNetConfig:
     """Everything needed to rebuild the network; saved next to the weights."""
@@ -33,7 +36,10 @@ class UNetConfig:
     scale: int = 4
     frames: int = 1
     mode: str = "lr"
-    decoder_widths: Tuple[int, ...] = (256, 128, 64, 32, 16)
+    decoder_widths: Tuple[int, ...] = (128, 64, 64)  # deepest first, one per stage (extra ones are unused)
+    depth: Optional[int] = 3  # encoder stages used (None: all); 3 of a resnet: stride 8
+    head_channels: Optional[int] = 8  # lr mode: HR channels after the pixel shuffle (None: the last width)
+    padding: str = "replicate"  # of every convolution; "zeros" (bpho 0.1 models) lets borders be measured
     encoder_weights: Optional[str] = None  # a local timm checkpoint file; never downloaded
 
     def to_dict(self) -> dict:
@@ -65,14 +71,20 @@ class UNet(nn.Module):
         super().__init__()
         if config.mode not in ("pre", "lr"):
             raise BphoError(f"model mode {config.mode!r}: use 'pre' or 'lr'")
+        if config.padding not in PADDINGS:
+            raise BphoError(f"padding {config.padding!r}: use one of {', '.join(PADDINGS)}")
+        if config.depth is not None and config.depth < 1:
+            raise BphoError(f"depth {config.depth}: use 1 or more encoder stages")
         if not timm.is_model(config.encoder):
             raise BphoError(f"encoder {config.encoder!r} is not a timm model; e.g. resnet18, resnet34, efficientnet_b0")
         self.config = config
         try:
             self.encoder = timm.create_model(config.encoder, features_only=True, pretrained=False,
-                                             in_chans=config.frames)
-        except (RuntimeError, TypeError, ValueError) as exc:
-            raise BphoError(f"encoder {config.encoder!r} cannot give features for a U-Net: {exc}") from None
+                                             in_chans=config.frames,
+                                             **({"out_indices": tuple(range(config.depth))} if config.depth else {}))
+        except (RuntimeError, TypeError, ValueError, IndexError) as exc:
+            raise BphoError(f"encoder {config.encoder!r} cannot give {config.depth or 'all'} feature stages for a "
+                            f"U-Net ({type(exc).__name__}: {exc})") from None
         if config.encoder_weights:
             _load_encoder_weights(self.encoder, config.encoder_weights)
         chans = self.encoder.feature_info.channels()
@@ -85,10 +97,17 @@ class UNet(nn.Module):
             cin = cout
         self.decoder = nn.ModuleList(ups)
         if config.mode == "lr" and config.scale > 1:
-            self.head = nn.Sequential(nn.Conv2d(cin, cin * config.scale**2, 3, padding=1), nn.PixelShuffle(config.scale),
-                                      nn.ReLU(inplace=True), nn.Conv2d(cin, 1, 3, padding=1))
+            hr_ch = config.head_channels or cin
+            self.head = nn.Sequential(nn.Conv2d(cin, hr_ch * config.scale**2, 3, padding=1),
+                                      nn.PixelShuffle(config.scale), nn.ReLU(inplace=True),
+                                      nn.Conv2d(hr_ch, 1, 3, padding=1))
+            _icnr(self.head[0], config.scale)
         else:
             self.head = nn.Conv2d(cin, 1, 3, padding=1)
+        if config.padding != "zeros":
+            for m in self.modules():
+                if isinstance(m, nn.Conv2d) and max(m.padding) > 0:
+                    m.padding_mode = config.padding
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.encoder.set_grad_checkpointing(enable)
@@ -112,6 +131,16 @@ class UNet(nn.Module):
         out = self.head(y)
         grow = s if self.config.mode == "lr" else 1
         return out[..., : h * grow, : w * grow] + base
+
+
+def _icnr(conv: nn.Conv2d, scale: int) -> None:
+    """ICNR initialisation (Aitken et al. 2017) of the convolution before a pixel shuffle: the
+    `scale`**2 sub-pixel filters of each output channel start equal, so the untrained shuffle
+    is a nearest-neighbour upsampling and no checkerboard is built in."""
+    with torch.no_grad():
+        conv.weight.copy_(conv.weight[:: scale**2].repeat_interleave(scale**2, dim=0))  # PyTorch's init, shared
+        if conv.bias is not None:
+            conv.bias.copy_(conv.bias[:: scale**2].repeat_interleave(scale**2))
 
 
 def _load_encoder_weights(encoder: nn.Module, path: str) -> None:

@@ -1,0 +1,290 @@
+"""bpho against the tools users would pick instead, at equal wall-clock training budget.
+
+    python benchmarks/peers.py [--budgets 120,300,600] [--methods bpho,careamics,pssr]
+                               [--root BPHO_ROOT --dataset NAME] [--tile-size 128] [--out DIR]
+                               [--venvs ~/.cache/bpho-peers] [--work DIR] [--peer-batch 16]
+
+Same data for every method: the dataset's training tiles (default its smallest size) and its
+whole validation images (`bpho.evaluate.validation_pairs`), frame 0; every prediction scored
+by `bpho.evaluate.score` (least-squares fit of scale and offset to the HR, so output units do
+not matter), and nearest / bilinear / bicubic by `bpho.evaluate.score_baselines`.
+
+- bpho: `train(TrainConfig(dataset=NAME, minutes=budget / 60))`, its defaults and nothing else
+  (`bpho train --minutes`: the epochs are planned from the pace of the first batches). Predicts
+  through `load_model(...).predict` on the raw LR, as a user does.
+- CAREamics 0.3.5 (benchmarks/peer_careamics.py): CARE, `create_care_config` defaults
+  (depth-2 U-Net, MAE, Adam, ReduceLROnPlateau, early stopping), patch = the HR tile, trained
+  on bicubic-upsampled LR -> HR (CARE works at HR size), stopped by Lightning's `max_time`;
+  predicts the bicubic-upsampled whole validation images.
+- PSSR2 2.4.0 (benchmarks/peer_pssr.py): default `ResUNet` and default loss (MS-SSIM + L1
+  mix, as its CLI), trained on the LR -> HR tile pairs, stopped at the budget; predicts the
+  whole validation LR images.
+
+Peers get the tiles exactly as the bpho dataset holds them (percentile-normalised) and the
+validation LR normalised the same way (the manifest's `percentile_low/high` over each image).
+"train s" is the wall clock of the training call; "samples/s" is training samples (tiles) seen
+per second of it, validation and setup included; "pred s" is the whole-image prediction time
+for all validation images.
+
+Peer environments: each peer runs as a subprocess in its own virtual environment under
+--venvs (made once, reused): `python3.11 -m venv`, then bpho's own torch and torchvision
+versions (2.14.1 / 0.29.1; pip takes them from local disk) first, then the peer with those
+two pinned by a constraints file, so pip never fetches another torch; `pip show torch` is
+checked afterwards.
+- careamics 0.3.5 pins torch<2.14.0 and torchvision<=0.26.0, which excludes bpho's torch
+  (pip would download torch 2.11 and its CUDA wheels). It is installed with --no-deps, after
+  its other requirements (from its wheel metadata) are installed under the constraints; it
+  runs on torch 2.14.1 (`pip check` still names the two pins).
+- pssr 2.4.0 needs numpy<2 (both environments resolve to numpy 1.26.4; torch 2.14.1 runs on
+  it); no conflict otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+PEERS = {
+    "careamics": {"spec": "careamics==0.3.5", "runner": "peer_careamics.py", "no_deps": [
+        "bioimageio-core>=0.9.0,<=0.11.0", "lightning>=2.2,<=2.6.6,!=2.6.2,!=2.6.3", "matplotlib<=3.11.2",
+        "microssim<=0.0.5", "numpy>=1.21,<=2.4.6", "pillow<=13.0.0", "psutil<=7.2.2", "pydantic>=2.11,<=2.14.1",
+        "pyyaml<=6.0.3,!=6.0.0", "scikit-image<=0.26.0", "tifffile<=2026.3.3", "torchmetrics>0.7.0,<1.9.0",
+        "zarr>=3.0.0,<4.0.0"]},
+    "pssr": {"spec": "pssr==2.4.0", "runner": "peer_pssr.py", "no_deps": None},
+}
+
+
+def torch_pins() -> list:
+    return [f"torch=={version('torch').split('+')[0]}", f"torchvision=={version('torchvision').split('+')[0]}"]
+
+
+def ensure_venv(name: str, base: Path) -> Path:
+    """The peer's virtual environment (made once): torch first, then the peer; returns its python."""
+    peer, folder = PEERS[name], base / name
+    py, done = folder / "bin" / "python", folder / ".bpho-peer"
+    pins = torch_pins()
+    if done.is_file() and done.read_text() == " ".join([peer["spec"], *pins]):
+        return py
+    print(f"[{name}] making its environment in {folder} (once)", flush=True)
+    if not py.exists():
+        subprocess.run([shutil.which("python3.11") or sys.executable, "-m", "venv", str(folder)], check=True)
+    pip = [str(py), "-m", "pip", "install", "-q"]
+    subprocess.run(pip + pins, check=True)
+    constraints = folder / "torch-constraints.txt"
+    constraints.write_text("\n".join(pins) + "\n")
+    if peer["no_deps"] is not None:  # the peer's own torch pins exclude bpho's torch
+        subprocess.run(pip + ["-c", str(constraints), *peer["no_deps"]], check=True)
+        subprocess.run(pip + ["--no-deps", peer["spec"]], check=True)
+    else:
+        subprocess.run(pip + ["-c", str(constraints), peer["spec"]], check=True)
+    shown = subprocess.run([str(py), "-m", "pip", "show", "torch"], capture_output=True, text=True).stdout
+    got = next((line.split(":", 1)[1].strip() for line in shown.splitlines() if line.startswith("Version:")), None)
+    if got is None or got.split("+")[0] != pins[0].split("==")[1]:
+        sys.exit(f"[{name}] its environment has torch {got}, not {pins[0]}: remove {folder} and retry")
+    done.write_text(" ".join([peer["spec"], *pins]))
+    return py
+
+
+def setup_data(a) -> str:
+    """BPHO_ROOT and the dataset: --root/--dataset as given, or the demo pairs in a scratch root."""
+    if a.root:
+        os.environ["BPHO_ROOT"] = str(Path(a.root).resolve())
+        return a.dataset
+    root = Path(a.work) / "root"
+    os.environ["BPHO_ROOT"] = str(root)
+    from bpho import datasources
+    from bpho.datasets import builder
+    from bpho.synthetic import DemoConfig, make_demo_data
+
+    if not (root / "demo").exists():
+        print("making the demo pairs ...", flush=True)
+        make_demo_data(root / "demo", DemoConfig(movies=0, hr_only_fields=0, denoise_fields=0), progress=False)
+    if "demo_pairs" not in datasources.names():
+        datasources.add("demo_pairs", [root / "demo" / "paired"], kind="paired", progress=False)
+    if a.dataset not in builder.names():
+        builder.make("paired_001", datasource="demo_pairs", name=a.dataset)
+    return a.dataset
+
+
+def export(ds, size: int, pairs, folder: Path) -> None:
+    """What the peers read: training tiles (and their bicubic upsampling, for CARE) and the whole
+    validation LR images (frame 0), normalised as the dataset normalised its tiles."""
+    from bpho.datasets.register import upsample
+
+    lr, hr = ds.tiles(size, "train")
+    if lr.shape[1] != 1:
+        sys.exit(f"dataset {ds.name!r} has {lr.shape[1]}-frame tiles: the peers take single frames")
+    scale = hr.shape[-1] // lr.shape[-1]
+    folder.mkdir(parents=True, exist_ok=True)
+    np.save(folder / "train_lr.npy", np.asarray(lr, np.float32))
+    np.save(folder / "train_hr.npy", np.asarray(hr, np.float32))
+    np.save(folder / "train_lr_up.npy", np.stack([upsample(t[0], scale, 3) for t in lr])[:, None])
+    p = ds.manifest["parameters"]
+    for i, pair in enumerate(pairs):
+        lo, hi = np.percentile(pair.lr, (p["percentile_low"], p["percentile_high"]))
+        image = ((pair.lr[0] - lo) / max(hi - lo, 1e-12)).astype(np.float32)
+        np.save(folder / f"valid_lr_{i:02d}.npy", image)
+        np.save(folder / f"valid_lr_up_{i:02d}.npy", upsample(image, scale, 3))
+
+
+def run_peer(name: str, py: Path, data: Path, budget: float, out: Path, n: int, batch: int):
+    """Train and predict in the peer's environment; returns (predictions, result dict) or None."""
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "log.txt"
+    cmd = [str(py), str(HERE / PEERS[name]["runner"]), "--data", str(data), "--budget", str(budget),
+           "--out", str(out), "--batch-size", str(batch)]
+    with open(log, "w") as fh:
+        rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT).returncode
+    if rc != 0:
+        print(f"[{name}] failed (exit {rc}); the end of {log}:\n" + "".join(open(log).readlines()[-15:]), flush=True)
+        return None
+    preds = [np.load(out / f"pred_{i:02d}.npy") for i in range(n)]
+    return preds, json.loads((out / "result.json").read_text())
+
+
+def run_bpho(dataset: str, size: int, budget: float, pairs, n_train: int):
+    """bpho's defaults with a time budget (`bpho train --minutes`: epochs planned from the pace
+    of the first batches, one-cycle schedule over them), predicted as a user does."""
+    from bpho import tracking
+    from bpho.inference import load_model
+    from bpho.train import TrainConfig, train
+
+    start = time.perf_counter()
+    result = train(TrainConfig(dataset=dataset, tile_size=size, minutes=budget / 60), progress=False, register=False)
+    train_s = time.perf_counter() - start
+    model = load_model(tracking.download_model(result.model_uri), device="auto")
+    start = time.perf_counter()
+    preds = [model.predict(pair.lr[0]) for pair in pairs]
+    predict_s = time.perf_counter() - start
+    epochs = int(result.metrics["epochs"])
+    return preds, {"train_s": train_s, "samples": epochs * n_train, "samples_per_s": epochs * n_train / train_s,
+                   "epochs": epochs, "predict_s": predict_s}
+
+
+def mean(rows, key):
+    vals = [r[key] for r in rows if r.get(key) is not None and np.isfinite(r[key])]
+    return float(np.mean(vals)) if vals else None
+
+
+def table(rows, base) -> str:
+    f = lambda v, fmt: "-" if v is None else format(v, fmt)  # noqa: E731
+    lines = [f"{'method':10s} {'budget s':>8s} {'train s':>8s} {'epochs':>6s} {'PSNR':>7s} {'SSIM':>6s} "
+             f"{'FRC nm':>7s} {'samples/s':>9s} {'pred s':>7s} {'gain dB':>8s}"]
+    for r in rows:
+        gain = None if r["psnr"] is None else r["psnr"] - base["bicubic"]["psnr"]
+        lines.append(f"{r['method']:10s} {r['budget_s']:8.0f} {f(r.get('train_s'), '8.1f')} "
+                     f"{f(r.get('epochs'), '6d')} {f(r['psnr'], '7.2f')} {f(r['ssim'], '6.3f')} "
+                     f"{f(r['frc_nm'], '7.0f')} {f(r.get('samples_per_s'), '9.1f')} {f(r.get('predict_s'), '7.2f')} "
+                     f"{f(gain, '+8.2f')}")
+    for name in ("bicubic", "bilinear"):
+        b = base[name]
+        lines.append(f"{name:10s} {'-':>8s} {'-':>8s} {'-':>6s} {f(b['psnr'], '7.2f')} {f(b['ssim'], '6.3f')} "
+                     f"{f(b['frc_nm'], '7.0f')} {'-':>9s} {'-':>7s} {f(b['psnr'] - base['bicubic']['psnr'], '+8.2f')}")
+    return "\n".join(lines)
+
+
+def plot(rows, base, budgets, methods, png: Path) -> None:
+    from bpho.plots import pyplot
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(3.5 + 0.6 * len(budgets) * max(len(methods), 1), 4))
+    width = 0.8 / max(len(methods), 1)
+    for j, m in enumerate(methods):
+        ys = [next((r["psnr"] for r in rows if r["method"] == m and r["budget_s"] == b), None) for b in budgets]
+        xs = [i + (j - (len(methods) - 1) / 2) * width for i in range(len(budgets))]
+        ax.bar(xs, [np.nan if y is None else y for y in ys], width, label=m)
+    for name, style in (("bicubic", "--"), ("bilinear", ":")):
+        ax.axhline(base[name]["psnr"], color="k", ls=style, lw=1, label=name)
+    ax.set_xticks(range(len(budgets)), [f"{b:g} s" for b in budgets])
+    ax.set_xlabel("training budget (wall clock)")
+    ax.set_ylabel("PSNR (dB), validation images")
+    lo = min([base["bilinear"]["psnr"], base["bicubic"]["psnr"]] + [r["psnr"] for r in rows if r["psnr"] is not None])
+    hi = max([base["bicubic"]["psnr"]] + [r["psnr"] for r in rows if r["psnr"] is not None])
+    ax.set_ylim(lo - 1, hi + 0.5)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+    fig.tight_layout()
+    fig.savefig(png, dpi=90)
+    plt.close(fig)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--budgets", default="120,300,600", help="training seconds, comma-separated")
+    p.add_argument("--methods", default="bpho,careamics,pssr")
+    p.add_argument("--root", help="an existing BPHO_ROOT (default: the demo pairs in a scratch root under --work)")
+    p.add_argument("--dataset", default="paired_001")
+    p.add_argument("--tile-size", type=int, help="HR tile size (default: the dataset's smallest)")
+    p.add_argument("--peer-batch", type=int, default=16, help="batch size of CAREamics and PSSR2 (PSSR2's CLI default)")
+    p.add_argument("--venvs", default=str(Path.home() / ".cache" / "bpho-peers"))
+    p.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "bpho-bench-peers"))
+    p.add_argument("--out", help="results folder (default: a new temporary folder)")
+    a = p.parse_args()
+    budgets = [float(b) for b in a.budgets.split(",")]
+    methods = [m.strip() for m in a.methods.split(",") if m.strip()]
+    unknown = set(methods) - {"bpho", *PEERS}
+    if unknown:
+        p.error(f"unknown methods {sorted(unknown)}: use bpho, {', '.join(PEERS)}")
+    out = Path(a.out or tempfile.mkdtemp(prefix="bpho-peers-"))
+    out.mkdir(parents=True, exist_ok=True)
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{Path(tempfile.mkdtemp(prefix='bpho-peers-mlflow-')) / 'mlflow.db'}"
+
+    pythons = {m: ensure_venv(m, Path(a.venvs)) for m in methods if m in PEERS}
+    name = setup_data(a)
+    from bpho.datasets import builder
+    from bpho.evaluate import score, score_baselines, validation_pairs
+
+    ds = builder.open(name)
+    size = a.tile_size or min(ds.tile_sizes)
+    pairs = validation_pairs(name)
+    exchange = Path(tempfile.mkdtemp(prefix="bpho-peers-data-"))
+    export(ds, size, pairs, exchange)
+    lr, hr = ds.tiles(size, "train")
+    scale, n_train = hr.shape[-1] // lr.shape[-1], len(lr)
+    base_rows = [r for r in score_baselines(pairs, scale) if r["t"] == 0]
+    base = {m: {k: mean([r for r in base_rows if r["method"] == m], k) for k in ("psnr", "ssim", "frc_nm")}
+            for m in ("nearest", "bilinear", "bicubic")}
+    print(f"dataset {name}: {n_train} training tiles of {size} px (HR, x{scale}), {len(pairs)} validation images; "
+          f"methods {', '.join(methods)}; budgets {', '.join(f'{b:g}' for b in budgets)} s", flush=True)
+
+    rows = []
+    for budget in budgets:
+        for m in methods:
+            print(f"== {m}, budget {budget:g} s", flush=True)
+            if m == "bpho":
+                got = run_bpho(name, size, budget, pairs, n_train)
+            else:
+                got = run_peer(m, pythons[m], exchange, budget, out / f"{m}_{budget:g}", len(pairs), a.peer_batch)
+            row = {"method": m, "budget_s": budget, "psnr": None, "ssim": None, "frc_nm": None}
+            if got is not None:
+                preds, info = got
+                scores = [{"image": pair.name, **score(pred, pair, t=0)} for pred, pair in zip(preds, pairs)]
+                row.update(info, **{k: mean(scores, k) for k in ("psnr", "ssim", "frc_nm")}, images=scores)
+                row["gain_db"] = row["psnr"] - base["bicubic"]["psnr"]
+                print(f"[{m}] train {info['train_s']:.1f} s, PSNR {row['psnr']:.2f} dB "
+                      f"({row['gain_db']:+.2f} over bicubic), SSIM {row['ssim']:.3f}", flush=True)
+            rows.append(row)
+        print(f"\nbudget {budget:g} s ({name}, tile {size}, {len(pairs)} validation images):")
+        print(table([r for r in rows if r["budget_s"] == budget], base) + "\n", flush=True)
+
+    report = {"dataset": name, "digest": ds.digest, "tile_size": size, "scale": scale, "train_tiles": n_train,
+              "validation_images": [pair.name for pair in pairs], "budgets_s": budgets, "methods": methods,
+              "peer_batch": a.peer_batch, "baselines": base, "rows": rows}
+    (out / "peers.json").write_text(json.dumps(report, indent=1, default=float))
+    plot(rows, base, budgets, methods, out / "peers.png")
+    shutil.rmtree(exchange, ignore_errors=True)
+    print(f"wrote {out / 'peers.json'} and {out / 'peers.png'}")
+
+
+if __name__ == "__main__":
+    main()
