@@ -2,7 +2,8 @@
 
     python benchmarks/dataset_build.py [--fields 20] [--size 2048] [--work DIR]
 
-Prints input MB/s and tiles/s of `bpho dataset make paired_001`, the time of a plain
+Prints input MB/s and tiles/s of `bpho dataset make paired_001` (one process with figures, the
+default of a process per core, and --no-png, with their digests, which must agree), the time of a plain
 read of the same CZI files plus a plain write of the same number of output bytes, and
 their ratio (1.0 would mean the build costs no more than its I/O). The demo files are
 generated once into --work and reused.
@@ -47,10 +48,14 @@ def main() -> None:
     in_mb = sum(f.stat().st_size for f in files) / 1e6
 
     remove_tree(work / "root/datasets")
-    t = time.perf_counter()
-    ds = builder.make("paired_001", datasource="bench", settings=[f"tiles_per_image={a.tiles_per_image}"],
-                      progress=False, track=False)
-    build = time.perf_counter() - t
+    variants = {}  # name -> (seconds, digest): one process with figures (bpho 0.2.0), the default, no figures
+    for label, kwargs in (("1 process, PNGs", {"workers": 1}), ("default (a process per core), PNGs", {}),
+                          ("default, --no-png", {"pngs": False})):
+        t = time.perf_counter()
+        ds = builder.make("paired_001", datasource="bench", settings=[f"tiles_per_image={a.tiles_per_image}"],
+                          progress=False, track=False, force=True, **kwargs)
+        variants[label] = (time.perf_counter() - t, ds.digest)
+    build = variants["default (a process per core), PNGs"][0]
     tiles = sum(i["train"] + i["valid"] for i in ds.manifest["tiles"].values())
     out_bytes = sum(f.stat().st_size for f in (ds.path / "tiles").rglob("*.npy"))
 
@@ -84,6 +89,11 @@ def main() -> None:
         ("build / (read + write)", f"{build / (read + write):.2f}x"),
         ("registration of one pair", f"{reg:.2f} s ({reg * a.fields / build:.0%} of the build for all pairs)"),
     ]
+    serial = variants["1 process, PNGs"][0]
+    for label, (seconds, digest) in variants.items():
+        rows.append((f"build: {label}", f"{seconds:.2f} s, {in_mb / seconds:.1f} MB/s, {serial / seconds:.2f}x "
+                                          f"the 1-process build, digest {digest[:12]}"))
+    rows.append(("same digest whatever the workers and figures", str(len({d for _, d in variants.values()}) == 1)))
     width = max(len(r[0]) for r in rows)
     for name, value in rows:
         print(f"  {name:<{width}}  {value}")

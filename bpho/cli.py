@@ -85,7 +85,7 @@ def _dataset_make(args) -> int:
     from bpho.datasets import builder
 
     ds = builder.make(args.recipe, datasource=args.datasource, settings=args.set or [], name=args.name,
-                      force=args.force)
+                      force=args.force, workers=args.workers, pngs=not args.no_png)
     print(f"dataset {ds.name} built at {ds.path} (digest {ds.digest[:12]})")
     _print_dataset(ds)
     return 0
@@ -169,7 +169,8 @@ def _predict(args) -> int:
     from bpho.predict import predict_files
 
     written = predict_files(args.model, args.inputs, args.out, device=args.device, tile=args.tile,
-                            overlap=args.overlap, batch=args.batch, half=args.half, context=args.context)
+                            overlap=args.overlap, batch=args.batch, precision="fp16" if args.half else args.precision,
+                            context=args.context)
     for path in written:
         print(path)
     return 0
@@ -343,6 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe field (repeatable)")
     p.add_argument("--name", help="dataset name (default: the recipe's name)")
     p.add_argument("--force", action="store_true", help="rebuild (replace) an existing dataset of that name")
+    p.add_argument("--workers", type=int, help="processes reading and registering images (default: one per core)")
+    p.add_argument("--no-png", action="store_true", help="skip the QC and preview figures (faster; same digest)")
     p.set_defaults(func=_dataset_make)
     p = dsets.add_parser("list")
     p.set_defaults(func=_dataset_list)
@@ -396,12 +399,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--tile", type=int, default=128, help="LR tile side in pixels")
+    p.add_argument("--tile", type=int, help="LR tile side in pixels (default 512 on a GPU, 128 on a CPU)")
     p.add_argument("--overlap", type=int, default=16, help="LR pixels of overlap between tiles")
     p.add_argument("--context", type=int, default=16,
                    help="LR pixels of context around each tile, so the output hardly depends on --tile")
     p.add_argument("--batch", type=int, default=4, help="tiles per forward pass")
-    p.add_argument("--half", action="store_true", help="fp16 inference (CUDA only)")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"), help="of the network")
+    p.add_argument("--half", action="store_true", help="the same as --precision fp16 (GPU only)")
     p.set_defaults(func=_predict)
 
     tune = sub.add_parser("tune", help="Optuna: batch sizes that fit the card; hyperparameter search").add_subparsers(

@@ -12,6 +12,7 @@ A model folder holds ``weights.safetensors`` (tensors only: nothing is unpickled
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -19,20 +20,29 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from bpho.errors import BphoError
+from bpho.errors import BphoError, BphoWarning
 from bpho.models import build_model
 
 WEIGHTS, META = "weights.safetensors", "bpho_model.json"
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # what a bpho 0.1 model folder did not record, because it was all there was
 BPHO_01_MODEL = {"depth": None, "head_channels": None, "padding": "zeros"}
 
 
 def pick_device(device: str = "auto") -> torch.device:
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
         raise BphoError("--device cuda: no CUDA device is available here; use --device cpu or auto")
-    return torch.device(device)
+    return with_index(torch.device(device))
+
+
+def with_index(device: torch.device) -> torch.device:
+    """A CUDA device with its index (``cuda`` -> ``cuda:<current>``): some CUDA calls, such as
+    ``set_per_process_memory_fraction``, refuse a device without one."""
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
 
 
 def save_model(folder: Path, net: torch.nn.Module, meta: dict) -> Path:
@@ -54,6 +64,15 @@ def _blend_window(n: int, ramp: int) -> np.ndarray:
     return w
 
 
+def _fitted(n: int, tile: int, overlap: int) -> int:
+    """The smallest tile side, at most `tile`, that covers n with as few tiles as `tile` needs:
+    no more pixels are predicted twice than the overlap asks for."""
+    if n <= tile:
+        return n
+    count = int(np.ceil((n - overlap) / (tile - overlap)))
+    return int(np.ceil((n + (count - 1) * overlap) / count))
+
+
 def _starts(n: int, tile: int, overlap: int) -> list:
     """The fewest tile origins covering 0..n with at least `overlap` between neighbours, evenly spread."""
     if n <= tile:
@@ -70,6 +89,8 @@ class SuperResolver:
     mirrored beyond its edges once, for all tiles alike) and only its own part is kept, so a
     pixel is predicted from at least the same neighbourhood whatever the tile size (on the demo
     the PSNR moves by 0.001 dB from 32 to 256 px tiles). `overlap` blends what is left of the seams.
+    Tiles are cut, predicted and blended on the model's device; one HR frame comes back.
+    `precision` (fp32, fp16, bf16) is the network's; blending is always float32.
     """
 
     net: torch.nn.Module
@@ -78,13 +99,15 @@ class SuperResolver:
     tile: int = 128
     overlap: int = 16
     batch: int = 4
-    half: bool = False
+    precision: str = "fp32"
     context: int = 16
 
     def __post_init__(self):
         if self.tile < 1 or self.overlap < 0 or self.context < 0 or self.batch < 1 or self.overlap >= self.tile:
             raise BphoError(f"inference tiles: tile={self.tile}, overlap={self.overlap}, context={self.context}, "
                             f"batch={self.batch}; need tile >= 1, 0 <= overlap < tile, context >= 0, batch >= 1")
+        if self.precision not in PRECISIONS:
+            raise BphoError(f"inference precision {self.precision!r}: use one of {', '.join(PRECISIONS)}")
 
     @property
     def scale(self) -> int:
@@ -102,27 +125,29 @@ class SuperResolver:
         return float(lo), float(max(hi - lo, 1e-6))
 
     @torch.no_grad()
-    def predict_normalized(self, window: np.ndarray) -> np.ndarray:
-        """(frames, h, w) normalised LR -> (h*scale, w*scale) normalised HR, tiled and blended."""
+    def predict_normalized(self, window: np.ndarray, lo: float = 0.0, rng: float = 1.0) -> np.ndarray:
+        """(frames, h, w) normalised LR -> (h*scale, w*scale) HR, tiled and blended, times `rng`
+        plus `lo` (the input's units)."""
         f, h, w = window.shape
-        s, tile = self.scale, self.tile
-        out = np.zeros((h * s, w * s), np.float32)
-        weight = np.zeros_like(out)
-        boxes = [(y, x) for y in _starts(h, tile, self.overlap) for x in _starts(w, tile, self.overlap)]
-        th, tw = min(tile, h), min(tile, w)
-        c = self.context
+        s, tile, c = self.scale, self.tile, self.context
+        dev = self.device
+        out = torch.zeros((h * s, w * s), dtype=torch.float32, device=dev)
+        weight = torch.zeros_like(out)
+        th, tw = _fitted(h, tile, self.overlap), _fitted(w, tile, self.overlap)
+        boxes = [(y, x) for y in _starts(h, th, self.overlap) for x in _starts(w, tw, self.overlap)]
         padded = np.pad(window, ((0, 0), (c, c), (c, c)), mode="reflect" if min(h, w) > 1 else "edge")
-        wy, wx = _blend_window(th * s, self.overlap * s // 2), _blend_window(tw * s, self.overlap * s // 2)
-        win = np.outer(wy, wx)
-        dtype = torch.float16 if self.half else torch.float32
+        padded = torch.from_numpy(padded).to(dev, PRECISIONS[self.precision], non_blocking=True)
+        ramp = self.overlap * s // 2
+        win = torch.outer(torch.from_numpy(_blend_window(th * s, ramp)), torch.from_numpy(_blend_window(tw * s, ramp)))
+        win = win.to(dev)
         for i in range(0, len(boxes), self.batch):
             chunk = boxes[i:i + self.batch]
-            x = torch.from_numpy(np.stack([padded[:, y:y + th + 2 * c, x0:x0 + tw + 2 * c] for y, x0 in chunk]))
-            pred = self.net(x.to(self.device, dtype)).float().cpu().numpy()[:, 0, c * s:(c + th) * s, c * s:(c + tw) * s]
+            x = torch.stack([padded[:, y:y + th + 2 * c, x0:x0 + tw + 2 * c] for y, x0 in chunk])
+            pred = self.net(x)[:, 0, c * s:(c + th) * s, c * s:(c + tw) * s].float()
             for (y, x0), p in zip(chunk, pred):
                 out[y * s:(y + th) * s, x0 * s:(x0 + tw) * s] += p * win
                 weight[y * s:(y + th) * s, x0 * s:(x0 + tw) * s] += win
-        return out / weight
+        return (out.div_(weight).mul_(rng).add_(lo)).cpu().numpy()
 
     def predict_image(self, image: np.ndarray) -> np.ndarray:
         """(Y, X) LR in any dtype -> (Y*scale, X*scale) float32 HR in the input's units."""
@@ -131,7 +156,7 @@ class SuperResolver:
             raise BphoError(f"expected a 2D image, got shape {image.shape}")
         lo, rng = self._normalisation(image)
         window = np.repeat(((image - lo) / rng)[None], self.frames, axis=0)
-        return self.predict_normalized(window) * rng + lo
+        return self.predict_normalized(window, lo, rng)
 
     def predict_frames(self, stack: np.ndarray) -> Iterator[np.ndarray]:
         """(T, Y, X) LR -> HR frames one at a time (memory stays bounded for long movies).
@@ -148,7 +173,7 @@ class SuperResolver:
         for t in range(t_total):
             idx = [_reflect(i, t_total) for i in range(t - half, t + half + 1)]
             window = (stack[idx].astype(np.float32) - lo) / rng
-            yield self.predict_normalized(window) * rng + lo
+            yield self.predict_normalized(window, lo, rng)
 
     def predict(self, data: np.ndarray) -> np.ndarray:
         """A (Y, X) image -> (Y*s, X*s); a (T, Y, X) stack -> (T, Y*s, X*s)."""
@@ -168,8 +193,10 @@ def _reflect(i: int, n: int) -> int:
     return i if i < n else period - i
 
 
-def load_model(folder: Path, device: str = "auto", **options) -> SuperResolver:
-    """Rebuild the network from its saved config and load its weights (safetensors only)."""
+def load_model(folder: Path, device: str = "auto", precision: str = "fp32", **options) -> SuperResolver:
+    """Rebuild the network from its saved config and load its weights (safetensors only).
+    `options` are SuperResolver's; `tile` None is 512 on a GPU (big tiles keep it busy), 128 on
+    a CPU. fp16 on a CPU runs as fp32 (with a warning): CPUs convolve fp16 slowly."""
     from safetensors.torch import load_file
 
     folder = Path(folder)
@@ -181,8 +208,12 @@ def load_model(folder: Path, device: str = "auto", **options) -> SuperResolver:
     net = build_model({**BPHO_01_MODEL, **meta["model"]})
     net.load_state_dict(state)
     dev = pick_device(device)
-    half = bool(options.pop("half", False)) and dev.type == "cuda"
-    net = net.to(dev).eval()
-    if half:
-        net = net.half()
-    return SuperResolver(net=net, meta=meta, device=dev, half=half, **options)
+    if precision not in PRECISIONS:
+        raise BphoError(f"inference precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    if dev.type == "cpu" and precision == "fp16":
+        warnings.warn("fp16 inference needs a GPU; running in fp32 on the CPU", BphoWarning, stacklevel=2)
+        precision = "fp32"
+    if options.get("tile") is None:
+        options["tile"] = 512 if dev.type == "cuda" else 128
+    net = net.to(dev, PRECISIONS[precision]).eval()
+    return SuperResolver(net=net, meta=meta, device=dev, precision=precision, **options)

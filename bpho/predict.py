@@ -10,8 +10,11 @@ predicted, so output memory stays at one frame; the file appears only when compl
 
 from __future__ import annotations
 
+import queue
+import sys
+import threading
 from pathlib import Path
-from typing import Iterable, List
+from typing import Iterable, Iterator, List, Optional
 
 import numpy as np
 import tifffile
@@ -23,14 +26,14 @@ from bpho.inference import load_model
 from bpho.paths import atomic_file
 
 
-def predict_files(model_uri: str, inputs: Iterable, out_dir, device: str = "auto", tile: int = 128,
-                  overlap: int = 16, batch: int = 4, half: bool = False, progress: bool = True,
+def predict_files(model_uri: str, inputs: Iterable, out_dir, device: str = "auto", tile: Optional[int] = None,
+                  overlap: int = 16, batch: int = 4, precision: str = "fp32", progress: bool = True,
                   context: int = 16) -> List[Path]:
     inputs = [Path(p) for p in inputs]
     for path in inputs:  # check every input before loading the model or writing anything
         io.file_kind(path)
     model = load_model(tracking.download_model(model_uri), device=device, tile=tile, overlap=overlap, batch=batch,
-                       context=context, half=half)
+                       context=context, precision=precision)
     out_dir = Path(out_dir)
     written = []
     for path in tqdm(inputs, desc="files", unit="file", disable=not progress or len(inputs) < 2):
@@ -54,7 +57,16 @@ def _predict_image(model, img: io.Image, target: Path, progress: bool) -> Path:
     s = model.scale
     bar = tqdm(total=t * c * z, desc=img.path.name, unit="frame", disable=not progress, leave=False)
 
-    first = []
+    first, failed = [], []
+    png, png_part = target.with_suffix(".png"), target.with_name(f".{target.stem}.part.png")
+
+    def draw():
+        try:
+            save_preview(png_part, img.data[0, 0, 0], first[0], s)
+        except Exception as exc:  # raised in the caller, after the TIFF
+            failed.append(exc)
+
+    preview = threading.Thread(target=draw, daemon=True)
 
     def frames():
         # one (c, z) series at a time along T; pages must come out in ImageJ's T, Z, C order
@@ -66,9 +78,10 @@ def _predict_image(model, img: io.Image, target: Path, progress: bool) -> Path:
             for zi in range(z):
                 for ci in range(c):
                     bar.update()
-                    frame = next(series[(zi, ci)]).astype(np.float32)
-                    if not first:
+                    frame = next(series[(zi, ci)]).astype(np.float32, copy=False)
+                    if not first:  # its PNG is drawn while the TIFF is written
                         first.append(frame)
+                        preview.start()
                     yield frame
 
     pz, py, px = img.pixel_size
@@ -76,26 +89,69 @@ def _predict_image(model, img: io.Image, target: Path, progress: bool) -> Path:
     resolution = {"resolution": (s / px, s / py)} if px and py else {}
     try:
         with atomic_file(target, suffix=".tif") as tmp:
-            tifffile.imwrite(tmp, frames(), shape=(t, z, c, y * s, x * s), dtype=np.float32, imagej=True,
+            tifffile.imwrite(tmp, ahead(frames()), shape=(t, z, c, y * s, x * s), dtype=np.float32, imagej=True,
                              metadata=meta, **resolution)
     finally:
         bar.close()  # also on an error, so that its message starts a clean line
-    save_preview(target.with_suffix(".png"), img.data[0, 0, 0], first[0], s)
+        if preview.is_alive():
+            preview.join()
+        if failed or sys.exc_info()[0] is not None:
+            png_part.unlink(missing_ok=True)
+    if failed:
+        raise failed[0]
+    png_part.replace(png)
     return target
 
 
-def save_preview(png: Path, lr: np.ndarray, hr: np.ndarray, scale: int) -> None:
-    """First frame, first channel and plane: LR (pixels repeated) | prediction."""
-    from bpho.plots import pyplot
+def ahead(items: Iterator, depth: int = 2) -> Iterator:
+    """`items` computed in a thread, up to `depth` ahead of the consumer: the next frame is
+    predicted while this one is written. An error in the thread is raised here."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
 
-    plt = pyplot()
+    def work():
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        q.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put((done, None))
+        except BaseException as exc:  # handed to the consumer
+            q.put((done, exc))
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 5.3))
-    for ax, image, title in ((axes[0], np.kron(lr, np.ones((scale, scale))), "LR"), (axes[1], hr, "bpho prediction")):
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, exc = q.get()
+            if exc is not None:
+                raise exc
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
+def save_preview(png: Path, lr: np.ndarray, hr: np.ndarray, scale: int, side: int = 512) -> None:
+    """First frame, first channel and plane: LR (pixels repeated) | prediction, each at most
+    `side` px wide (a big image is subsampled for the view; the TIFF holds every pixel), each
+    scaled to its own 1-99.8th percentiles."""
+    from bpho.plots import save_grid
+
+    step = max(1, -(-max(hr.shape) // side))
+    view = hr[::step, ::step]
+    rows, cols = (np.arange(n) * step // scale for n in view.shape)
+    lr_view = lr[np.ix_(np.minimum(rows, lr.shape[0] - 1), np.minimum(cols, lr.shape[1] - 1))]
+    panels = []
+    for image in (lr_view, view):
         lo, hi = np.percentile(image, (1, 99.8))
-        ax.imshow(image, cmap="magma", vmin=lo, vmax=hi, interpolation="nearest")
-        ax.set_title(title)
-        ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(png, dpi=72)
-    plt.close(fig)
+        panels.append((image - lo) / max(hi - lo, 1e-12))
+    save_grid(png, [panels], labels=("LR", "bpho prediction"))

@@ -103,6 +103,7 @@ class Dist:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    group: bool = False  # a process group (NCCL or gloo) exists: under torchrun, even with one process
 
     @property
     def main(self) -> bool:
@@ -111,24 +112,24 @@ class Dist:
 
 def _init_distributed(device: torch.device) -> Dist:
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    if world <= 1 and "TORCHELASTIC_RUN_ID" not in os.environ:  # torchrun sets it, even for one process
         return Dist()
     import torch.distributed as dist
 
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return Dist(rank=dist.get_rank(), world=world, local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+    return Dist(rank=dist.get_rank(), world=world, local_rank=int(os.environ.get("LOCAL_RANK", "0")), group=True)
 
 
 def _barrier(d: Dist) -> None:
-    if d.world > 1:
+    if d.group:
         import torch.distributed as dist
 
         dist.barrier()
 
 
 def _broadcast_str(d: Dist, value: Optional[str]) -> Optional[str]:
-    if d.world <= 1:
+    if not d.group:
         return value
     import torch.distributed as dist
 
@@ -297,6 +298,16 @@ def _load_checkpoint(run_id: str, name: str = "last") -> dict:
 # --- the run ------------------------------------------------------------------------------
 
 
+_FIRST_RUN = True  # the first training of a process also counts the imports as its setup
+
+
+def _process_start() -> float:
+    """When this process started (epoch seconds): imports count towards training's fixed cost."""
+    import psutil
+
+    return psutil.Process().create_time()
+
+
 def _dataset_tiles(cfg: TrainConfig):
     ds = builder.open(cfg.dataset)
     size = cfg.tile_size or min(ds.tile_sizes)
@@ -322,16 +333,18 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, progress: bool = True,
 
     Metrics and panels go through a `tracking.Buffer`: a tracking server outage does not stop
     training; what could not be logged is logged when the server is back."""
+    global _FIRST_RUN
+    entered, _FIRST_RUN = (_process_start() if _FIRST_RUN else time.time()), False
     cfg = cfg.validated()
     device = pick_device(cfg.device)
     d = _init_distributed(device)
-    if d.world > 1 and device.type == "cuda":
+    if d.group and device.type == "cuda":
         device = torch.device("cuda", d.local_rank)
         torch.cuda.set_device(device)
     ds, size, lr_tr, hr_tr, pairs = _dataset_tiles(cfg)
     scale = hr_tr.shape[-1] // lr_tr.shape[-1]
     net, model_cfg, amp_dtype, scaler = setup_model(cfg, scale, lr_tr.shape[1], device)
-    model = torch.nn.parallel.DistributedDataParallel(net) if d.world > 1 else net
+    model = torch.nn.parallel.DistributedDataParallel(net) if d.group else net
 
     per_rank = math.ceil(len(lr_tr) / d.world)
     batches = math.ceil(per_rank / cfg.batch_size)
@@ -391,10 +404,12 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, progress: bool = True,
                 tracking.log_dataset_input(ds.name, ds.digest, ds.path, context="training",
                                            tags={"tile_size": str(size)})
         started = time.monotonic()
+        clock = {"setup": time.time() - entered, "steps": 0.0, "validation": 0.0, "checkpoints": 0.0}
         valid_s = 0.0
         if plan["epochs"] is None and d.main:  # a time budget counts validation too: time one
             validate(net, meta, device, pairs, baselines)
             valid_s = time.monotonic() - started
+            clock["validation"] += valid_s
         epoch = start
         while plan["epochs"] is None or epoch < plan["epochs"]:
             order = np.random.default_rng([cfg.seed, epoch]).permutation(len(lr_tr))
@@ -406,6 +421,7 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, progress: bool = True,
             bar = tqdm(range(batches), desc=f"epoch {epoch + 1}/{plan['epochs'] or '?'}", unit="batch",
                        disable=not (progress and d.main), leave=False)
             opt.zero_grad(set_to_none=True)
+            tick = time.monotonic()
             for b in bar:
                 idx = np.sort(order[b * cfg.batch_size:(b + 1) * cfg.batch_size])
                 if idx.size == 0:
@@ -424,8 +440,14 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, progress: bool = True,
                     plan["epochs"] = config["epochs"] = _plan_epochs(d, cfg.minutes * 60, started, valid_s, b + 1,
                                                                      batches)
                     bar.set_description(f"epoch {epoch + 1}/{plan['epochs']}")
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            clock["steps"] += time.monotonic() - tick
             if d.main:
+                tick = time.monotonic()
                 valid, pred = validate(net, meta, device, pairs, baselines)
+                clock["validation"] += time.monotonic() - tick
+                tick = time.monotonic()
                 metrics = {"train_loss": running / max(seen, 1), "lr": opt.param_groups[0]["lr"], **valid}
                 _save_checkpoint(checkpoint_path(run_id), net, opt, sched, scaler, epoch, metrics, config)
                 if not best or metrics["valid_psnr"] > best["metrics"]["valid_psnr"]:
@@ -441,6 +463,7 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, progress: bool = True,
                                f"bicubic {metrics['bicubic_psnr']:.2f} dB, bilinear {metrics['bilinear_psnr']:.2f} dB")
                     if tracking.previews_enabled():
                         buffer.artifact(png, "panels")
+                clock["checkpoints"] += time.monotonic() - tick
                 if on_epoch is not None:
                     on_epoch(epoch, metrics, run_id)
                 print(f"epoch {epoch + 1}/{plan['epochs']}: train loss {metrics['train_loss']:.4f}, valid PSNR "
@@ -459,6 +482,7 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, progress: bool = True,
         result = TrainResult(run_id=run_id, model_uri=f"runs:/{run_id}/model", registered_name=None,
                              registered_version=None, metrics=last_metrics)
         if d.main:
+            finishing = time.monotonic()
             # the model logged and registered is the best validated epoch, not the last one
             if not best:  # a run resumed from a checkpoint of bpho 0.1, which kept no best.pt
                 best = {"epoch": plan["epochs"] - 1, "metrics": last_metrics}
@@ -480,5 +504,13 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, progress: bool = True,
                                          wait, "logging the model")
             if register:
                 result.registered_name, result.registered_version = name, version
+            clock["finish"] = time.monotonic() - finishing
+            clock["outside the loop"] = clock["setup"] + clock["finish"]
+            tracking.retry(lambda: tracking.log_metrics({f"time_{k.replace(' ', '_')}_s": v for k, v in clock.items()}),
+                           wait, "logging the timings")
+            print(f"time: {clock['setup']:.1f} s to the first batch (imports, data, model, MLflow run), "
+                  f"{clock['steps']:.1f} s training steps, {clock['validation']:.1f} s validation, "
+                  f"{clock['checkpoints']:.1f} s checkpoints and panels, {clock['finish']:.1f} s logging and "
+                  f"registering the model", flush=True)
     _barrier(d)
     return result

@@ -216,6 +216,10 @@ def fit_search(dataset: str, tile_sizes: Optional[Sequence[int]] = None, memory_
     missing = [s for s in sizes if s not in ds.tile_sizes]
     if missing:
         raise BphoError(f"tune fit: dataset {dataset!r} has no tiles of size {missing} (it has {ds.tile_sizes})")
+    empty = [s for s in sizes if not ds.manifest["tiles"][str(s)]["train"]]
+    if empty:
+        raise BphoError(f"tune fit: dataset {dataset!r} has no training tiles of size {empty} (its images are too "
+                        "small for them); leave them out with --tile-sizes, or build from bigger images")
     precisions = tuple(precisions or (PRECISIONS if dev.type == "cuda" else ("fp32",)))
     checkpointing = tuple(checkpointing if checkpointing is not None else
                           ((False, True) if dev.type == "cuda" else (False,)))

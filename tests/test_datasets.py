@@ -106,8 +106,12 @@ def test_tiles_aligned_and_splits_by_source(root, demo, tmp_path):
 
 def test_digest_stable_and_sensitive(root, demo, tmp_path):
     register_demo(demo, tmp_path, "paired", "pairs", "paired")
-    a = builder.make("paired_001", datasource="pairs", settings=SMALL_TILES, name="a", progress=False, track=False)
-    b = builder.make("paired_001", datasource="pairs", settings=SMALL_TILES, name="b", progress=False, track=False)
+    a = builder.make("paired_001", datasource="pairs", settings=SMALL_TILES, name="a", progress=False, track=False,
+                     workers=1)
+    # images prepared by 3 processes, without figures: the same tiles, the same digest
+    b = builder.make("paired_001", datasource="pairs", settings=SMALL_TILES, name="b", progress=False, track=False,
+                     workers=3, pngs=False)
+    assert not (b.path / "qc").exists() and any((a.path / "qc").glob("*.png"))
     c = builder.make("paired_001", datasource="pairs", settings=SMALL_TILES + ["seed=1"], name="c", progress=False,
                      track=False)
     sub = tmp_path / "sub" / "paired"

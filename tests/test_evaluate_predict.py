@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+import torch
 from mlflow import MlflowClient
 from pylibCZIrw import czi as pyczi
 from scipy import ndimage
@@ -15,7 +16,9 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from bpho import io, metrics
 from bpho.datasets import builder
-from bpho.inference import load_model
+from bpho.errors import BphoError, BphoWarning
+from bpho.inference import load_model, pick_device, with_index
+from bpho.predict import ahead
 from bpho.tracking import download_model
 from bpho.train import TrainConfig, train
 
@@ -183,3 +186,46 @@ def test_bad_model_uri_and_unreadable_input(env, tmp_path):
     assert not out.exists() or not any(out.iterdir())
     assert_one_line_error(run_bpho("predict", "--model", "runs:/0123456789abcdef/model", good, "--out", out),
                           "not found")
+
+
+def test_reduced_precision_feeds_the_network_its_own_dtype(env, demo):
+    """The input is cast to the network's dtype (the fp16 crash of benchmarks/inference_speed.py):
+    bf16 runs on the CPU and stays close to fp32; fp16 asked on a CPU runs fp32 and says so."""
+    folder = download_model("models:/ev-single/latest")
+    lr = io.read(demo / "paired/lr/field_002.czi").data[0, 0, 0]
+    fp32 = load_model(folder, device="cpu").predict(lr)
+    bf16 = load_model(folder, device="cpu", precision="bf16")
+    assert next(bf16.net.parameters()).dtype == torch.bfloat16
+    low = bf16.predict(lr)
+    assert low.dtype == np.float32 and low.shape == fp32.shape
+    assert np.corrcoef(low.ravel(), fp32.ravel())[0, 1] > 0.99
+    with pytest.warns(BphoWarning, match="fp16 inference needs a GPU"):
+        assert load_model(folder, device="cpu", precision="fp16").precision == "fp32"
+    with pytest.raises(BphoError, match="precision 'fp8'"):
+        load_model(folder, device="cpu", precision="fp8")
+
+
+def test_device_index_is_filled_in():
+    """CUDA calls such as set_per_process_memory_fraction need an indexed device (tune fit crashed)."""
+    assert with_index(torch.device("cpu")) == torch.device("cpu")
+    assert with_index(torch.device("cuda", 1)).index == 1
+    if torch.cuda.is_available():
+        assert with_index(torch.device("cuda")).index == torch.cuda.current_device()
+        assert pick_device("cuda").index is not None
+
+
+def test_frames_are_predicted_ahead_of_writing_in_order_and_errors_reach_the_writer():
+    assert list(ahead(iter(range(50)))) == list(range(50))
+
+    def broken():
+        yield 1
+        raise BphoError("frame 2 failed")
+
+    got = []
+    with pytest.raises(BphoError, match="frame 2 failed"):
+        for item in ahead(broken()):
+            got.append(item)
+    assert got == [1]
+    consumer = ahead(iter(range(10 ** 6)))
+    assert next(consumer) == 0
+    consumer.close()  # a writer that stops early stops the thread too (no hang)

@@ -205,6 +205,10 @@ def test_mlflow_run_train_on_server_registers_a_loadable_model(env, tracked, tmp
     assert run.data.params["train.encoder"] == "resnet18" and run.data.params["train.tile_size"] == "64"
     assert {"train_loss", "valid_psnr", "valid_ssim", "valid_psnr_gain", "bicubic_psnr",
             "bilinear_psnr", "valid_frc_nm", "best_valid_psnr"} <= set(run.data.metrics)
+    times = {k: v for k, v in run.data.metrics.items() if k.startswith("time_")}  # where the run's time went
+    assert {"time_setup_s", "time_steps_s", "time_validation_s", "time_finish_s", "time_outside_the_loop_s"} <= set(times)
+    assert times["time_outside_the_loop_s"] == pytest.approx(times["time_setup_s"] + times["time_finish_s"])
+    assert all(v > 0 for v in times.values())
     assert any(i.dataset.name == "tiny" for i in run.inputs.dataset_inputs)
     assert {a.path for a in client.list_artifacts(run.info.run_id, "panels")} == {"panels/epoch_001.png"}
     # a fresh process loads the model by name and super-resolves an odd-sized image

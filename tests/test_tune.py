@@ -24,7 +24,9 @@ SPACE = tune.SearchSpace(encoders=("resnet18",), decoder_widths=(32, 16, 16, 8, 
 @pytest.fixture(scope="module")
 def world(demo, tmp_path_factory):
     return build_world(demo, tmp_path_factory.mktemp("tune-root"), datasets=[
-        ("paired_001", "pairs", "tiny", ["tile_sizes=32,64", "tiles_per_image=24", "valid_fraction=0.34"])])
+        ("paired_001", "pairs", "tiny", ["tile_sizes=32,64", "tiles_per_image=24", "valid_fraction=0.34"]),
+        # 256 px tiles do not fit in 256 px fields once the registration border is left out
+        ("paired_001", "pairs", "no256", ["tile_sizes=32,256", "tiles_per_image=2", "valid_fraction=0.34"])])
 
 
 @pytest.fixture
@@ -141,6 +143,7 @@ def test_two_workers_share_one_postgres_study(env, tracked, postgres_url):
 def test_tune_refuses_bad_input_in_one_line(env):
     assert_one_line_error(run_bpho("tune", "fit", "--dataset", "nope"), "nope")
     assert_one_line_error(run_bpho("tune", "fit", "--dataset", "tiny", "--tile-sizes", "999"), "999")
+    assert_one_line_error(run_bpho("tune", "fit", "--dataset", "no256"), "no training tiles of size [256]")
     assert_one_line_error(run_bpho("tune", "hparams", "--dataset", "tiny", "--storage", "postgresql://x@127.0.0.1:1/db"),
                           "cannot open study", "127.0.0.1:1")
 

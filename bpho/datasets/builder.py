@@ -23,13 +23,16 @@ import builtins
 import csv
 import datetime as _dt
 import json
+import multiprocessing
+import os
 import shutil
 import warnings
 import zlib
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
 from tqdm import tqdm
@@ -40,7 +43,7 @@ from bpho.datasets import recipe as recipes
 from bpho.datasets.recipe import Recipe
 from bpho.datasets.register import Registration, apply, downsample, normalize, percentile_range, register_pair
 from bpho.errors import BphoError, BphoWarning, ConflictError, FileFormatError, NotFoundError
-from bpho.plots import pyplot
+from bpho.plots import save_grid
 
 
 MANIFEST = "manifest.json"
@@ -180,38 +183,25 @@ def save_qc(png: Path, key: str, lr: np.ndarray, hr_before: np.ndarray, hr_after
     Shown on the LR grid times k (LR pixels repeated, HR averaged), so the QC costs a
     fraction of the build even for 2048 px images.
     """
-    plt = pyplot()
     # k divides the scale, so the HR averaged over scale/k pixels matches the LR repeated k times
     k = max(d for d in range(1, scale + 1) if scale % d == 0 and d <= max(1, 768 // max(lr.shape)))
     lr_view = np.repeat(np.repeat(lr, k, axis=0), k, axis=1)
     views = [downsample(h, scale // k) if scale // k > 1 else h for h in (hr_before, hr_after)]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 5.4))
-    for ax, hr_view, title in ((axes[0], views[0], "before"), (axes[1], views[1], "after registration")):
-        ax.imshow(_overlay(lr_view, hr_view), interpolation="nearest")
-        ax.set_title(title)
-        ax.axis("off")
-    fig.suptitle(f"{key}: LR (magenta) on HR (green); shift dy={reg.shift[0]:+.2f} dx={reg.shift[1]:+.2f} HR px, "
-                 f"NCC {reg.score_before:.3f} -> {reg.score:.3f}", fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 0.95))
     png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png, dpi=72)
-    plt.close(fig)
+    save_grid(png, [[_overlay(lr_view, v) for v in views]], labels=("before", "after registration"),
+              title=f"{key}: LR (magenta) on HR (green); shift dy={reg.shift[0]:+.2f} dx={reg.shift[1]:+.2f} HR px, "
+                    f"NCC {reg.score_before:.3f} -> {reg.score:.3f}")
 
 
 def save_preview(png: Path, lr: np.ndarray, hr: np.ndarray, size: int, rng: np.random.Generator, n: int = 6) -> None:
-    plt = pyplot()
+    """`n` random tiles, one per row: LR (centre frame, pixels repeated) | HR, both from 0 to 1."""
     pick = rng.choice(len(lr), size=min(n, len(lr)), replace=False) if len(lr) else []
-    fig, axes = plt.subplots(max(len(pick), 1), 2, figsize=(5, 2.5 * max(len(pick), 1)), squeeze=False)
-    for row, i in zip(axes, pick):
-        centre = lr[i, lr.shape[1] // 2]
-        for ax, img, title in ((row[0], centre, f"LR {centre.shape[0]} px"), (row[1], hr[i, 0], f"HR {size} px")):
-            ax.imshow(img, cmap="magma", vmin=0, vmax=1, interpolation="nearest")
-            ax.set_title(title, fontsize=8)
-            ax.axis("off")
-    fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png, dpi=80)
-    plt.close(fig)
+    if not len(pick):
+        return
+    scale = size // lr.shape[-1]
+    rows = [[np.kron(lr[i, lr.shape[1] // 2], np.ones((scale, scale))), hr[i, 0]] for i in pick]
+    save_grid(png, rows, labels=(f"LR {lr.shape[-1]} px", f"HR {size} px"))
 
 
 # --- the build --------------------------------------------------------------------------
@@ -263,9 +253,14 @@ def _sources(ds: datasources.Datasource) -> List[Source]:
 
 def make(recipe_name: str, datasource: Optional[str] = None, settings: Iterable[str] = (),
          name: Optional[str] = None, force: bool = False, progress: bool = True, track: bool = True,
-         synthesis: Optional[Synthesis] = None) -> "Dataset":
+         synthesis: Optional[Synthesis] = None, workers: Optional[int] = None, pngs: bool = True) -> "Dataset":
     """Build dataset `name` (default: the recipe's name) and log the build to MLflow; with
-    `synthesis`, from the datasource's HR images and LR made from them."""
+    `synthesis`, from the datasource's HR images and LR made from them.
+
+    Images are read, normalised, registered and moved by `workers` processes (default: one
+    per CPU core); the tiles are then cut in source order from one seeded generator, so the
+    dataset and its digest do not depend on the number of workers. `pngs` False skips the
+    QC and preview figures (they are not part of the digest)."""
     loaded = recipes.load(recipe_name)
     r = recipes.with_overrides(loaded.recipe, settings)
     if datasource:
@@ -295,26 +290,32 @@ def make(recipe_name: str, datasource: Optional[str] = None, settings: Iterable[
     pixel = {ds.path / f["path"]: (f.get("pixel_size_um") or [None] * 3)[-1] for f in ds.manifest["files"]}
     rng = np.random.default_rng(r.seed)
     records, warned, kept = [], [], []
+    workers = max(1, min(workers or os.cpu_count() or 1, len(sources)))
+    if held_split == "train":
+        workers = 1  # which image is kept whole (the first one included) is known only in order
     with paths.atomic_dir(dest, replace=force) as tmp:
         writers = {(size, s): TileWriter(tmp / "tiles" / str(size), s) for size in r.tile_sizes for s in SPLITS}
-        for src in tqdm(sources, desc=f"dataset {out_name}", unit="image", disable=not progress):
-            lowres = None
-            if synthesis:  # seeded by the image's name: the same LR whatever else is in the datasource
-                lowres = partial(synthesis.lowres, hr_pixel_um=pixel.get(src.pair.hr),
-                                 rng=np.random.default_rng([r.seed, zlib.crc32(src.key.encode())]))
-            keep = split[src.pair.stem] == held_split and (held_split == "valid" or not any(kept))
-            record, tiles = _process(src, r, rng, tmp, split[src.pair.stem], lowres, keep_image=keep,
-                                     pixel_um=pixel.get(src.pair.hr))
-            kept += ["image" in record]
-            records.append(record)
-            if not record["included"]:
-                lr_name = src.pair.lr.name if src.pair.lr else "synthetic"
-                message = f"{lr_name} / {src.pair.hr.name} ({src.key}): excluded, {record['reason']}"
-                warnings.warn(message, BphoWarning, stacklevel=2)
-                warned.append(message)
-            for size, (lr, hr, rows) in tiles.items():
-                writers[(size, split[src.pair.stem])].add(lr, hr, rows)
-                record["tiles"][str(size)] = len(lr)
+        jobs = [_Job(src, split[src.pair.stem], split[src.pair.stem] == held_split, pixel.get(src.pair.hr))
+                for src in sources]
+        prepared = _prepare_all(jobs, r, tmp, synthesis, workers, pngs, kept)
+        try:  # workers stop before the temporary folder is removed on an error
+            for job, (record, lr, hr, margin) in tqdm(zip(jobs, prepared), total=len(jobs), desc=f"dataset {out_name}",
+                                                      unit="image", disable=not progress):
+                src = job.src
+                kept.append("image" in record)
+                tiles = _cut(src, r, rng, lr, hr, margin) if record["included"] else {}
+                records.append(record)
+                if not record["included"]:
+                    lr_name = src.pair.lr.name if src.pair.lr else "synthetic"
+                    message = f"{lr_name} / {src.pair.hr.name} ({src.key}): excluded, {record['reason']}"
+                    warnings.warn(message, BphoWarning, stacklevel=2)
+                    warned.append(message)
+                for size, (lr_tiles, hr_tiles, rows) in tiles.items():
+                    writers[(size, split[src.pair.stem])].add(lr_tiles, hr_tiles, rows)
+                    record["tiles"][str(size)] = len(lr_tiles)
+        finally:
+            prepared.close()
+            _WORK.clear()
         tile_info = {}
         for size in r.tile_sizes:
             shapes = {"lr": (r.frames, size // r.scale, size // r.scale), "hr": (1, size, size)}
@@ -323,8 +324,9 @@ def make(recipe_name: str, datasource: Optional[str] = None, settings: Iterable[
                 info[s] = writers[(size, s)].count
                 info["files"].update(writers[(size, s)].finish(shapes))
             tile_info[str(size)] = info
-            train = load_tiles(tmp, size, "train")
-            save_preview(tmp / "previews" / f"tiles_{size}.png", *train, size, np.random.default_rng(r.seed))
+            if pngs:
+                train = load_tiles(tmp, size, "train")
+                save_preview(tmp / "previews" / f"tiles_{size}.png", *train, size, np.random.default_rng(r.seed))
         if not any(kept):
             raise BphoError(f"dataset {out_name}: every {held_split} image was excluded, so there is no whole image "
                             "to validate on; check the pairs (see the warnings) or change seed / valid_fraction")
@@ -354,12 +356,52 @@ def make(recipe_name: str, datasource: Optional[str] = None, settings: Iterable[
     return dataset
 
 
-def _process(src: Source, r: Recipe, rng: np.random.Generator, tmp: Path, split: str,
+@dataclass(frozen=True)
+class _Job:
+    src: Source
+    split: str
+    held: bool  # in the split whose images are kept whole
+    pixel_um: Optional[float]
+
+
+_WORK: dict = {}  # what forked workers inherit (the synthesis callable need not pickle)
+
+
+def _prepare_all(jobs: List[_Job], r: Recipe, tmp: Path, synthesis: Optional[Synthesis], workers: int, pngs: bool,
+                 kept: List[bool]) -> Iterator[tuple]:
+    """`_prepare` of every job, in job order: in this process, or in `workers` forked ones."""
+    _WORK.update(jobs=jobs, r=r, tmp=tmp, synthesis=synthesis, pngs=pngs, kept=kept)
+    if workers == 1:
+        return (_prepare_job(i) for i in range(len(jobs)))
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"))
+
+    def ordered():
+        try:
+            yield from pool.map(_prepare_job, range(len(jobs)))
+        finally:
+            pool.shutdown(cancel_futures=True)
+    return ordered()
+
+
+def _prepare_job(i: int) -> tuple:
+    job, r, synthesis = _WORK["jobs"][i], _WORK["r"], _WORK["synthesis"]
+    lowres = None
+    if synthesis:  # seeded by the image's name: the same LR whatever else is in the datasource
+        lowres = partial(synthesis.lowres, hr_pixel_um=job.pixel_um,
+                         rng=np.random.default_rng([r.seed, zlib.crc32(job.src.key.encode())]))
+    # with no held-out split, the first training image that is included is kept (workers == 1 there)
+    keep = job.held and (job.split == "valid" or not any(_WORK["kept"]))
+    return _prepare(job.src, r, _WORK["tmp"], job.split, lowres, keep_image=keep, pixel_um=job.pixel_um,
+                    pngs=_WORK["pngs"])
+
+
+def _prepare(src: Source, r: Recipe, tmp: Path, split: str,
              lowres: Optional[Callable[[np.ndarray], np.ndarray]] = None, keep_image: bool = False,
-             pixel_um: Optional[float] = None):
-    """Normalise, register and tile one source image; returns its manifest record and tiles.
-    With `lowres`, the LR is made from the HR by it (a degradation) instead of read; with
-    `keep_image`, the whole raw pair (HR moved onto the LR) is saved under ``images/``."""
+             pixel_um: Optional[float] = None, pngs: bool = True):
+    """Read, normalise and register one source image (QC figure), move it as the recipe aligns;
+    returns its manifest record, the normalised LR and HR stacks and the margin (None, None, 0
+    if excluded). With `lowres`, the LR is made from the HR by it (a degradation) instead of
+    read; with `keep_image`, the whole raw pair (HR moved onto the LR) is saved under ``images/``."""
     hr_raw = plane_stack(src.pair.hr, src.scene, r)
     if lowres is not None:
         if hr_raw.shape[1] % r.scale or hr_raw.shape[2] % r.scale:
@@ -384,23 +426,29 @@ def _process(src: Source, r: Recipe, rng: np.random.Generator, tmp: Path, split:
     reg, margin = None, 0
     if r.register:
         lr_mean, hr_mean = lr.mean(axis=0), hr.mean(axis=0)
-        reg = register_pair(lr_mean, hr_mean, r.scale)
+        try:
+            reg = register_pair(lr_mean, hr_mean, r.scale)
+        except BphoError as exc:
+            record.update(included=False, reason=str(exc))
+            return record, None, None, 0
         record.update(shift_hr_px=list(reg.shift), score=reg.score, score_before=reg.score_before)
         qc = tmp / "qc" / f"{_safe(src.key)}.png"
         back = (-reg.shift[0], -reg.shift[1])  # moves HR onto LR
         if reg.score < r.min_registration_score:
-            save_qc(qc, src.key, lr_mean, hr_mean, apply(hr_mean[None], back)[0], r.scale, reg)
+            if pngs:
+                save_qc(qc, src.key, lr_mean, hr_mean, apply(hr_mean[None], back)[0], r.scale, reg)
             record.update(included=False, reason=f"registration score {reg.score:.3f} < "
                                                  f"min_registration_score {r.min_registration_score}")
-            return record, {}
+            return record, None, None, 0
         margin = reg.margin
         if r.align == "hr":
             hr = apply(hr, back)
             hr_after = hr.mean(axis=0)
         else:
             lr = apply(lr, (reg.shift[0] / r.scale, reg.shift[1] / r.scale))
-            hr_after = apply(hr_mean[None], back)[0]
-        save_qc(qc, src.key, lr_mean, hr_mean, hr_after, r.scale, reg)
+            hr_after = apply(hr_mean[None], back)[0] if pngs else None
+        if pngs:
+            save_qc(qc, src.key, lr_mean, hr_mean, hr_after, r.scale, reg)
     if keep_image:
         hr_moved = apply(hr_raw, (-reg.shift[0], -reg.shift[1])) if reg is not None else hr_raw
         record["image"] = {"margin": margin, "hr_pixel_um": pixel_um, "files": {}}
@@ -409,6 +457,11 @@ def _process(src: Source, r: Recipe, rng: np.random.Generator, tmp: Path, split:
             (tmp / "images").mkdir(exist_ok=True)
             np.save(tmp / rel, np.ascontiguousarray(arr, dtype=np.float32))
             record["image"]["files"][side] = {"path": rel, "sha256": datasources.sha256_file(tmp / rel)}
+    return record, lr, hr, margin
+
+
+def _cut(src: Source, r: Recipe, rng: np.random.Generator, lr: np.ndarray, hr: np.ndarray, margin: int) -> dict:
+    """Tiles of every size from one prepared image, where the HR has content; positions from `rng`."""
     half = r.frames // 2
     cut: Dict[int, Tuple[list, list, list]] = {size: ([], [], []) for size in r.tile_sizes}
     for t in range(half, lr.shape[0] - half):
@@ -420,8 +473,7 @@ def _process(src: Source, r: Recipe, rng: np.random.Generator, tmp: Path, split:
                 lr_tiles.append(lr[t - half:t + half + 1, ly:ly + s, lx:lx + s])
                 hr_tiles.append(hr[t:t + 1, y:y + size, x:x + size])
                 rows.append((src.key, src.scene, t, int(y), int(x)))
-    tiles = {size: (np.stack(a), np.stack(b), rows) for size, (a, b, rows) in cut.items() if rows}
-    return record, tiles
+    return {size: (np.stack(a), np.stack(b), rows) for size, (a, b, rows) in cut.items() if rows}
 
 
 def _safe(key: str) -> str:

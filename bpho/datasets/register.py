@@ -13,6 +13,10 @@ from scipy import ndimage, optimize
 from skimage.registration import phase_cross_correlation
 from skimage.transform import resize
 
+from bpho.errors import BphoError
+
+MIN_INTERIOR = 4  # LR pixels per side that registration compares after leaving out the shifted border
+
 
 def percentile_range(stack: np.ndarray, low: float, high: float) -> Tuple[float, float]:
     lo, hi = np.percentile(stack, (low, high))
@@ -77,6 +81,10 @@ def register_pair(lr: np.ndarray, hr: np.ndarray, scale: int) -> Registration:
     coarse, _, _ = phase_cross_correlation(hr_on_lr, lr, upsample_factor=100, normalization=None)
     coarse = np.asarray(coarse, dtype=float) * scale
     m = int(np.ceil((np.abs(coarse).max() + scale) / scale)) + 2
+    if min(lr.shape) - 2 * m < MIN_INTERIOR:
+        raise BphoError(f"{lr.shape[0]}x{lr.shape[1]} LR pixels is too small to register: a shift of "
+                        f"{np.abs(coarse).max() / scale:.1f} LR px leaves under {MIN_INTERIOR} px inside; "
+                        "use bigger images or register=False")
     inner = (slice(m, -m), slice(m, -m))
     spectrum = np.fft.fft2(hr_on_lr)
 

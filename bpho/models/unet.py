@@ -111,6 +111,11 @@ class UNet(nn.Module):
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.encoder.set_grad_checkpointing(enable)
+        # a recomputed segment must find its saved inputs unchanged: in-place ReLUs broke
+        # backward on CUDA (torch 2.11, timm 1.0: "modified by an inplace operation")
+        for m in self.modules():
+            if isinstance(m, nn.ReLU):
+                m.inplace = not enable
 
     def forward(self, lr: torch.Tensor) -> torch.Tensor:
         """(N, frames, h, w) normalised LR -> (N, 1, h*scale, w*scale) normalised HR."""
