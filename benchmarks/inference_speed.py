@@ -123,7 +123,6 @@ def main() -> None:
             rows.append({"device": device, "precision": precision, "tile": model.tile, "bare_mp_s": out_mp / t_bare,
                          "predict_mp_s": out_mp / t_full, "predict_of_bare": t_bare / t_full, "tflops": tflops,
                          "predict_s": t_full, "parts_s": parts})
-            del model, x
     name, peak = card()
     print(f"\ninference on {name} (dense bf16 peak {peak or '?'} TFLOP/s), {a.encoder} U-Net mode {a.mode}, "
           f"LR {a.size}x{a.size} -> HR {a.size * a.scale}x{a.size * a.scale} ({out_mp:.1f} MP), "

@@ -15,8 +15,10 @@ from __future__ import annotations
 import configparser
 import os
 import secrets
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import List, Optional
 
@@ -98,7 +100,50 @@ def serve(**kwargs) -> int:
               f"{'' if kwargs.get('auth') else ' and, without --auth, read and write every run'}", file=sys.stderr)
     print(f"MLflow server for bpho on http://{host}:{port} ({'basic auth' if kwargs.get('auth') else 'no auth'}); "
           f"clients: export MLFLOW_TRACKING_URI=http://{host}:{port}", flush=True)
+    # its own process group: MLflow starts uvicorn, a job runner and huey consumers, and
+    # subprocess.call would pass none of our signals on to them
+    proc = subprocess.Popen(argv, env=env, start_new_session=True)
+
+    def forward(signum, frame):
+        raise _Stop(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in STOP_SIGNALS}
     try:
-        return subprocess.call(argv, env=env)
+        return proc.wait()
+    except _Stop as stop:
+        return 128 + stop.signum
     except KeyboardInterrupt:
         return 130
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        stop_group(proc)
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+class _Stop(Exception):
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def stop_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
+    """SIGTERM to the server's whole process group, SIGKILL to what is left after `grace_s`."""
+    def signal_group(sig) -> bool:
+        try:
+            os.killpg(proc.pid, sig)
+            return True
+        except ProcessLookupError:
+            return False  # nothing of the group is left
+
+    if not signal_group(signal.SIGTERM):
+        return
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None and not signal_group(0):
+            return
+        time.sleep(0.1)
+    signal_group(signal.SIGKILL)
+    proc.wait()

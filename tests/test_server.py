@@ -5,6 +5,11 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import signal
+import socket
+import sys
+import time
 import urllib.error
 import urllib.request
 
@@ -132,3 +137,41 @@ def test_previews_switch_keeps_pictures_of_the_data_off_the_server(demo, tmp_pat
     assert "manifest.json" in logged and not {"qc", "previews"} & logged
     assert run.data.tags["bpho.previews"] == "off"
     assert json.loads((ds.path / "manifest.json").read_text())["name"] == "private"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_stopping_bpho_server_stops_every_process_and_frees_the_port(root, sig):
+    """A signal to `bpho server` reaches MLflow's whole tree (server, uvicorn, job runner,
+    consumers): within 15 s the port is free and none of them is left; a new server then starts there."""
+    import psutil
+
+    port = _free_port()
+    argv = [sys.executable, "-m", "bpho.cli", "server", "--port", str(port), "--workers", "1"]
+    proc = start_mlflow_server(root / "srv", port, argv=argv, env={**os.environ, "BPHO_ROOT": str(root)})
+    tree = psutil.Process(proc.pid).children(recursive=True)
+    try:
+        assert tree, "MLflow's processes"
+        os.kill(proc.pid, sig)  # the bpho process only, as `kill PID` does
+        assert proc.wait(timeout=15) == 128 + sig
+        deadline = time.time() + 15
+        while time.time() < deadline and (_alive(tree) or not _port_free(port)):
+            time.sleep(0.2)
+        assert not _alive(tree) and _port_free(port)
+        again = start_mlflow_server(root / "srv2", port, argv=argv, env={**os.environ, "BPHO_ROOT": str(root)})
+        tree += psutil.Process(again.pid).children(recursive=True)
+        os.kill(again.pid, signal.SIGINT)  # Ctrl-C in a terminal
+        assert again.wait(timeout=15) == 128 + signal.SIGINT
+    finally:
+        for p in _alive(tree):  # never leave a server behind, even when the test fails
+            p.kill()
+
+
+def _alive(processes):
+    import psutil
+
+    return [p for p in processes if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
