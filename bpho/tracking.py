@@ -38,8 +38,11 @@ def _mlflow():
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # bpho shows its own progress
     uri = tracking_uri()
+    unset = [var for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI") if var not in os.environ]
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)  # models are registered where the runs go
+    for var in unset:  # MLflow writes them into os.environ; "unset" must keep meaning the embedded store
+        os.environ.pop(var, None)
     return mlflow
 
 

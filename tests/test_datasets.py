@@ -235,3 +235,21 @@ def test_tampered_datasource_refused_in_python(root, demo, tmp_path):
     (ds.path / "hr_only/field_000.czi").unlink()
     with pytest.raises(IntegrityError, match="field_000.czi"):
         builder.make("paired_001", datasource="hr", progress=False, track=False)
+
+
+def test_embedded_store_keeps_artifacts_under_bpho_root_whatever_the_working_folder(root, demo, tmp_path, monkeypatch):
+    """Without MLFLOW_TRACKING_URI, runs go to $BPHO_ROOT/mlflow.db and their artifacts to
+    $BPHO_ROOT/mlartifacts, not to ./mlruns of wherever the command was started (a bpho 0.1 bug)."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    register_demo(demo, tmp_path, "paired", "pairs", "paired")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    proc = subprocess.run([sys.executable, "-m", "bpho.cli", "dataset", "make", "paired_001", "--datasource", "pairs",
+                           "--set", "tile_sizes=64"], cwd=elsewhere, capture_output=True, text=True,
+                          env={**os.environ, "BPHO_ROOT": str(root)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not (elsewhere / "mlruns").exists()
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("bpho-datasets")
+    assert exp.artifact_location == (root / "mlartifacts" / "bpho-datasets").as_uri()
+    assert list((root / "mlartifacts" / "bpho-datasets").rglob("manifest.json"))
