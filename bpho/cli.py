@@ -153,15 +153,17 @@ def _evaluate(args) -> int:
                       device=args.device)
     s = result["summary"]
     print(f"evaluated {args.model} on {result['images']} image(s); table and figures in {result['out']}")
-    print(f"{'method':10s} {'PSNR':>7s} {'SSIM':>6s} {'MS-SSIM':>8s} {'NRMSE':>7s} {'FRC nm':>7s}")
+    print(f"{'method':10s} {'PSNR':>7s} {'SSIM':>6s} {'MS-SSIM':>8s} {'NRMSE':>7s} {'FRC px':>7s} {'FRC nm':>7s}")
     fmt = lambda v, f: format(v, f) if v is not None else "-"  # noqa: E731
     for method in ("model", "bicubic", "bilinear", "nearest"):
         m = s[method]
         print(f"{method:10s} {fmt(m['psnr'], '7.2f')} {fmt(m['ssim'], '6.3f')} {fmt(m['ms_ssim'], '8.3f')} "
-              f"{fmt(m['nrmse'], '7.4f')} {fmt(m['frc_nm'], '7.0f')}")
+              f"{fmt(m['nrmse'], '7.4f')} {fmt(m['frc_px'], '7.2f')} {fmt(m['frc_nm'], '7.0f')}")
     for k in ("psnr", "ssim"):
         g = s[f"gain_{k}"]
-        print(f"gain over bicubic, {k.upper()}: {g['mean']:+.3f} (95% CI {g['ci95_low']:+.3f} .. {g['ci95_high']:+.3f})")
+        ci = (f"95% CI {g['ci95_low']:+.3f} .. {g['ci95_high']:+.3f} over images" if g["ci95_low"] is not None
+              else "95% CI undefined with one image")
+        print(f"gain over bicubic, {k.upper()}: {g['mean']:+.3f} ({ci})")
     return 0
 
 
@@ -170,7 +172,7 @@ def _predict(args) -> int:
 
     written = predict_files(args.model, args.inputs, args.out, device=args.device, tile=args.tile,
                             overlap=args.overlap, batch=args.batch, precision="fp16" if args.half else args.precision,
-                            context=args.context)
+                            context=args.context, fmt=args.format)
     for path in written:
         print(path)
     return 0
@@ -406,6 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=4, help="tiles per forward pass")
     p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"), help="of the network")
     p.add_argument("--half", action="store_true", help="the same as --precision fp16 (GPU only)")
+    p.add_argument("--format", default="imagej", choices=("imagej", "ome-tiff"),
+                   help="ImageJ hyperstack TIFF (Fiji) or OME-TIFF (.ome.tif: OME-XML pixel sizes, axes, channels)")
     p.set_defaults(func=_predict)
 
     tune = sub.add_parser("tune", help="Optuna: batch sizes that fit the card; hyperparameter search").add_subparsers(

@@ -34,7 +34,7 @@ from bpho.errors import BphoError
 from bpho.inference import SuperResolver, load_model
 
 BASELINES = {"nearest": 0, "bilinear": 1, "bicubic": 3}
-METRICS = ("psnr", "ssim", "ms_ssim", "nrmse", "frc_nm")
+METRICS = ("psnr", "ssim", "ms_ssim", "nrmse", "frc_px", "frc_nm")
 
 
 Pair = builder.ImagePair
@@ -72,7 +72,9 @@ def score(img: np.ndarray, pair: Pair, t: int = 0) -> dict:
     inner = (slice(m, -m or None), slice(m, -m or None))
     hr = pair.hr[t][inner]
     values = metrics.compare(img[inner], hr)
-    values["frc_nm"] = metrics.frc(img[inner], hr).resolution_nm(pair.pixel_um)
+    curve = metrics.frc(img[inner], hr)
+    values["frc_px"] = curve.resolution_px  # HR pixels: defined without a pixel size too
+    values["frc_nm"] = curve.resolution_nm(pair.pixel_um)
     return values
 
 
@@ -114,11 +116,13 @@ def _means(rows: List[dict]) -> Dict[str, Dict[str, Optional[float]]]:
 
 
 def bootstrap_ci(values: np.ndarray, seed: int = 0) -> tuple:
-    """95% bootstrap interval of the mean (scipy); a single value gives (value, value)."""
+    """95% bootstrap interval of the mean over images (scipy); undefined (None, None) for one image."""
     from scipy.stats import bootstrap
 
     values = np.asarray(values, dtype=float)
-    if values.size < 2 or np.ptp(values) == 0:
+    if values.size < 2:
+        return None, None
+    if np.ptp(values) == 0:
         return float(values.mean()), float(values.mean())
     res = bootstrap((values,), np.mean, confidence_level=0.95, n_resamples=2000, random_state=seed)
     return float(res.confidence_interval.low), float(res.confidence_interval.high)

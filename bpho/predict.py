@@ -1,7 +1,8 @@
-"""Predict: LR images, z-stacks and movies (CZI or TIFF) to HR ImageJ TIFF that Fiji opens.
+"""Predict: LR images, z-stacks and movies (CZI or TIFF) to HR ImageJ TIFF that Fiji opens,
+or OME-TIFF (``fmt="ome-tiff"``: physical pixel sizes, axes and channel names in OME-XML).
 
-Every scene of every input becomes ``OUT/<stem>.tif`` (and ``<stem>.png``, its first frame
-next to the LR) (``<stem>_s<N>.tif`` for multi-scene
+Every scene of every input becomes ``OUT/<stem>.tif`` or ``OUT/<stem>.ome.tif`` (and
+``<stem>.png``, its first frame next to the LR) (``<stem>_s<N>...`` for multi-scene
 files): axes (T, Z, C, Y, X) kept, pixel size y/x divided by the model's scale, float32.
 Each channel and z plane is super-resolved on its own; a multi-frame model slides its
 frame window along T (edges padded by reflection). Frames are written as they are
@@ -28,7 +29,9 @@ from bpho.paths import atomic_file
 
 def predict_files(model_uri: str, inputs: Iterable, out_dir, device: str = "auto", tile: Optional[int] = None,
                   overlap: int = 16, batch: int = 4, precision: str = "fp32", progress: bool = True,
-                  context: int = 16) -> List[Path]:
+                  context: int = 16, fmt: str = "imagej") -> List[Path]:
+    if fmt not in FORMATS:
+        raise BphoError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
     inputs = [Path(p) for p in inputs]
     for path in inputs:  # check every input before loading the model or writing anything
         io.file_kind(path)
@@ -40,12 +43,16 @@ def predict_files(model_uri: str, inputs: Iterable, out_dir, device: str = "auto
         n = io.count_scenes(path)
         for scene in range(n):
             img = io.read(path, scene=scene)
-            target = out_dir / (f"{path.stem}.tif" if n == 1 else f"{path.stem}_s{scene}.tif")
-            written.append(_predict_image(model, img, target, progress))
+            stem = path.stem[:-4] if path.stem.endswith(".ome") else path.stem
+            target = out_dir / (f"{stem}{FORMATS[fmt]}" if n == 1 else f"{stem}_s{scene}{FORMATS[fmt]}")
+            written.append(_predict_image(model, img, target, progress, fmt))
     return written
 
 
-def _predict_image(model, img: io.Image, target: Path, progress: bool) -> Path:
+FORMATS = {"imagej": ".tif", "ome-tiff": ".ome.tif"}
+
+
+def _predict_image(model, img: io.Image, target: Path, progress: bool, fmt: str = "imagej") -> Path:
     t, c, z, y, x = img.shape
     if model.frames > 1 and t < model.frames:
         raise BphoError(f"{img.path}: {t} frames is shorter than the model's frame window ({model.frames})")
@@ -58,7 +65,8 @@ def _predict_image(model, img: io.Image, target: Path, progress: bool) -> Path:
     bar = tqdm(total=t * c * z, desc=img.path.name, unit="frame", disable=not progress, leave=False)
 
     first, failed = [], []
-    png, png_part = target.with_suffix(".png"), target.with_name(f".{target.stem}.part.png")
+    base = target.name[:-len(".ome.tif")] if target.name.endswith(".ome.tif") else target.stem
+    png, png_part = target.with_name(f"{base}.png"), target.with_name(f".{base}.part.png")
 
     def draw():
         try:
@@ -85,12 +93,19 @@ def _predict_image(model, img: io.Image, target: Path, progress: bool) -> Path:
                     yield frame
 
     pz, py, px = img.pixel_size
-    meta = {"axes": "TZCYX", "unit": "um", **({"spacing": pz} if pz else {})}
-    resolution = {"resolution": (s / px, s / py)} if px and py else {}
+    if fmt == "ome-tiff":  # OME-XML: physical sizes in um, axes, channel names
+        meta = {"axes": "TZCYX", "Channel": {"Name": [f"C{i}" for i in range(c)]},
+                **({"PhysicalSizeX": px / s, "PhysicalSizeXUnit": "µm"} if px else {}),
+                **({"PhysicalSizeY": py / s, "PhysicalSizeYUnit": "µm"} if py else {}),
+                **({"PhysicalSizeZ": pz, "PhysicalSizeZUnit": "µm"} if pz else {})}
+        kind = {"ome": True}
+    else:  # ImageJ hyperstack; no calibration where the input has none (not 1 um a pixel)
+        meta = {"axes": "TZCYX", **({"unit": "um"} if px and py else {}), **({"spacing": pz} if pz else {})}
+        kind = {"imagej": True, **({"resolution": (s / px, s / py)} if px and py else {})}
     try:
         with atomic_file(target, suffix=".tif") as tmp:
-            tifffile.imwrite(tmp, ahead(frames()), shape=(t, z, c, y * s, x * s), dtype=np.float32, imagej=True,
-                             metadata=meta, **resolution)
+            tifffile.imwrite(tmp, ahead(frames()), shape=(t, z, c, y * s, x * s), dtype=np.float32, metadata=meta,
+                             **kind)
     finally:
         bar.close()  # also on an error, so that its message starts a clean line
         if preview.is_alive():

@@ -292,9 +292,7 @@ def log_model(folder: Path, registered_name: Optional[str]) -> Optional[str]:
     import mlflow
 
     package = Path(__file__).resolve().parent
-    with warnings.catch_warnings():  # "add type hints": arrays in, arrays out; no MLflow schema needed
-        warnings.filterwarnings("ignore", message=".*type hints.*")
-        info = _log_pyfunc(mlflow, package, folder, registered_name)
+    info = _log_pyfunc(mlflow, package, folder, registered_name)
     version = getattr(info, "registered_model_version", None)
     return str(version) if version is not None else None
 

@@ -386,7 +386,9 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, progress: bool = True,
     tags = {"bpho.dataset": ds.name, "bpho.dataset_digest": ds.digest, "bpho.recipe": ds.manifest["recipe"]["name"],
             "bpho.datasource": ds.manifest["datasource"]["name"],
             "bpho.datasource_digest": ds.manifest["datasource"]["digest"], "bpho.model_name": name, **(tags or {})}
-    run_ctx = tracking.run("bpho-train", run_name=f"{cfg.dataset}-{cfg.encoder}-{cfg.mode}", tags=tags,
+    length = f"{cfg.minutes:g}min" if cfg.minutes else f"{cfg.epochs}ep"
+    run_name = f"{cfg.dataset}-{cfg.encoder}-{cfg.mode}-{size}px-{length}-{time.strftime('%m%d-%H%M%S')}"
+    run_ctx = tracking.run("bpho-train", run_name=run_name, tags=tags,
                            run_id=resume, parent_run_id=parent_run_id) if d.main else nullcontext()
     with run_ctx as active:
         run_id = _broadcast_str(d, active.info.run_id if d.main else None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
@@ -104,6 +105,7 @@ def test_evaluate_logs_table_figures_and_links(env, tmp_path):
     assert {r["image"] for r in rows} == set(valid)
     assert {r["method"] for r in rows} == {"model", "nearest", "bilinear", "bicubic"}
     assert all(np.isfinite(float(r["psnr"])) and float(r["frc_nm"]) > 0 for r in rows)
+    assert all(float(r["frc_nm"]) == pytest.approx(float(r["frc_px"]) * 35, rel=1e-6) for r in rows)  # 0.035 um HR px
     pngs = {p.name for p in out.glob("*.png")}
     assert {"crops_00.png", "error_00.png", "frc_00.png"} <= pngs
     client = MlflowClient(env["server"], registry_uri=env["server"])
@@ -111,7 +113,11 @@ def test_evaluate_logs_table_figures_and_links(env, tmp_path):
     run = client.search_runs([exp.experiment_id], filter_string="tags.`bpho.model_uri` = 'models:/ev-single/latest'")[0]
     assert run.data.tags["bpho.model_run_id"] == single.run_id
     assert run.data.tags["bpho.dataset_digest"] == builder.open("ev").digest
-    assert "model_psnr" in run.data.metrics and "gain_psnr_ci95_low" in run.data.metrics
+    assert "model_psnr" in run.data.metrics and "model_frc_px" in run.data.metrics
+    if len(valid) == 1:  # no interval over one image: said, not faked
+        assert "95% CI undefined with one image" in proc.stdout and "gain_psnr_ci95_low" not in run.data.metrics
+    else:
+        assert "gain_psnr_ci95_low" in run.data.metrics
     # what training logged and registered is what evaluate measures on the same images
     trained = client.get_run(single.run_id)
     history = {m.step: m.value for m in client.get_metric_history(single.run_id, "valid_psnr")}
@@ -229,3 +235,30 @@ def test_frames_are_predicted_ahead_of_writing_in_order_and_errors_reach_the_wri
     consumer = ahead(iter(range(10 ** 6)))
     assert next(consumer) == 0
     consumer.close()  # a writer that stops early stops the thread too (no hang)
+
+
+def test_predict_writes_ome_tiff_with_physical_pixel_sizes(env, tmp_path):
+    movie = tmp_path / "cell.czi"
+    _write_movie(movie, (2, 2, 1, 24, 30), pixel_um=0.14)
+    out = tmp_path / "out"
+    proc = run_bpho("predict", "--model", "models:/ev-single/latest", movie, "--out", out, "--format", "ome-tiff",
+                    "--tile", "16", "--overlap", "4")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = out / "cell.ome.tif"
+    assert proc.stdout.split() == [str(result)] and (out / "cell.png").is_file()
+    with tifffile.TiffFile(result) as tf:
+        assert tf.is_ome and tf.series[0].axes == "TCYX" and tf.series[0].shape == (2, 2, 96, 120)
+        pixels = next(e for e in ET.fromstring(tf.ome_metadata).iter() if e.tag.endswith("Pixels"))
+        assert float(pixels.get("PhysicalSizeX")) == pytest.approx(0.035) and pixels.get("PhysicalSizeXUnit") == "µm"
+        names = [e.get("Name") for e in pixels if e.tag.endswith("Channel")]
+        assert names == ["C0", "C1"]
+    img = io.read(result)  # bpho's own reader: the same scale back
+    assert img.shape == (2, 2, 1, 96, 120) and img.pixel_size[1:] == pytest.approx((0.035, 0.035))
+
+
+def test_gain_interval_is_undefined_for_one_image():
+    from bpho.evaluate import bootstrap_ci
+
+    assert bootstrap_ci([1.043]) == (None, None)
+    lo, hi = bootstrap_ci([1.0, 2.0, 1.5, 1.2])
+    assert lo < 1.425 < hi

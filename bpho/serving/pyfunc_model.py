@@ -18,7 +18,7 @@ class BphoSuperResolution(PythonModel):
 
         self.model = load_model(context.artifacts["model_dir"], device="auto")
 
-    def predict(self, context, model_input, params=None):
+    def predict(self, context, model_input: np.ndarray, params: dict | None = None) -> np.ndarray:
         data = model_input.to_numpy() if hasattr(model_input, "to_numpy") else np.asarray(model_input)
         return self.model.predict(data)
 
