@@ -291,8 +291,18 @@ def log_model(folder: Path, registered_name: Optional[str]) -> Optional[str]:
     nothing pickled) with bpho's code beside it, and register it. Returns the version."""
     import mlflow
 
+    import logging
+
     package = Path(__file__).resolve().parent
-    info = _log_pyfunc(mlflow, package, folder, registered_name)
+    # no MLflow signature on purpose: the pyfunc takes (Y, X) images and (T, Y, X) stacks of any
+    # dtype, and MLflow enforces a TensorSpec's rank and dtype; so its "cannot infer" line is noise
+    pyfunc_log = logging.getLogger("mlflow.pyfunc")
+    level = pyfunc_log.level
+    pyfunc_log.setLevel(logging.ERROR)
+    try:
+        info = _log_pyfunc(mlflow, package, folder, registered_name)
+    finally:
+        pyfunc_log.setLevel(level)
     version = getattr(info, "registered_model_version", None)
     return str(version) if version is not None else None
 
