@@ -16,7 +16,6 @@ stop first; CARE's default early stopping (val_loss, patience 3) stays on, as a 
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 import time
@@ -27,6 +26,8 @@ from lightning.pytorch.callbacks import Callback
 
 from careamics import CAREamist
 from careamics.config import create_advanced_care_config
+
+from peer_args import runner_args  # beside this file
 
 
 class Count(Callback):
@@ -40,14 +41,8 @@ class Count(Callback):
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", required=True)
-    p.add_argument("--budget", type=float, required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--batch-size", type=int, default=16)
-    a = p.parse_args()
-    data, out = Path(a.data), Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
+    a = runner_args(__doc__.splitlines()[0])
+    data, out = a.data, a.out
 
     x = np.load(data / "train_lr_up.npy")[:, 0]  # (N, H, W): axes SYX
     y = np.load(data / "train_hr.npy")[:, 0]

@@ -23,12 +23,10 @@ the prediction cropped back.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
 import time
-from pathlib import Path
 
 import numpy as np
 import tifffile
@@ -41,6 +39,8 @@ from pssr.predict import predict_images
 from pssr.train import train_paired
 from pssr.util import SSIMLoss
 
+from peer_args import runner_args  # beside this file
+
 RANGE = 255.0  # PSSR2's image range
 
 
@@ -49,14 +49,8 @@ class Budget(Exception):
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", required=True)
-    p.add_argument("--budget", type=float, required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--batch-size", type=int, default=16)
-    a = p.parse_args()
-    data, out = Path(a.data), Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
+    a = runner_args(__doc__.splitlines()[0])
+    data, out = a.data, a.out
     torch.manual_seed(0)
 
     lr, hr = np.load(data / "train_lr.npy"), np.load(data / "train_hr.npy")

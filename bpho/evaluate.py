@@ -65,11 +65,16 @@ def _pairs_from_datasource(source: datasources.Datasource, scale: int) -> List[P
     return out
 
 
+def _interior(pair: Pair) -> tuple:
+    """The HR pixels the registration shift did not invent: all but `margin` at each border."""
+    m = pair.margin
+    return slice(m, -m or None), slice(m, -m or None)
+
+
 def score(img: np.ndarray, pair: Pair, t: int = 0) -> dict:
     """One (Y, X) HR-sized image against frame `t` of the pair's HR, on the interior the
     registration did not invent: `metrics.compare` (PSNR, SSIM, MS-SSIM, NRMSE) and FRC in nm."""
-    m = pair.margin
-    inner = (slice(m, -m or None), slice(m, -m or None))
+    inner = _interior(pair)
     hr = pair.hr[t][inner]
     values = metrics.compare(img[inner], hr)
     curve = metrics.frc(img[inner], hr)
@@ -205,8 +210,7 @@ def _figures(out: Path, pairs: List[Pair], preds: List[np.ndarray], scale: int) 
     plt = pyplot()
 
     for i, (pair, pred) in enumerate(zip(pairs, preds)):
-        m = pair.margin
-        inner = (slice(m, -m or None), slice(m, -m or None))
+        inner = _interior(pair)
         cand = {"model": pred, **{k: upsample(pair.lr[0], scale, o) for k, o in BASELINES.items()}}
         hr = metrics.normalize_target(pair.hr[0][inner])
         fig, axes = plt.subplots(2, 4, figsize=(14, 7))

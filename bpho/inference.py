@@ -208,12 +208,11 @@ def load_model(folder: Path, device: str = "auto", precision: str = "fp32", **op
     net = build_model({**BPHO_01_MODEL, **meta["model"]})
     net.load_state_dict(state)
     dev = pick_device(device)
-    if precision not in PRECISIONS:
-        raise BphoError(f"inference precision {precision!r}: use one of {', '.join(PRECISIONS)}")
     if dev.type == "cpu" and precision == "fp16":
         warnings.warn("fp16 inference needs a GPU; running in fp32 on the CPU", BphoWarning, stacklevel=2)
         precision = "fp32"
     if options.get("tile") is None:
         options["tile"] = 512 if dev.type == "cuda" else 128
-    net = net.to(dev, PRECISIONS[precision]).eval()
-    return SuperResolver(net=net, meta=meta, device=dev, precision=precision, **options)
+    model = SuperResolver(net=net, meta=meta, device=dev, precision=precision, **options)  # checks the options
+    model.net = net.to(dev, PRECISIONS[precision]).eval()
+    return model
