@@ -178,6 +178,22 @@ def _predict(args) -> int:
     return 0
 
 
+def _export(args) -> int:
+    from bpho.export import export_bioimageio
+
+    result = export_bioimageio(args.model, args.out, sample=args.sample, name=args.name, authors=args.author,
+                               license=args.license, force=args.force, track=not args.no_log)
+    print(f"BioImage Model Zoo package {result.name!r} written to {result.path} (bioimageio.core test_model "
+          f"{result.test})")
+    for fmt, check in result.weights.items():
+        print(f"  {fmt}: {check}")
+    if result.artifact:
+        print(f"logged on the training run: {result.artifact}")
+    for note in result.notes:
+        print(f"note: {note}")
+    return 0
+
+
 def _widths(text: Optional[str]):
     return tuple(int(w) for w in text.split(",")) if text else None
 
@@ -411,6 +427,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="imagej", choices=("imagej", "ome-tiff"),
                    help="ImageJ hyperstack TIFF (Fiji) or OME-TIFF (.ome.tif: OME-XML pixel sizes, axes, channels)")
     p.set_defaults(func=_predict)
+
+    p = sub.add_parser("export", help="a model as a BioImage Model Zoo package (Fiji deepImageJ, napari, ilastik)")
+    p.add_argument("--model", required=True, help="runs:/ID/model, models:/NAME/VERSION or models:/NAME/latest")
+    p.add_argument("--format", default="bioimageio", choices=("bioimageio",), help="bioimage.io model spec 0.5")
+    p.add_argument("--out", required=True, help="NAME.zip (the package) or a folder")
+    p.add_argument("--sample", help="an LR image for the test tensors and cover (default: the model's dataset)")
+    p.add_argument("--name", help="package name (default: the registered model name)")
+    p.add_argument("--author", action="append", help="an author (repeat; default: who trained the model)")
+    p.add_argument("--license", default="CC-BY-4.0", help="SPDX license id (default CC-BY-4.0)")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.add_argument("--no-log", action="store_true", help="do not log the package on the model's training run")
+    p.set_defaults(func=_export)
 
     tune = sub.add_parser("tune", help="Optuna: batch sizes that fit the card; hyperparameter search").add_subparsers(
         dest="action", required=True)

@@ -18,6 +18,21 @@ from bpho import paths
 from bpho.errors import BphoError, BphoWarning
 
 DATASETS_EXPERIMENT = "bpho-datasets"
+# The run page's description (MLflow's note) for runs with image-quality metrics: what their units are
+METRIC_UNITS = """Units of this run's metrics (`valid_`: the model on the held-out images; `model_`: the model in
+`bpho evaluate`; `bicubic_`, `bilinear_`, `nearest_`: the baselines; `best_`: at the best epoch):
+
+| metric | unit |
+|---|---|
+| `*psnr*`, `*psnr_gain*` | dB (prediction fitted to the HR, HR normalised by its 0.1 / 99.9 percentiles) |
+| `*ssim*`, `*ms_ssim*` | 1 (0 to 1; piq, Gaussian window 11 px) |
+| `*nrmse*` | fraction of the HR's 0.1-99.9 percentile range |
+| `*frc_nm` | nm: Fourier ring correlation resolution (1/7 threshold), prediction against HR |
+| `*frc_px` | the same in HR pixels |
+| `train_loss` | the training loss of normalised intensities |
+| `lr` | learning rate |
+| `time_*_s` | seconds |
+"""
 
 
 def embedded_uri() -> str:
@@ -103,6 +118,30 @@ def run_finished(run_id: str) -> bool:
         return mlflow.MlflowClient().get_run(run_id).info.status == "FINISHED"
     except mlflow.exceptions.MlflowException:
         return False
+
+
+def run_record(run_id: str) -> Optional[dict]:
+    """A finished run's tags, parameters and metrics; None where this store does not know it."""
+    mlflow = _mlflow()
+    try:
+        data = mlflow.MlflowClient().get_run(run_id).data
+    except mlflow.exceptions.MlflowException:
+        return None
+    return {"tags": dict(data.tags), "params": dict(data.params), "metrics": dict(data.metrics)}
+
+
+def log_to_run(run_id: str, files: Iterable[Path], artifact_path: str, tags: Optional[Dict[str, str]] = None) -> None:
+    """Add files (and tags) to an existing run, finished or not, e.g. an export of its model."""
+    client = _mlflow().MlflowClient()
+    for f in files:
+        client.log_artifact(run_id, str(f), artifact_path)
+    for k, v in (tags or {}).items():
+        client.set_tag(run_id, k, v)
+
+
+def describe_run(text: str) -> None:
+    """The active run's description (markdown, shown at the top of its page in the MLflow UI)."""
+    set_tags({"mlflow.note.content": text})
 
 
 def log_params(params: Dict[str, object]) -> None:

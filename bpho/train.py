@@ -380,7 +380,8 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, progress: bool = True,
     norm = ds.manifest["parameters"]
     meta = {"model": model_cfg.to_dict(),
             "normalization": {"percentile_low": norm["percentile_low"], "percentile_high": norm["percentile_high"]},
-            "dataset": ds.name, "dataset_digest": ds.digest, "tile_size": size}
+            "dataset": ds.name, "dataset_digest": ds.digest, "tile_size": size,
+            "datasource": ds.manifest["datasource"]["name"], "datasource_digest": ds.manifest["datasource"]["digest"]}
     baselines = evaluate.score_baselines(pairs, scale) if d.main else []
 
     tags = {"bpho.dataset": ds.name, "bpho.dataset_digest": ds.digest, "bpho.recipe": ds.manifest["recipe"]["name"],
@@ -405,6 +406,10 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, progress: bool = True,
                                      **{f"model.{k}": v for k, v in model_cfg.to_dict().items()}})
                 tracking.log_dataset_input(ds.name, ds.digest, ds.path, context="training",
                                            tags={"tile_size": str(size)})
+                tracking.describe_run(f"bpho training: a {cfg.encoder} U-Net ({cfg.mode}) on dataset {ds.name} "
+                                      f"({ds.digest[:12]}), {size} px HR tiles; validated every epoch on "
+                                      f"{len(pairs)} whole image(s), split `{ds.validation_split}`.\n\n"
+                                      + tracking.METRIC_UNITS)
         started = time.monotonic()
         clock = {"setup": time.time() - entered, "steps": 0.0, "validation": 0.0, "checkpoints": 0.0}
         valid_s = 0.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import zipfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -127,6 +128,8 @@ def test_evaluate_logs_table_figures_and_links(env, tmp_path):
     assert trained.data.metrics["best_valid_psnr"] == pytest.approx(history[best])
     assert run.data.metrics["bicubic_psnr"] == pytest.approx(trained.data.metrics["bicubic_psnr"], abs=1e-6)
     assert trained.data.tags["bpho.best_epoch"].startswith(f"{best + 1} of 2")
+    for r in (run, trained):  # the run pages say the metrics' units
+        assert "| `*psnr*`, `*psnr_gain*` | dB" in r.data.tags["mlflow.note.content"]
     assert {"evaluation.csv", "crops_00.png", "frc_00.png"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
 
 
@@ -262,3 +265,64 @@ def test_gain_interval_is_undefined_for_one_image():
     assert bootstrap_ci([1.043]) == (None, None)
     lo, hi = bootstrap_ci([1.0, 2.0, 1.5, 1.2])
     assert lo < 1.425 < hi
+
+
+def test_export_bioimageio_package_predicts_what_bpho_predicts(env, tmp_path):
+    """`bpho export`: a zip that bioimageio.core tests and runs; its axes, normalisation and weights
+    are bpho's; run tiled by bioimageio.core it gives bpho's prediction; lineage in README, logged."""
+    from bioimageio.core import predict
+    from bioimageio.spec import load_model_description
+
+    out = tmp_path / "ev-single.zip"
+    proc = run_bpho("export", "--model", "models:/ev-single/latest", "--format", "bioimageio", "--out", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "test_model passed" in proc.stdout
+    descr = load_model_description(out)
+    assert {k for k, v in descr.weights if v is not None} == {"pytorch_state_dict", "torchscript", "onnx"}
+    (lr_t,), (hr_t,) = descr.inputs, descr.outputs
+    assert [str(a.id) for a in lr_t.axes] == ["batch", "channel", "y", "x"]
+    ds = builder.open("ev")
+    scale_range = next(p for p in lr_t.preprocessing if p.id == "scale_range").kwargs
+    assert (scale_range.min_percentile, scale_range.max_percentile) == (
+        ds.manifest["parameters"]["percentile_low"], ds.manifest["parameters"]["percentile_high"])
+    assert all(a.scale == 4 for a in lr_t.axes[2:]) and all(a.scale == 1 and a.size.tensor_id == "lr"
+                                                            for a in hr_t.axes[2:])
+    readme = zipfile.ZipFile(out).read("README.md").decode()
+    assert env["single"].run_id in readme and ds.digest in readme and ds.manifest["datasource"]["digest"] in readme
+    assert zipfile.ZipFile(out).read("cover.png").startswith(b"\x89PNG")
+
+    lr = ds.validation_images()[0].lr[0][:, :-3]  # any size: not a multiple of the encoder's stride
+    model = load_model(download_model("models:/ev-single/latest"), device="cpu")
+    lo, rng = model._normalisation(lr)
+    # (test_model, run by the export, already reproduced the test output from the test input.)
+    # Tiled with its halo, the package gives what `bpho predict` gives, in its normalised units
+    tiled = predict(model=out, inputs={"lr": lr[None, None]}, blocksize_parameter=8).members["hr"].data.values[0, 0]
+    want = (model.predict_image(lr) - lo) / rng
+    assert tiled.shape == want.shape == (lr.shape[0] * 4, lr.shape[1] * 4)
+    halo = hr_t.axes[2].halo
+    assert np.abs(tiled - want)[halo:-halo, halo:-halo].max() < 0.01  # tiles placed differently; borders mirrored
+    assert np.corrcoef(tiled.ravel(), want.ravel())[0, 1] > 0.999
+
+    client = MlflowClient(env["server"])
+    assert [a.path for a in client.list_artifacts(env["single"].run_id, "bioimageio")] == ["bioimageio/ev-single.zip"]
+    assert client.get_run(env["single"].run_id).data.tags["bpho.bioimageio"] == "bioimageio/ev-single.zip"
+
+
+def test_export_multiframe_model_to_folder_and_refusals(env, tmp_path):
+    out = tmp_path / "movie-model"
+    proc = run_bpho("export", "--model", "models:/ev-movie/latest", "--out", out, "--no-log")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    from bioimageio.spec import load_model_description
+
+    descr = load_model_description(out / "rdf.yaml")
+    (lr_t,) = descr.inputs
+    assert [(str(a.id), getattr(a, "size", None)) for a in lr_t.axes[:2]] == [("batch", None), ("time", 5)]
+    assert np.load(out / "test_input.npy").shape[:2] == (1, 5)
+    assert "mirrored at its borders" in (out / "README.md").read_text()  # 16 px LR movie frames, grown to the minimum
+    assert_one_line_error(run_bpho("export", "--model", "models:/ev-movie/latest", "--out", out),
+                          str(out), "already exists")
+    missing = tmp_path / "never.zip"
+    assert_one_line_error(run_bpho("export", "--model", "models:/ev-movie/latest", "--out", missing, "--license", "NOPE"),
+                          "--license 'NOPE'", "SPDX")
+    assert_one_line_error(run_bpho("export", "--model", "models:/no-such-model/1", "--out", missing), "not found")
+    assert not missing.exists() and not list(tmp_path.glob(".never*"))

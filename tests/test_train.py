@@ -76,6 +76,26 @@ def test_unet_any_size(mode, frames):
         build_model({"encoder": "resnet_does_not_exist"})
 
 
+def test_unet_source_runs_without_bpho(tmp_path):
+    """unet.py is the architecture file of exported BioImage Model Zoo packages: it must import
+    and build with torch and timm alone (bpho not installed), and say what is wrong in its errors."""
+    import shutil
+
+    from bpho.models import unet
+
+    shutil.copyfile(unet.__file__, tmp_path / "arch.py")
+    code = ("import sys, importlib.util as u; sys.modules['bpho'] = None\n"  # `import bpho...` fails here
+            "spec = u.spec_from_file_location('arch', 'arch.py'); m = u.module_from_spec(spec)\n"
+            "sys.modules['arch'] = m; spec.loader.exec_module(m)\n"
+            "import torch; net = m.unet(encoder='resnet18', decoder_widths=[16, 8, 8]).eval()\n"
+            "print(tuple(net(torch.rand(1, 1, 20, 24)).shape))\n"
+            "try: m.unet(encoder='no_such_net')\nexcept ValueError as e: print(e)\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.splitlines() == ["(1, 1, 80, 96)", "encoder 'no_such_net' is not a timm model; e.g. resnet18, "
+                                        "resnet34, efficientnet_b0"]
+
+
 def test_untrained_pixel_shuffle_has_no_checkerboard_and_borders_are_not_zeros():
     net = build_model({"encoder": "resnet18", "mode": "lr", "scale": 4, "decoder_widths": [32, 16, 16]}).eval()
     with torch.no_grad():

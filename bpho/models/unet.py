@@ -22,7 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bpho.errors import BphoError
+try:
+    from bpho.errors import BphoError
+except ImportError:  # imported alone: the architecture file of an exported BioImage Model Zoo package
+    BphoError = ValueError
 
 
 PADDINGS = ("replicate", "reflect", "zeros")
@@ -162,6 +165,11 @@ def _load_encoder_weights(encoder: nn.Module, path: str) -> None:
     missing, _ = encoder.load_state_dict(state, strict=False)
     if len(missing) == len(encoder.state_dict()):
         raise BphoError(f"{path}: no tensor of these weights matches the encoder")
+
+
+def unet(**config) -> UNet:
+    """The network from UNetConfig's fields as keywords (a BioImage Model Zoo package's callable)."""
+    return UNet(UNetConfig.from_dict(config))
 
 
 MODELS = {"unet": UNet}
