@@ -136,6 +136,8 @@ def _train(args) -> int:
     fields_ = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__ and v is not None}
     if "decoder_widths" in fields_:
         fields_["decoder_widths"] = _widths(fields_["decoder_widths"])
+    if "mix" in fields_:
+        fields_["mix"] = tuple(fields_["mix"])
     result = train(TrainConfig(**fields_), resume=args.resume)
     if result.registered_version:
         print(f"run {result.run_id}: model registered as {result.registered_name} version {result.registered_version}"
@@ -150,7 +152,7 @@ def _evaluate(args) -> int:
     from bpho.evaluate import evaluate
 
     result = evaluate(args.model, dataset=args.dataset, datasource=args.datasource, out_dir=args.out,
-                      device=args.device)
+                      device=args.device, transform=args.transform)
     s = result["summary"]
     print(f"evaluated {args.model} on {result['images']} image(s); table and figures in {result['out']}")
     print(f"{'method':10s} {'PSNR':>7s} {'SSIM':>6s} {'MS-SSIM':>8s} {'NRMSE':>7s} {'FRC px':>7s} {'FRC nm':>7s}")
@@ -399,6 +401,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--padding", choices=("replicate", "reflect", "zeros"),
                    help="of every convolution (default replicate; zeros lets the network find tile borders)")
     p.add_argument("--encoder-weights", help="a local weights file for the encoder (nothing is downloaded)")
+    p.add_argument("--mix", action="append", metavar="DATASET[=W]",
+                   help="also train on another dataset's tiles (e.g. synthetic pairs), W of them per real tile "
+                        "each epoch (default 1); repeatable. Validation stays on --dataset's held-out images")
     p.add_argument("--model-name", help="registered model name (default bpho-<dataset>)")
     p.add_argument("--resume", metavar="RUN_ID", help="continue a killed run from its last checkpoint")
     p.set_defaults(func=_train)
@@ -408,6 +413,8 @@ def build_parser() -> argparse.ArgumentParser:
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--dataset", help="its validation images")
     where.add_argument("--datasource", help="a paired datasource of full images never used in training")
+    p.add_argument("--transform", default="translation", choices=("translation", "similarity", "flow"),
+                   help="how --datasource pairs are registered (a dataset was registered when it was built)")
     p.add_argument("--out", help="folder for evaluation.csv and the figures (default: a temporary folder)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.set_defaults(func=_evaluate)

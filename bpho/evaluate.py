@@ -29,7 +29,7 @@ from tqdm import tqdm
 from bpho import datasources, io, metrics, tracking
 from bpho.datasets import builder
 from bpho.datasets.recipe import Recipe
-from bpho.datasets.register import apply, register_pair, upsample
+from bpho.datasets.register import apply_registration, register_pair, upsample
 from bpho.errors import BphoError
 from bpho.inference import SuperResolver, load_model
 
@@ -49,7 +49,7 @@ def validation_pairs(dataset: str) -> List[Pair]:
     return ds.validation_images()
 
 
-def _pairs_from_datasource(source: datasources.Datasource, scale: int) -> List[Pair]:
+def _pairs_from_datasource(source: datasources.Datasource, scale: int, transform: str = "translation") -> List[Pair]:
     name = source.name
     if not source.pairs:
         raise BphoError(f"datasource {name!r} has no LR/HR pairs to evaluate on")
@@ -59,8 +59,8 @@ def _pairs_from_datasource(source: datasources.Datasource, scale: int) -> List[P
         lr, hr = builder.plane_stack(pair.lr, 0, r), builder.plane_stack(pair.hr, 0, r)
         if hr.shape[1:] != (lr.shape[1] * scale, lr.shape[2] * scale):
             raise BphoError(f"{pair.lr}: LR {lr.shape[1:]} and HR {hr.shape[1:]} do not match the model's scale {scale}")
-        reg = register_pair(lr.mean(0), hr.mean(0), scale)
-        out.append(Pair(pair.stem, lr, apply(hr, (-reg.shift[0], -reg.shift[1])), reg.margin,
+        reg = register_pair(lr.mean(0), hr.mean(0), scale, transform)
+        out.append(Pair(pair.stem, lr, apply_registration(hr, reg), reg.margin,
                         io.read(pair.hr).pixel_size[2]))
     return out
 
@@ -134,7 +134,8 @@ def bootstrap_ci(values: np.ndarray, seed: int = 0) -> tuple:
 
 
 def evaluate(model_uri: str, dataset: Optional[str] = None, datasource: Optional[str] = None,
-             out_dir: Optional[Path] = None, device: str = "auto", progress: bool = True, track: bool = True) -> dict:
+             out_dir: Optional[Path] = None, device: str = "auto", progress: bool = True, track: bool = True,
+             transform: str = "translation") -> dict:
     if (dataset is None) == (datasource is None):
         raise BphoError("evaluate: give exactly one of --dataset or --datasource")
     source = datasources.open(datasource) if datasource else None  # files verified before anything else
@@ -142,7 +143,7 @@ def evaluate(model_uri: str, dataset: Optional[str] = None, datasource: Optional
     folder = tracking.download_model(model_uri)
     model = load_model(folder, device=device)
     s = model.scale
-    pairs = pairs or _pairs_from_datasource(source, s)
+    pairs = pairs or _pairs_from_datasource(source, s, transform)
     rows, figures_input = score_model(model, pairs, progress)
     rows += score_baselines(pairs, s)
     summary = _summary(rows)

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from bpho import datasources, tracking
 from bpho.datasets import builder
 from bpho.datasets import recipe as recipes
-from bpho.datasets.register import apply, normalize, percentile_range, register_pair
+from bpho.datasets.register import apply_registration, normalize, percentile_range, register_pair
 from bpho.degrade import NAMES, classic, fitted, params_from, parse_settings, physical
 from bpho.degrade.fitted import RegisteredPair
 from bpho.errors import BphoError
@@ -36,10 +36,12 @@ MODELS = {"classic": (classic.ClassicParams, classic.degrade), "physical": (phys
 
 
 def registered_pairs(datasource: str, recipe: str = "paired_001", split: Optional[str] = None,
-                     max_pairs: Optional[int] = None, progress: bool = False) -> List[RegisteredPair]:
-    """First frames of a paired datasource's pairs, HR registered onto LR as the recipe registers
-    them. `split` ('train' / 'valid'): only the pairs the recipe puts there (fit on train, judge on valid)."""
-    r = recipes.load(recipe).recipe
+                     max_pairs: Optional[int] = None, progress: bool = False,
+                     recipe_settings: Sequence[str] = ()) -> List[RegisteredPair]:
+    """First frames of a paired datasource's pairs, HR registered onto LR as the recipe (with
+    `recipe_settings`, e.g. transform=flow) registers them. `split` ('train' / 'valid'): only the
+    pairs the recipe puts there (fit on train, judge on valid)."""
+    r = recipes.with_overrides(recipes.load(recipe).recipe, recipe_settings).validated()
     ds = datasources.open(datasource, verify=True, progress=False)
     if not ds.pairs:
         raise BphoError(f"datasource {datasource!r} (kind {ds.kind}) has no LR/HR pairs; fitting needs real pairs")
@@ -51,8 +53,9 @@ def registered_pairs(datasource: str, recipe: str = "paired_001", split: Optiona
         lr = builder.plane_stack(pair.lr, 0, r)[0]
         hr = builder.plane_stack(pair.hr, 0, r)[0]
         reg = register_pair(normalize(lr, *percentile_range(lr, r.percentile_low, r.percentile_high)),
-                            normalize(hr, *percentile_range(hr, r.percentile_low, r.percentile_high)), r.scale)
-        aligned = apply(hr[None], (-reg.shift[0], -reg.shift[1]))[0]
+                            normalize(hr, *percentile_range(hr, r.percentile_low, r.percentile_high)), r.scale,
+                            r.transform)
+        aligned = apply_registration(hr[None], reg)[0]
         out.append(RegisteredPair(pair.stem, lr, aligned, pixel.get(pair.hr) or 0.0, reg.margin))
     return out
 
@@ -71,7 +74,7 @@ class Degradation:
 
 
 def degradation(name: str, settings: Dict[str, object] | Iterable[str] = (), fit_on: Optional[str] = None,
-                recipe: str = "paired_001", progress: bool = False) -> Degradation:
+                recipe: str = "paired_001", progress: bool = False, recipe_settings: Sequence[str] = ()) -> Degradation:
     """A degradation by name with parameters; ``fitted`` is fitted on the training pairs of `fit_on`
     (given settings then override fitted values)."""
     if name not in NAMES:
@@ -84,7 +87,7 @@ def degradation(name: str, settings: Dict[str, object] | Iterable[str] = (), fit
         return Degradation(name, params_from(cls, settings))
     if not fit_on:
         raise BphoError("degradation fitted: name the paired datasource to fit on (--fit-on NAME)")
-    pairs = registered_pairs(fit_on, recipe, split="train", progress=progress)
+    pairs = registered_pairs(fit_on, recipe, split="train", progress=progress, recipe_settings=recipe_settings)
     result = fitted.fit(pairs, scale=int(settings["scale"]))
     params = params_from(cls, {**asdict(result.params), **settings})
     ds = datasources.open(fit_on, verify=False)
@@ -178,7 +181,7 @@ def _dark_levels(pairs: Sequence[RegisteredPair]) -> dict:
 
 def tune_degradation(datasource: str, name: str, trials: int = 100, recipe: str = "paired_001",
                      storage: Optional[str] = None, study_name: Optional[str] = None, seed: Optional[int] = 0,
-                     max_pairs: Optional[int] = 4, progress: bool = True) -> dict:
+                     max_pairs: Optional[int] = 4, progress: bool = True, recipe_settings: Sequence[str] = ()) -> dict:
     """Optuna study over a degradation's parameters minimising `similarity` on the training pairs
     of a paired datasource; every trial a child MLflow run of the study's run."""
     from bpho.tune import EXPERIMENT as TUNE_EXPERIMENT, _optuna, _study_files, default_storage, open_study
@@ -186,7 +189,8 @@ def tune_degradation(datasource: str, name: str, trials: int = 100, recipe: str 
     if name not in ("classic", "physical"):
         raise BphoError(f"tune degradation: {name!r} (search classic or physical; fitted is estimated, not searched)")
     optuna = _optuna()
-    pairs = registered_pairs(datasource, recipe, split="train", max_pairs=max_pairs, progress=progress)
+    pairs = registered_pairs(datasource, recipe, split="train", max_pairs=max_pairs, progress=progress,
+                             recipe_settings=recipe_settings)
     scale = recipes.load(recipe).recipe.scale
     levels = _dark_levels(pairs)
     study = open_study(storage or default_storage(), study_name or f"degradation-{name}-{datasource}", "minimize",
@@ -247,10 +251,12 @@ def report(datasource: str, epochs: int = 10, tile_size: Optional[int] = None, t
     for name in ("classic", "physical"):
         params = {}
         if trials:
-            best = tune_degradation(datasource, name, trials=trials, recipe=recipe, progress=progress)["best_params"]
+            best = tune_degradation(datasource, name, trials=trials, recipe=recipe, progress=progress,
+                                    recipe_settings=recipe_settings)["best_params"]
             params = best
         degradations[name] = degradation(name, params, recipe=recipe)
-    degradations["fitted"] = degradation("fitted", fit_on=datasource, recipe=recipe, progress=progress)
+    degradations["fitted"] = degradation("fitted", fit_on=datasource, recipe=recipe, progress=progress,
+                                         recipe_settings=recipe_settings)
     rows = []
     with tracking.run(EXPERIMENT, run_name=f"{prefix}-{datasource}", tags={"bpho.datasource": datasource,
                                                                           "bpho.synthesis": "report"}) as parent:

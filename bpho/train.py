@@ -67,6 +67,7 @@ class TrainConfig:
     padding: str = UNetConfig.padding
     encoder_weights: Optional[str] = None
     model_name: Optional[str] = None
+    mix: Tuple[str, ...] = ()  # "DATASET" or "DATASET=W": W (default 1) tiles of it per real tile, each epoch
 
     def validated(self) -> "TrainConfig":
         problems = []
@@ -81,6 +82,14 @@ class TrainConfig:
             problems.append(f"minutes={self.minutes} (> 0)")
         if self.lr <= 0:
             problems.append(f"lr={self.lr} (> 0)")
+        for item in self.mix:
+            name, _, weight = item.partition("=")
+            try:
+                ok = bool(name) and (not weight or float(weight) > 0)
+            except ValueError:
+                ok = False
+            if not ok:
+                problems.append(f"mix {item!r} (DATASET or DATASET=WEIGHT, weight > 0)")
         if problems:
             raise BphoError(f"train: invalid {'; '.join(problems)}")
         return self
@@ -324,6 +333,40 @@ def _dataset_tiles(cfg: TrainConfig):
     return ds, size, lr_tr, hr_tr, pairs
 
 
+def _mixed(cfg: TrainConfig, size: int, lr_tr, hr_tr):
+    """The training tiles with the `--mix` datasets' appended, and how many of each part one
+    epoch draws: [(first index, count, draw)] (the real tiles all; a mix dataset W x the real
+    count, a fresh random choice each epoch, with replacement only if it has too few)."""
+    parts, lrs, hrs = [(0, len(lr_tr), len(lr_tr))], [lr_tr], [hr_tr]
+    for item in cfg.mix:
+        name, _, weight = item.partition("=")
+        other = builder.open(name)
+        if size not in other.tile_sizes:
+            raise BphoError(f"--mix {name}: it has no tiles of {size} px (it has {other.tile_sizes}); build it with "
+                            f"tile_sizes including {size}")
+        lr_m, hr_m = other.tiles(size, "train")
+        if lr_m.shape[1:] != lr_tr.shape[1:] or hr_m.shape[1:] != hr_tr.shape[1:]:
+            raise BphoError(f"--mix {name}: tiles {lr_m.shape[1:]} -> {hr_m.shape[1:]} do not match dataset "
+                            f"{cfg.dataset!r}'s {lr_tr.shape[1:]} -> {hr_tr.shape[1:]} (frames and scale must agree)")
+        if len(lr_m) == 0:
+            raise BphoError(f"--mix {name}: no training tiles of {size} px")
+        parts.append((sum(len(a) for a in lrs), len(lr_m), max(1, round(float(weight or 1) * len(lr_tr)))))
+        lrs.append(lr_m)
+        hrs.append(hr_m)
+    if len(parts) == 1:
+        return lr_tr, hr_tr, parts
+    return np.concatenate(lrs), np.concatenate(hrs), parts
+
+
+def _epoch_order(parts, seed: int, epoch: int) -> np.ndarray:
+    """This epoch's tile indices, shuffled: every real tile and each mix dataset's draw."""
+    rng = np.random.default_rng([seed, epoch])
+    if len(parts) == 1:
+        return rng.permutation(parts[0][1])  # as before mixing existed: the same order
+    chosen = [start + rng.choice(count, draw, replace=draw > count) for start, count, draw in parts]
+    return rng.permutation(np.concatenate(chosen))
+
+
 def train(cfg: TrainConfig, resume: Optional[str] = None, progress: bool = True, register: bool = True,
           parent_run_id: Optional[str] = None, tags: Optional[dict] = None,
           on_epoch: Optional[Callable[[int, dict, str], None]] = None) -> TrainResult:
@@ -346,7 +389,8 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, progress: bool = True,
     net, model_cfg, amp_dtype, scaler = setup_model(cfg, scale, lr_tr.shape[1], device)
     model = torch.nn.parallel.DistributedDataParallel(net) if d.group else net
 
-    per_rank = math.ceil(len(lr_tr) / d.world)
+    lr_tr, hr_tr, parts = _mixed(cfg, size, lr_tr, hr_tr)
+    per_rank = math.ceil(sum(draw for _, _, draw in parts) / d.world)
     batches = math.ceil(per_rank / cfg.batch_size)
     opt_steps = math.ceil(batches / cfg.accumulate)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -386,7 +430,8 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, progress: bool = True,
 
     tags = {"bpho.dataset": ds.name, "bpho.dataset_digest": ds.digest, "bpho.recipe": ds.manifest["recipe"]["name"],
             "bpho.datasource": ds.manifest["datasource"]["name"],
-            "bpho.datasource_digest": ds.manifest["datasource"]["digest"], "bpho.model_name": name, **(tags or {})}
+            "bpho.datasource_digest": ds.manifest["datasource"]["digest"], "bpho.model_name": name,
+            **({"bpho.mix": ",".join(cfg.mix)} if cfg.mix else {}), **(tags or {})}
     length = f"{cfg.minutes:g}min" if cfg.minutes else f"{cfg.epochs}ep"
     run_name = f"{cfg.dataset}-{cfg.encoder}-{cfg.mode}-{size}px-{length}-{time.strftime('%m%d-%H%M%S')}"
     run_ctx = tracking.run("bpho-train", run_name=run_name, tags=tags,
@@ -406,6 +451,10 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, progress: bool = True,
                                      **{f"model.{k}": v for k, v in model_cfg.to_dict().items()}})
                 tracking.log_dataset_input(ds.name, ds.digest, ds.path, context="training",
                                            tags={"tile_size": str(size)})
+                for item in cfg.mix:
+                    other = builder.open(item.partition("=")[0])
+                    tracking.log_dataset_input(other.name, other.digest, other.path, context="training",
+                                               tags={"tile_size": str(size), "mix_weight": item.partition("=")[2] or "1"})
                 tracking.describe_run(f"bpho training: a {cfg.encoder} U-Net ({cfg.mode}) on dataset {ds.name} "
                                       f"({ds.digest[:12]}), {size} px HR tiles; validated every epoch on "
                                       f"{len(pairs)} whole image(s), split `{ds.validation_split}`.\n\n"
@@ -419,7 +468,7 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, progress: bool = True,
             clock["validation"] += valid_s
         epoch = start
         while plan["epochs"] is None or epoch < plan["epochs"]:
-            order = np.random.default_rng([cfg.seed, epoch]).permutation(len(lr_tr))
+            order = _epoch_order(parts, cfg.seed, epoch)
             # every rank gets the same number of samples (wrapping around, as DistributedSampler
             # does): unequal batch counts would leave one rank waiting in all-reduce for ever
             order = np.resize(order, per_rank * d.world)[d.rank::d.world]

@@ -66,6 +66,40 @@ def test_register_pair_on_a_shift_planted_by_hand(demo):
     assert np.allclose(reg.shift, (-6, 3), atol=0.25) and reg.score > 0.99
 
 
+def test_similarity_and_flow_recover_a_planted_rotation_zoom_and_deformation(planted):
+    """The sample turned 1.6 degrees, grew 0.8 % and deformed smoothly by up to 2.5 HR px between
+    the acquisitions: translation cannot follow, similarity can, flow follows the deformation;
+    the residual measured without the truth tells them apart."""
+    from scipy import ndimage
+
+    from bpho.datasets.register import apply, apply_registration, residual
+
+    hr = io.read(planted / "paired/hr/field_000.czi").data[0, 0, 0].astype(np.float64)
+    rng = np.random.default_rng(0)
+    p = np.mgrid[0:512, 0:512].astype(float)
+    c = np.full((2, 1, 1), 255.5)
+    a = np.deg2rad(1.6)
+    rot = 1.008 * np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+    deform = np.stack([ndimage.gaussian_filter(rng.normal(size=(512, 512)), 60) for _ in range(2)])
+    truth = np.einsum("ij,jyx->iyx", rot, p - c) + c + np.array([2.2, -1.3])[:, None, None]
+    truth += deform * 2.5 / np.abs(deform).max()  # where each HR pixel of the LR's frame lies in the HR
+    seen = downsample(ndimage.gaussian_filter(ndimage.map_coordinates(hr, truth, order=3, mode="nearest"), 2.0), 4)
+    lr = rng.poisson(np.clip(seen - 100, 0, None) * 0.3) + rng.normal(0, 2, seen.shape)
+    inner = (slice(24, -24), slice(24, -24))
+    errors, left = {}, {}
+    for transform in ("translation", "similarity", "flow"):
+        reg = register_pair(lr, hr, 4, transform)
+        where = reg.hr_map(hr.shape) if transform != "translation" else p + np.array(reg.shift)[:, None, None]
+        errors[transform] = np.median(np.hypot(*(where - truth))[inner])
+        left[transform] = residual(lr, apply_registration(hr[None], reg)[0], 4)["median_hr_px"]
+        if transform == "similarity":
+            assert reg.rotation_deg == pytest.approx(1.6, abs=0.15) and reg.zoom == pytest.approx(1.008, abs=0.002)
+        if transform == "translation":  # exactly the shift bpho applied before similarity existed
+            assert np.array_equal(apply_registration(hr[None], reg), apply(hr[None], (-reg.shift[0], -reg.shift[1])))
+    assert errors["translation"] > 2 and errors["similarity"] < 0.7 and errors["flow"] < min(0.5, errors["similarity"])
+    assert left["translation"] > 1.5 > 0.5 > left["flow"], left  # the default limit leaves the first out
+
+
 def test_unrelated_pair_is_excluded_with_a_warning(root, demo, tmp_path):
     src = tmp_path / "mixed" / "paired"
     shutil.copytree(demo / "paired", src)

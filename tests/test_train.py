@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import os
 import signal
 import subprocess
@@ -79,8 +80,6 @@ def test_unet_any_size(mode, frames):
 def test_unet_source_runs_without_bpho(tmp_path):
     """unet.py is the architecture file of exported BioImage Model Zoo packages: it must import
     and build with torch and timm alone (bpho not installed), and say what is wrong in its errors."""
-    import shutil
-
     from bpho.models import unet
 
     shutil.copyfile(unet.__file__, tmp_path / "arch.py")
@@ -300,8 +299,6 @@ def test_torchrun_two_cpu_processes(env, tmp_path):
 
 
 def test_a_dataset_of_bpho_01_asks_to_be_rebuilt(env):
-    import shutil
-
     old = env / "datasets" / "old_tiny"
     shutil.copytree(env / "datasets" / "tiny", old)
     manifest = json.loads((old / "manifest.json").read_text())
@@ -317,7 +314,33 @@ def test_a_dataset_of_bpho_01_asks_to_be_rebuilt(env):
         shutil.rmtree(old)
 
 
+def test_mix_draws_each_dataset_as_weighted_and_logs_both(env):
+    from bpho.train import _epoch_order
+
+    parts = [(0, 10, 10), (10, 4, 6), (14, 50, 5)]  # real: all 10; a small set drawn 6 times; 5 of 50
+    order = _epoch_order(parts, seed=0, epoch=3)
+    assert len(order) == 21 and sorted(order[order < 10]) == list(range(10))
+    assert ((order >= 10) & (order < 14)).sum() == 6 and (order >= 14).sum() == 5
+    assert not np.array_equal(order, _epoch_order(parts, seed=0, epoch=4))  # a new draw each epoch
+    assert np.array_equal(_epoch_order(parts[:1], 0, 3), np.random.default_rng([0, 3]).permutation(10))  # unmixed: as before
+
+    builder.make("paired_001", datasource="pairs", name="tiny_seed1", progress=False, track=False,
+                 settings=["tile_sizes=64", "tiles_per_image=20", "seed=1"])
+    try:
+        result = train(TrainConfig(dataset="tiny", epochs=1, mix=("tiny_seed1=0.5",), model_name="mixed", **SMALL_NET),
+                       progress=False)
+    finally:
+        shutil.rmtree(builder.open("tiny_seed1").path)  # the module's world stays as it was
+    run = MlflowClient().get_run(result.run_id)
+    assert run.data.tags["bpho.mix"] == "tiny_seed1=0.5" and run.data.params["train.mix"] == "tiny_seed1=0.5"
+    weights = sorted(next((t.value for t in i.tags if t.key == "mix_weight"), "-") for i in run.inputs.dataset_inputs)
+    assert weights == ["-", "0.5"]
+
+
 @pytest.mark.parametrize("args, needle", [
+    (["--dataset", "tiny", "--mix", "tiny_movie"], "no tiles of 64 px"),
+    (["--dataset", "tiny", "--mix", "tiny=-1"], "mix 'tiny=-1'"),
+    (["--dataset", "tiny", "--mix", "nope"], "nope"),
     (["--dataset", "nope"], "nope"),
     (["--dataset", "tiny", "--tile-size", "256"], "no tile size 256"),
     (["--dataset", "tiny", "--encoder", "resnet_does_not_exist"], "resnet_does_not_exist"),

@@ -41,7 +41,8 @@ import bpho
 from bpho import datasources, io, paths, tracking
 from bpho.datasets import recipe as recipes
 from bpho.datasets.recipe import Recipe
-from bpho.datasets.register import Registration, apply, downsample, normalize, percentile_range, register_pair
+from bpho.datasets.register import (Registration, apply, apply_registration, downsample, normalize,
+                                    percentile_range, register_pair, residual)
 from bpho.errors import BphoError, BphoWarning, ConflictError, FileFormatError, NotFoundError
 from bpho.plots import save_grid
 
@@ -177,7 +178,7 @@ def _overlay(lr_up: np.ndarray, hr: np.ndarray) -> np.ndarray:
 
 
 def save_qc(png: Path, key: str, lr: np.ndarray, hr_before: np.ndarray, hr_after: np.ndarray, scale: int,
-            reg: Registration) -> None:
+            reg: Registration, left: Optional[dict] = None) -> None:
     """LR (magenta) over HR (green), before and after registration, at most ~768 px wide.
 
     Shown on the LR grid times k (LR pixels repeated, HR averaged), so the QC costs a
@@ -189,8 +190,18 @@ def save_qc(png: Path, key: str, lr: np.ndarray, hr_before: np.ndarray, hr_after
     views = [downsample(h, scale // k) if scale // k > 1 else h for h in (hr_before, hr_after)]
     png.parent.mkdir(parents=True, exist_ok=True)
     save_grid(png, [[_overlay(lr_view, v) for v in views]], labels=("before", "after registration"),
-              title=f"{key}: LR (magenta) on HR (green); shift dy={reg.shift[0]:+.2f} dx={reg.shift[1]:+.2f} HR px, "
-                    f"NCC {reg.score_before:.3f} -> {reg.score:.3f}")
+              title=f"{key}: LR (magenta) on HR (green); {_described(reg)}, NCC {reg.score_before:.3f} -> "
+                    f"{reg.score:.3f}" + (f"; residual {left['median_hr_px']:.2f} (p90 {left['p90_hr_px']:.2f}) HR px"
+                                          if left and left.get("median_hr_px") is not None else ""))
+
+
+def _described(reg: Registration) -> str:
+    text = f"shift dy={reg.shift[0]:+.2f} dx={reg.shift[1]:+.2f} HR px"
+    if reg.transform != "translation":
+        text += f", rotation {reg.rotation_deg:+.2f} deg, zoom {reg.zoom:.4f}"
+    if reg.flow is not None:
+        text += f", local flow up to {reg.reach:.1f} HR px"
+    return text
 
 
 def save_preview(png: Path, lr: np.ndarray, hr: np.ndarray, size: int, rng: np.random.Generator, n: int = 6) -> None:
@@ -427,30 +438,35 @@ def _prepare(src: Source, r: Recipe, tmp: Path, split: str,
     if r.register:
         lr_mean, hr_mean = lr.mean(axis=0), hr.mean(axis=0)
         try:
-            reg = register_pair(lr_mean, hr_mean, r.scale)
+            reg = register_pair(lr_mean, hr_mean, r.scale, r.transform)
         except BphoError as exc:
             record.update(included=False, reason=str(exc))
             return record, None, None, 0
         record.update(shift_hr_px=list(reg.shift), score=reg.score, score_before=reg.score_before)
+        if reg.transform != "translation":
+            record.update(rotation_deg=reg.rotation_deg, zoom=reg.zoom, flow_reach_hr_px=reg.reach)
         qc = tmp / "qc" / f"{_safe(src.key)}.png"
-        back = (-reg.shift[0], -reg.shift[1])  # moves HR onto LR
+        hr_after = apply_registration(hr_mean[None], reg)[0]  # HR moved onto LR
+        left = residual(lr_mean, hr_after, r.scale)
+        record["residual"] = left
+        excluded = None
         if reg.score < r.min_registration_score:
-            if pngs:
-                save_qc(qc, src.key, lr_mean, hr_mean, apply(hr_mean[None], back)[0], r.scale, reg)
-            record.update(included=False, reason=f"registration score {reg.score:.3f} < "
-                                                 f"min_registration_score {r.min_registration_score}")
+            excluded = f"registration score {reg.score:.3f} < min_registration_score {r.min_registration_score}"
+        elif r.max_residual_hr_px and (left["median_hr_px"] or 0) > r.max_residual_hr_px:
+            excluded = (f"residual misregistration {left['median_hr_px']:.2f} HR px (median over {left['tiles']} "
+                        f"tiles) > max_residual_hr_px {r.max_residual_hr_px}")
+        if pngs:
+            save_qc(qc, src.key, lr_mean, hr_mean, hr_after, r.scale, reg, left)
+        if excluded:
+            record.update(included=False, reason=excluded)
             return record, None, None, 0
         margin = reg.margin
         if r.align == "hr":
-            hr = apply(hr, back)
-            hr_after = hr.mean(axis=0)
+            hr = apply_registration(hr, reg)
         else:
             lr = apply(lr, (reg.shift[0] / r.scale, reg.shift[1] / r.scale))
-            hr_after = apply(hr_mean[None], back)[0] if pngs else None
-        if pngs:
-            save_qc(qc, src.key, lr_mean, hr_mean, hr_after, r.scale, reg)
     if keep_image:
-        hr_moved = apply(hr_raw, (-reg.shift[0], -reg.shift[1])) if reg is not None else hr_raw
+        hr_moved = apply_registration(hr_raw, reg) if reg is not None else hr_raw
         record["image"] = {"margin": margin, "hr_pixel_um": pixel_um, "files": {}}
         for side, arr in (("lr", lr_raw), ("hr", hr_moved)):
             rel = f"images/{_safe(src.key)}_{side}.npy"

@@ -30,11 +30,17 @@ class Recipe:
     scale: HR pixels per LR pixel along each axis; HR size must be LR size x scale.
     percentile_low, percentile_high: per-image normalisation x -> (x - p_low) / (p_high - p_low),
         CARE-style; the values used are kept in the manifest.
-    register: estimate the LR->HR translation (phase cross-correlation) and align the pair.
+    register: estimate the LR->HR transform and align the pair.
+    transform: what registration estimates: "translation" (phase cross-correlation, the
+        default), "similarity" (plus rotation and zoom: the sample turned between acquisitions)
+        or "flow" (plus a smooth local deformation: living cells; optical flow). align must be
+        "hr" for the last two.
     align: which side is moved to apply it: "hr" (default: the oversampled HR is interpolated,
         the LR keeps its raw noise, as the model will see at prediction time) or "lr".
     min_registration_score: pairs whose normalised cross-correlation after registration is
         below this are excluded, with a warning naming them.
+    max_residual_hr_px: pairs whose residual misregistration (median over LR tiles of the shift
+        between LR and registered HR, in HR pixels) exceeds this are excluded (0: no limit).
     tile_sizes: HR tile sides in pixels (multiples of scale); LR tiles are tile / scale.
     tiles_per_image: tiles cut per tile size, per image and time point.
     content_threshold: a tile is kept if at least this fraction of its HR pixels is brighter
@@ -52,8 +58,10 @@ class Recipe:
     percentile_low: float = 2.0
     percentile_high: float = 99.8
     register: bool = True
+    transform: str = "translation"
     align: str = "hr"
     min_registration_score: float = 0.5
+    max_residual_hr_px: float = 1.5
     tile_sizes: Tuple[int, ...] = (128, 256)
     tiles_per_image: int = 16
     content_threshold: float = 0.02
@@ -72,6 +80,10 @@ class Recipe:
             problems.append(f"percentiles {self.percentile_low}/{self.percentile_high} (0 <= low < high <= 100)")
         if self.align not in ("hr", "lr"):
             problems.append(f"align={self.align!r} (hr or lr)")
+        if self.transform not in ("translation", "similarity", "flow"):
+            problems.append(f"transform={self.transform!r} (translation, similarity or flow)")
+        elif self.transform != "translation" and self.align != "hr":
+            problems.append(f"transform={self.transform} with align={self.align} (a warp moves the HR: align=hr)")
         if not self.tile_sizes or any(s <= 0 or s % self.scale for s in self.tile_sizes):
             problems.append(f"tile_sizes={self.tile_sizes} (positive multiples of scale={self.scale})")
         if self.tiles_per_image < 1:

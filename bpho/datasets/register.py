@@ -1,21 +1,40 @@
 """Normalisation and LR -> HR registration (scikit-image), on numpy arrays.
 
 Axes: 2D images are (Y, X); stacks are (T, Y, X). Shifts are (dy, dx) in HR pixels.
+
+Three transforms, each refining the one before (`register_pair(..., transform=)`):
+
+- ``translation``: phase cross-correlation, refined to 1/100 LR px (the default);
+- ``similarity``: plus a rotation and a zoom about the image centre (the sample turned or the
+  objective refocused between the acquisitions), by maximising the normalised cross-correlation;
+- ``flow``: plus a smooth local deformation (living cells move): Lucas-Kanade optical flow
+  (scikit-image's ``optical_flow_ilk``) on the LR grid, trusted where the image has structure
+  and smoothed.
+
+`Registration.hr_map` gives, for every HR pixel of the LR's frame, where to sample the HR
+image; `apply_registration` moves an HR stack onto the LR with it. `residual` measures what is
+left: the shift between LR tiles and the registered HR tiles (phase cross-correlation), so a
+pair that did not register is seen without knowing the truth.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Tuple
+from dataclasses import dataclass, field, replace
+from typing import Optional, Tuple
 
 import numpy as np
 from scipy import ndimage, optimize
-from skimage.registration import phase_cross_correlation
+from skimage.registration import optical_flow_ilk, phase_cross_correlation
 from skimage.transform import resize
 
 from bpho.errors import BphoError
 
 MIN_INTERIOR = 4  # LR pixels per side that registration compares after leaving out the shifted border
+TRANSFORMS = ("translation", "similarity", "flow")
+FLOW_SMOOTH = 4.0  # LR px: Gaussian sigma the optical flow is smoothed with (deformations are smooth, noise is not)
+MAX_FLOW = 1.0  # LR px: the largest local deformation believed (a few HR px)
+FLOW_RADIUS = 12  # LR px: Lucas-Kanade window (Gaussian); smaller windows follow the noise
+RESIDUAL_TILE = 16  # LR px: tile side for the residual misregistration
 
 
 def percentile_range(stack: np.ndarray, low: float, high: float) -> Tuple[float, float]:
@@ -49,16 +68,47 @@ def ncc(a: np.ndarray, b: np.ndarray) -> float:
 class Registration:
     """shift: (dy, dx) in HR pixels that moves the upsampled LR onto the HR.
     score: NCC of upsampled LR and HR after registration, on the interior both cover;
-    score_before: the same without registration."""
+    score_before: the same without registration. `similarity` and `flow` transforms add a
+    rotation (degrees) and zoom about the LR image's centre, and a displacement field
+    `flow` (2, h, w) in LR pixels on the LR grid, applied before them; `reach` is the largest
+    displacement (HR px) of any pixel from where a translation by `shift` puts it."""
 
     shift: Tuple[float, float]
     score: float
     score_before: float
+    transform: str = "translation"
+    rotation_deg: float = 0.0
+    zoom: float = 1.0
+    flow: Optional[np.ndarray] = field(default=None, repr=False, compare=False)
+    reach: float = 0.0
+    scale: int = 1  # HR pixels per LR pixel
 
     @property
     def margin(self) -> int:
-        """HR pixels at each border that the shift fills with made-up values."""
-        return int(np.ceil(max(abs(s) for s in self.shift))) + 2
+        """HR pixels at each border that the registration fills with made-up values."""
+        return int(np.ceil(max(abs(s) for s in self.shift) + self.reach)) + 2
+
+    def lr_map(self, shape: Tuple[int, int]) -> np.ndarray:
+        """(2, h, w): for each pixel of an LR image of `shape`, the (y, x) LR-grid position of
+        the same point in the HR image averaged onto the LR grid."""
+        h, w = shape
+        q = np.mgrid[0:h, 0:w].astype(np.float64)
+        if self.flow is not None:
+            q = q + self.flow
+        c = np.array([(h - 1) / 2, (w - 1) / 2])[:, None, None]
+        a = np.deg2rad(self.rotation_deg)
+        rot = self.zoom * np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+        return np.einsum("ij,jyx->iyx", rot, q - c) + c + np.asarray(self.shift)[:, None, None] / self.scale
+
+    def hr_map(self, hr_shape: Tuple[int, int]) -> np.ndarray:
+        """(2, H, W): for each HR pixel of the LR's frame (HR pixel k centred at k), the (y, x)
+        position to sample in the HR image. LR pixel i covers HR pixels i*s .. i*s + s - 1."""
+        s = self.scale
+        h, w = hr_shape[0] // s, hr_shape[1] // s
+        lr_map = self.lr_map((h, w))
+        p = (np.mgrid[0:hr_shape[0], 0:hr_shape[1]].astype(np.float64) - (s - 1) / 2) / s  # LR-grid units
+        at = np.stack([ndimage.map_coordinates(m, p, order=1, mode="nearest") for m in lr_map])
+        return at * s + (s - 1) / 2
 
 
 def downsample(image: np.ndarray, scale: int) -> np.ndarray:
@@ -67,8 +117,9 @@ def downsample(image: np.ndarray, scale: int) -> np.ndarray:
     return image[: h * scale, : w * scale].reshape(h, scale, w, scale).mean(axis=(1, 3))
 
 
-def register_pair(lr: np.ndarray, hr: np.ndarray, scale: int) -> Registration:
-    """Translation that registers the (Y, X) LR image onto the (Y, X) HR image, sub-pixel.
+def register_pair(lr: np.ndarray, hr: np.ndarray, scale: int, transform: str = "translation") -> Registration:
+    """Register the (Y, X) LR image onto the (Y, X) HR image, sub-pixel (see the module's
+    transforms).
 
     Compared on the LR grid (HR averaged over LR pixels: no interpolation of the noisy LR):
     phase cross-correlation without phase normalisation (robust to photon noise) gives the
@@ -77,10 +128,14 @@ def register_pair(lr: np.ndarray, hr: np.ndarray, scale: int) -> Registration:
     Fourier shift). On the 8 default demo pairs the refinement cut the worst error from
     0.28 to 0.21 HR pixels (mean 0.08 -> 0.06).
     """
+    if transform not in TRANSFORMS:
+        raise BphoError(f"registration transform {transform!r}: use one of {', '.join(TRANSFORMS)}")
     hr_on_lr = downsample(hr, scale)
     coarse, _, _ = phase_cross_correlation(hr_on_lr, lr, upsample_factor=100, normalization=None)
     coarse = np.asarray(coarse, dtype=float) * scale
     m = int(np.ceil((np.abs(coarse).max() + scale) / scale)) + 2
+    if transform != "translation":
+        m += int(np.ceil(0.02 * max(lr.shape))) + 1  # room for a rotation of ~1 degree and a zoom of 1 %
     if min(lr.shape) - 2 * m < MIN_INTERIOR:
         raise BphoError(f"{lr.shape[0]}x{lr.shape[1]} LR pixels is too small to register: a shift of "
                         f"{np.abs(coarse).max() / scale:.1f} LR px leaves under {MIN_INTERIOR} px inside; "
@@ -95,7 +150,79 @@ def register_pair(lr: np.ndarray, hr: np.ndarray, scale: int) -> Registration:
     best = optimize.minimize(lambda s: -score(s), coarse, method="Powell",
                              bounds=[(c - scale, c + scale) for c in coarse], options={"xtol": 0.01})
     shift = (float(best.x[0]), float(best.x[1]))
-    return Registration(shift=shift, score=score(shift), score_before=ncc(hr_on_lr[inner], lr[inner]))
+    reg = Registration(shift=shift, score=score(shift), score_before=ncc(hr_on_lr[inner], lr[inner]), scale=scale)
+    if transform == "translation":
+        return reg
+    reg = _similarity(reg, lr, hr_on_lr, inner)
+    if transform == "flow":
+        reg = _flow(reg, lr, hr_on_lr, inner)
+    moved = ndimage.map_coordinates(hr_on_lr, reg.lr_map(lr.shape), order=3, mode="nearest")
+    plain = Registration(shift=reg.shift, score=0, score_before=0, scale=scale).lr_map(lr.shape)
+    reach = float(np.abs(reg.lr_map(lr.shape) - plain).max()) * scale
+    return replace(reg, score=ncc(moved[inner], lr[inner]), reach=reach)
+
+
+def _similarity(reg: Registration, lr: np.ndarray, hr_on_lr: np.ndarray, inner) -> Registration:
+    """Rotation, zoom and shift that maximise the NCC (Powell, from the translation)."""
+    s = reg.scale
+
+    def candidate(p) -> Registration:
+        return replace(reg, transform="similarity", rotation_deg=float(p[0]), zoom=float(np.exp(p[1])),
+                       shift=(float(p[2]) * s, float(p[3]) * s))
+
+    def cost(p) -> float:
+        moved = ndimage.map_coordinates(hr_on_lr, candidate(p).lr_map(lr.shape), order=1, mode="nearest")
+        return -ncc(moved[inner], lr[inner])
+
+    start = [0.0, 0.0, reg.shift[0] / s, reg.shift[1] / s]
+    best = optimize.minimize(cost, start, method="Powell", options={"xtol": 1e-3, "ftol": 1e-7},
+                             bounds=[(-4, 4), (-0.03, 0.03), (start[2] - 1, start[2] + 1), (start[3] - 1, start[3] + 1)])
+    return candidate(best.x)
+
+
+def _flow(reg: Registration, lr: np.ndarray, hr_on_lr: np.ndarray, inner) -> Registration:
+    """The smooth local deformation left after the similarity: optical flow between the LR and
+    the HR moved by it (both lightly smoothed and normalised), averaged with the LR's gradient
+    energy as weight over FLOW_SMOOTH (a Gaussian; structure-less areas take their neighbours'
+    flow) and limited to MAX_FLOW. On a synthetic pair (rotation 1.6 deg, zoom 0.8 %, a smooth
+    deformation of 2.5 HR px) the error against the truth fell from 0.50 / 1.16 HR px (median /
+    90th percentile, similarity) to 0.34 / 0.79; TV-L1 flow gave 0.37 / 1.14."""
+    moved = ndimage.map_coordinates(hr_on_lr, reg.lr_map(lr.shape), order=3, mode="nearest")
+
+    def prepared(img):
+        img = ndimage.gaussian_filter(img.astype(np.float64), 1.0)
+        lo, hi = np.percentile(img[inner], (1, 99.5))
+        return np.clip((img - lo) / max(hi - lo, 1e-9), 0, 1).astype(np.float32)
+
+    ref = prepared(lr)
+    flow = optical_flow_ilk(ref, prepared(moved), radius=FLOW_RADIUS, gaussian=True)
+    # trusted where the LR has structure (gradient energy), spread smoothly elsewhere
+    weight = ndimage.gaussian_filter(np.hypot(*np.gradient(ref)) ** 2, 2.0) + 1e-6
+    flow = np.stack([ndimage.gaussian_filter(f * weight, FLOW_SMOOTH, mode="nearest") for f in flow])
+    flow /= ndimage.gaussian_filter(weight, FLOW_SMOOTH, mode="nearest")
+    flow = np.clip(flow, -MAX_FLOW, MAX_FLOW)
+    # the flow was measured in the frame of the moved HR: fold it into the map (flow first)
+    return replace(reg, transform="flow", flow=flow.astype(np.float32))
+
+
+def residual(lr: np.ndarray, hr_moved: np.ndarray, scale: int, tile: int = RESIDUAL_TILE) -> dict:
+    """The misregistration left after registration, in HR pixels: the shift between each LR
+    tile with content and the same tile of the registered HR averaged onto the LR grid (phase
+    cross-correlation to 1/50 LR px). Median and 90th percentile over the tiles."""
+    ref = downsample(hr_moved, scale)
+    h, w = (min(a, b) for a, b in zip(lr.shape, ref.shape))
+    level = np.percentile(ref[:h, :w], 75)
+    shifts = []
+    for y in range(0, h - tile + 1, tile):
+        for x in range(0, w - tile + 1, tile):
+            a, b = ref[y:y + tile, x:x + tile], lr[y:y + tile, x:x + tile]
+            if (a > level).mean() < 0.1:
+                continue  # too little structure to measure a shift
+            d, _, _ = phase_cross_correlation(a, b, upsample_factor=50, normalization=None)
+            shifts.append(float(np.hypot(*d)) * scale)
+    if not shifts:
+        return {"tiles": 0, "median_hr_px": None, "p90_hr_px": None}
+    return {"tiles": len(shifts), "median_hr_px": float(np.median(shifts)), "p90_hr_px": float(np.percentile(shifts, 90))}
 
 
 def apply(stack: np.ndarray, shift: Tuple[float, float]) -> np.ndarray:
@@ -103,3 +230,12 @@ def apply(stack: np.ndarray, shift: Tuple[float, float]) -> np.ndarray:
     if not any(shift):
         return stack
     return np.stack([ndimage.shift(frame, shift, order=3, mode="nearest") for frame in stack]).astype(np.float32)
+
+
+def apply_registration(stack: np.ndarray, reg: Registration) -> np.ndarray:
+    """Move every (Y, X) HR frame of a (T, Y, X) stack onto the LR's frame (cubic spline); a
+    translation is `apply(stack, -shift)`, exactly as before similarity and flow existed."""
+    if reg.transform == "translation":
+        return apply(stack, (-reg.shift[0], -reg.shift[1]))
+    where = reg.hr_map(stack.shape[1:])
+    return np.stack([ndimage.map_coordinates(frame, where, order=3, mode="nearest") for frame in stack]).astype(np.float32)
