@@ -333,6 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hr-only-fields", type=int)
     p.add_argument("--denoise-fields", type=int)
     p.add_argument("--denoise-size", type=int)
+    p.add_argument("--realism", choices=("easy", "hard"),
+                   help="hard: the sample turns, grows and deforms between acquisitions; aberrated LR PSF, bleaching, "
+                        "scan-line jitter, saturation, hot pixels (truth in demo_truth.json, truth/paired_map/)")
     p.add_argument("--force", action="store_true", help="replace DIR if it exists")
     p.set_defaults(func=_demo_data)
 

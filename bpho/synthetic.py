@@ -14,6 +14,19 @@ store uint16 counts (Poisson-Gaussian model). Everything is seeded. What was pla
 (shifts, drift, optics) is written to ``demo_truth.json`` so later stages can be checked
 against the truth.
 
+Hard realism (``DemoConfig(realism="hard")``): the paired LR images get effects that none of
+bpho's degradation models (Gaussian PSF, Poisson-Gaussian noise, translation) contain, as
+in real pairs of living cells. Between the HR and the LR acquisition the sample turns (up to
+2 degrees), grows or shrinks (up to 1 %), shifts and deforms smoothly (up to 3 HR px), and
+each tube bleaches by its own factor (the haze and background less); the LR PSF is aberrated
+(elliptical, with a coma-like side lobe); the point scanner's lines jitter along x; the
+detector saturates and has hot pixels. The hard movie drifts faster along a turning path,
+bleaches fast and has the LR's jitter and hot pixels. Scenes, HR images and the other folders
+are the easy demo's (the hard effects draw from their own seeded generators). Each effect's
+truth is in ``demo_truth.json``, and ``truth/paired_map/field_NNN.npy`` (float32, (2, h, w) on
+the LR grid) holds, for each LR pixel, the (y, x) HR-pixel position (HR pixel k centred at k)
+of the scene point its centre sees; without motion that is i * scale + (scale - 1) / 2.
+
 Layout written by `make_demo_data(DIR)`::
 
     paired/lr/field_000.czi  paired/hr/field_000.czi   registered-pair stand-ins
@@ -22,6 +35,7 @@ Layout written by `make_demo_data(DIR)`::
     movie/lr/movie_000.czi   movie/hr/movie_000.czi    LR time-lapse and its HR truth
     hr_only/field_000.czi                              HR without LR
     denoise/noisy/field_000.czi  denoise/clean/...     single frames and averages of 50
+    truth/paired_map/field_000.npy                     hard realism only: where each LR pixel looks
     montage.png, demo_truth.json
 """
 
@@ -85,8 +99,11 @@ class DemoConfig:
     denoise_fields: int = 6
     denoise_size: int = 256
     max_shift_hr_px: float = 2.5
+    realism: str = "easy"  # "hard": effects outside every degradation model (see the module docstring)
 
     def check(self) -> "DemoConfig":
+        if self.realism not in ("easy", "hard"):
+            raise ValueError(f"realism={self.realism!r} must be easy or hard")
         for name in ("paired_size", "movie_size"):
             size = getattr(self, name)
             if size % self.scale or size < 8 * self.scale:
@@ -144,11 +161,19 @@ def random_tubes(rng: np.random.Generator, extent_um: float, density_per_um2: fl
 def render_scene(tubes: Tubes, shape: Tuple[int, int], fine_um: float, rng: np.random.Generator,
                  step_um: float = 0.01) -> np.ndarray:
     """Fluorophore density on the fine grid (float64; a tube of brightness 1 and 0.5 um
-    width peaks near 1).
+    width peaks near 1): the tubes and their haze (`render_tubes`) over a smooth background.
+    """
+    out = render_tubes(tubes, shape, fine_um, step_um)
+    background = ndimage.gaussian_filter(rng.random(shape), 3.0 / fine_um)
+    background = (background - background.min()) / (np.ptp(background) or 1.0)
+    return out + 0.04 * background + 0.02
+
+
+def render_tubes(tubes: Tubes, shape: Tuple[int, int], fine_um: float, step_um: float = 0.01) -> np.ndarray:
+    """The tubes' fluorophore density on the fine grid, without the background.
 
     A tube is its centre line convolved with a disc of its radius: the projection of a
-    filled cylinder, with a chord-length profile. Out-of-focus tubes become a wide, dim
-    haze, and a smooth background lies under everything.
+    filled cylinder, with a chord-length profile. Out-of-focus tubes become a wide, dim haze.
     """
     out = np.zeros(shape)
     haze = np.zeros(shape)
@@ -169,9 +194,7 @@ def render_scene(tubes: Tubes, shape: Tuple[int, int], fine_um: float, rng: np.r
     out = np.clip(out, 0, None) * step_um / 0.5
     sigma = 0.6 / fine_um  # out-of-focus blur; scaled so the haze of a tube peaks at 0.3
     out += ndimage.gaussian_filter(haze, sigma) * 0.3 * np.sqrt(2 * np.pi) * sigma * step_um / fine_um
-    background = ndimage.gaussian_filter(rng.random(shape), 3.0 / fine_um)
-    background = (background - background.min()) / (np.ptp(background) or 1.0)
-    return out + 0.04 * background + 0.02
+    return out
 
 
 def blur_and_bin(scene: np.ndarray, fine_um: float, scope: Microscope,
@@ -217,6 +240,141 @@ def image(scene, fine_um, scope, rng, shift_um=(0.0, 0.0), level=None, average=1
     return detect(blur_and_bin(scene, fine_um, scope, shift_um), scope, rng, level, average)
 
 
+# --- hard realism: what real pairs of living cells have and no degradation model does -----
+
+
+def _motion(rng: np.random.Generator, n_hr: int, max_shift: float) -> dict:
+    """Sample motion between the HR and the LR acquisition: a similarity (rotation up to 2 degrees,
+    scale change up to 1 %, shift) about the field's centre, plus a smooth deformation (Gaussian-
+    filtered noise: correlation length n/3, largest displacement component 1.5-3 HR px)."""
+    field = np.stack([ndimage.gaussian_filter(rng.normal(size=(n_hr, n_hr)), n_hr / 6, mode="wrap") for _ in range(2)])
+    amplitude = rng.uniform(1.5, 3.0)
+    return {"rotation_deg": float(rng.uniform(-2, 2)), "scale": float(rng.uniform(0.99, 1.01)),
+            "shift_hr_px": [float(v) for v in rng.uniform(-max_shift, max_shift, 2)],
+            "deformation_max_hr_px": float(amplitude), "field": field * amplitude / np.abs(field).max()}
+
+
+def lr_centres(shape: Tuple[int, int], scale: int) -> np.ndarray:
+    """(2, h, w) HR pixel coordinates (HR pixel k centred at k) of the centres of LR pixels:
+    LR pixel i covers HR pixels i*scale .. i*scale+scale-1, so its centre is i*scale + (scale-1)/2."""
+    return np.mgrid[0:shape[0], 0:shape[1]].astype(np.float64) * scale + (scale - 1) / 2
+
+
+def _hr_position(motion: dict, p: np.ndarray, n_hr: int) -> np.ndarray:
+    """Where in the HR image (HR pixel coordinates) lies the scene point that the LR acquisition
+    finds at `p` ((2, ...) HR pixel coordinates of the LR's frame): c + scale R (p - c) + shift +
+    deformation(p), c the field's centre; R turns (y, x) by rotation_deg from +x towards -y
+    (counter-clockwise as displayed), as `bpho.datasets.register` does."""
+    c = (n_hr - 1) / 2
+    a = np.deg2rad(motion["rotation_deg"])
+    rot = motion["scale"] * np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+    moved = np.einsum("ij,j...->i...", rot, p - c) + c + np.asarray(motion["shift_hr_px"]).reshape(2, *([1] * (p.ndim - 1)))
+    return moved + np.stack([ndimage.map_coordinates(f, p, order=1, mode="nearest") for f in motion["field"]])
+
+
+def _moved_scene(scene: np.ndarray, motion: dict) -> np.ndarray:
+    """The fine-grid scene as the LR acquisition finds it: resampled through the motion (fine
+    point u is HR coordinate (u - (OVERSAMPLE - 1) / 2) / OVERSAMPLE)."""
+    n = scene.shape[0]
+    u = np.mgrid[0:n, 0:n].astype(np.float64)
+    where = _hr_position(motion, (u - (OVERSAMPLE - 1) / 2) / OVERSAMPLE, n // OVERSAMPLE)
+    return ndimage.map_coordinates(scene, where * OVERSAMPLE + (OVERSAMPLE - 1) / 2, order=1, mode="reflect")
+
+
+def _aberrated_psf(rng: np.random.Generator, fine_um: float) -> Tuple[np.ndarray, dict]:
+    """An aberrated LR PSF (astigmatism, coma): an elliptical Gaussian (FWHM about 230 x 320 nm, the
+    long axis at a random angle) and a side lobe (15 % of the light, 150 nm off along the long axis)."""
+    fwhm = (rng.uniform(210, 250), rng.uniform(300, 340))
+    angle = rng.uniform(0, np.pi)
+    r = int(np.ceil(3 * max(fwhm) / 1000 / fine_um * FWHM_TO_SIGMA)) + 4
+    yy, xx = np.mgrid[-r:r + 1, -r:r + 1] * fine_um * 1000  # nm
+    along, across = xx * np.cos(angle) + yy * np.sin(angle), -xx * np.sin(angle) + yy * np.cos(angle)
+
+    def gauss(offset):
+        g = np.exp(-0.5 * (((along - offset) / (fwhm[1] * FWHM_TO_SIGMA)) ** 2 + (across / (fwhm[0] * FWHM_TO_SIGMA)) ** 2))
+        return g / g.sum()
+
+    weight, offset = 0.15, 150.0
+    centroid = weight * offset / (fine_um * 1000 * OVERSAMPLE)  # HR px
+    return (1 - weight) * gauss(0) + weight * gauss(offset), {
+        "fwhm_nm": [float(f) for f in fwhm], "angle_deg": float(np.rad2deg(angle)),
+        "side_lobe": {"weight": weight, "offset_nm": offset},
+        "centroid_offset_hr_px": [float(centroid * np.sin(angle)), float(centroid * np.cos(angle))]}
+
+
+def _bin(image: np.ndarray, factor: int) -> np.ndarray:
+    h, w = image.shape[0] // factor, image.shape[1] // factor
+    return image[: h * factor, : w * factor].reshape(h, factor, w, factor).mean(axis=(1, 3))
+
+
+def _bleached_scene(rng: np.random.Generator, scene: np.ndarray, tubes: Tubes, fine_um: float) -> Tuple[np.ndarray, dict]:
+    """Photobleaching by the HR acquisition: each in-focus tube keeps its own fraction (0.6-0.95) of
+    its brightness; out-of-focus tubes (the haze) and the background, lit less, lose half as much."""
+    keep = rng.uniform(0.6, 0.95, len(tubes.lines))
+    keep = np.where(tubes.in_focus, keep, 1 - (1 - keep) / 2)
+    mean = float(keep[tubes.in_focus].mean()) if tubes.in_focus.any() else 1.0
+    background = 1 - (1 - mean) / 2
+    density = render_tubes(replace(tubes, brightness=tubes.brightness * keep), scene.shape, fine_um)
+    bleached = density + background * (scene - render_tubes(tubes, scene.shape, fine_um))
+    return bleached, {"bleach_mean": mean, "bleach_tubes": [float(k) for k in keep], "bleach_background": background}
+
+
+def _jitter(rng: np.random.Generator, pixels: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Scan-line jitter of a point scanner: line i's content moves by shifts[i] LR px along x
+    (std 0.25, correlated over neighbouring lines), i.e. jittered(i, x) = pixels(i, x - shifts[i])."""
+    shifts = ndimage.gaussian_filter1d(rng.normal(size=pixels.shape[0]), 1.0)
+    shifts = shifts / (shifts.std() or 1.0) * 0.25
+    rows = [ndimage.shift(row, d, order=3, mode="nearest") for row, d in zip(pixels, shifts)]
+    return np.clip(np.stack(rows), 0, None), shifts
+
+
+def _saturate(adu: np.ndarray, ceiling: Optional[int] = None) -> Tuple[np.ndarray, int]:
+    """Detector saturation: readings above a fixed ceiling (default: this image's 99.5th
+    percentile, so that the brightest ~0.5 % of the pixels clip) read the ceiling."""
+    ceiling = int(np.percentile(adu, 99.5)) if ceiling is None else ceiling
+    return np.minimum(adu, ceiling), ceiling
+
+
+def _hot_pixels(rng: np.random.Generator, shape: Tuple[int, int], fraction: float = 5e-4) -> np.ndarray:
+    """Hot pixels: a few (~0.05 %) positions that always read high; (k, 2) (row, column)."""
+    k = max(1, int(round(shape[0] * shape[1] * fraction)))
+    return np.stack(np.unravel_index(rng.choice(shape[0] * shape[1], k, replace=False), shape), 1)
+
+
+def _turning_drift(rng: np.random.Generator, frames: int) -> np.ndarray:
+    """Stage drift of a long time-lapse: 0.15-0.25 um per frame (the easy movie: about 0.05) along a
+    direction that turns slowly (up to 0.15 rad per frame); (frames, 2) (y, x) positions in um, 0 first."""
+    speed, turn, heading = rng.uniform(0.15, 0.25), rng.uniform(-0.15, 0.15), rng.uniform(0, 2 * np.pi)
+    a = heading + turn * np.arange(frames - 1)
+    return np.concatenate([np.zeros((1, 2)), np.cumsum(speed * np.stack([np.sin(a), np.cos(a)], 1), axis=0)])
+
+
+def hard_lr(scene: np.ndarray, tubes: Tubes, fine_um: float, scope: Microscope, scale: int, level: float,
+            rng: np.random.Generator, max_shift: float) -> Tuple[np.ndarray, np.ndarray, dict]:
+    """The LR of a pair with every hard effect: (uint16 LR, truth map, truth record).
+
+    The sample is bleached by the HR acquisition, then moves; the aberrated PSF blurs it, the
+    detector integrates LR pixels along jittered scan lines; `level` (the exposure set before the
+    bleaching) gets `scope.photons`; the detector saturates, and hot pixels read its ceiling. The
+    truth map (float32, (2, h, w)) is `_hr_position` at `lr_centres`: the motion, without the jitter.
+    """
+    n_hr = scene.shape[0] // OVERSAMPLE
+    bleached, bleach = _bleached_scene(rng, scene, tubes, fine_um)
+    motion = _motion(rng, n_hr, max_shift)
+    kernel, psf = _aberrated_psf(rng, fine_um)
+    blurred = signal.fftconvolve(_moved_scene(bleached, motion), kernel, mode="same")
+    pixels, shifts = _jitter(rng, _bin(np.clip(blurred, 0, None), int(round(scope.pixel_um / fine_um))))
+    adu, ceiling = _saturate(detect(pixels, scope, rng, level))
+    saturated = float((adu == ceiling).mean())
+    hot = _hot_pixels(rng, adu.shape)
+    adu[hot[:, 0], hot[:, 1]] = ceiling
+    truth_map = _hr_position(motion, lr_centres(adu.shape, scale), n_hr).astype(np.float32)
+    record = {k: v for k, v in motion.items() if k != "field"}
+    record.update(bleach, psf=psf, jitter_lr_px=[float(v) for v in shifts], saturation_adu=ceiling,
+                  saturated_fraction=saturated, hot_pixels=hot.tolist())
+    return adu, truth_map, record
+
+
 # --- the demo data set -----------------------------------------------------------------
 
 
@@ -241,7 +399,11 @@ def make_demo_data(out_dir, config: DemoConfig = DemoConfig(), force: bool = Fal
     hr = AIRYSCAN
     lr = confocal(config.scale, hr.pixel_um)
     fine = hr.pixel_um / OVERSAMPLE
-    truth: Dict = {"config": asdict(config), "hr": asdict(hr), "lr": asdict(lr), "paired": {}, "movie": {}}
+    settings = asdict(config)
+    if config.realism == "easy":  # left out, so that the easy demo's truth file is as before realism existed
+        del settings["realism"]
+    truth: Dict = {"config": settings, "hr": asdict(hr), "lr": asdict(lr), "paired": {}, "movie": {}}
+    hard = config.realism == "hard"  # hard effects draw from their own generators: scenes and HR stay the easy demo's
     jobs = config.paired_fields + config.movies + config.hr_only_fields + config.denoise_fields
     bar = tqdm(total=jobs, desc="demo data", unit="image", disable=not progress)
     with atomic_dir(out, replace=force) as tmp:
@@ -249,15 +411,24 @@ def make_demo_data(out_dir, config: DemoConfig = DemoConfig(), force: bool = Fal
         for i in range(config.paired_fields):
             name = f"field_{i:03d}"
             n = config.paired_size * OVERSAMPLE
-            scene = render_scene(random_tubes(rng, n * fine), (n, n), fine, rng)
+            tubes = random_tubes(rng, n * fine)
+            scene = render_scene(tubes, (n, n), fine, rng)
             shift = rng.uniform(-config.max_shift_hr_px, config.max_shift_hr_px, 2)
             hr_pixels = blur_and_bin(scene, fine, hr)
             _write(tmp / "paired/hr" / f"{name}.czi", detect(hr_pixels, hr, rng), hr.pixel_um)
             (tmp / "truth/paired_hr").mkdir(parents=True, exist_ok=True)
             io.write_imagej(tmp / "truth/paired_hr" / f"{name}.tif", expected_adu(hr_pixels, hr)[None, None, None],
                             pixel_size=(None, hr.pixel_um, hr.pixel_um))
-            _write(tmp / "paired/lr" / f"{name}.czi", image(scene, fine, lr, rng, shift_um=tuple(shift * hr.pixel_um)), lr.pixel_um)
-            truth["paired"][name] = {"lr_offset_hr_px": [float(s) for s in shift]}
+            lr_pixels = blur_and_bin(scene, fine, lr, tuple(shift * hr.pixel_um))
+            lr_img = detect(lr_pixels, lr, rng)  # drawn in hard mode too, so that what follows stays the easy demo's
+            record = {"lr_offset_hr_px": [float(s) for s in shift]}
+            if hard:  # the same microscope settings (exposure level) as the easy LR
+                lr_img, truth_map, record = hard_lr(scene, tubes, fine, lr, config.scale, np.percentile(lr_pixels, 99.9),
+                                                    np.random.default_rng([config.seed, 17, i]), config.max_shift_hr_px)
+                (tmp / "truth/paired_map").mkdir(parents=True, exist_ok=True)
+                np.save(tmp / "truth/paired_map" / f"{name}.npy", truth_map)
+            _write(tmp / "paired/lr" / f"{name}.czi", lr_img, lr.pixel_um)
+            truth["paired"][name] = record
             bar.update()
         # movies: tubes drifting (global drift + own motion), slight bleaching
         for i in range(config.movies):
@@ -267,18 +438,37 @@ def make_demo_data(out_dir, config: DemoConfig = DemoConfig(), force: bool = Fal
             drift = rng.normal(0, 0.04, 2)  # um per frame
             own = rng.normal(0, 0.02, (len(tubes.lines), 2))
             hr_frames, lr_frames, levels = [], [], {}
+            record = {"drift_um_per_frame": [float(d) for d in drift]}
+            bleach_time = 60.0
+            if hard:  # a stronger drift along a turning path, fast bleaching, the LR's scan-line jitter and hot pixels
+                gen = np.random.default_rng([config.seed, 19, i])
+                positions, bleach_time = _turning_drift(gen, config.movie_frames), 15.0
+                hot, ceiling, jitter = _hot_pixels(gen, (config.movie_size // config.scale,) * 2), None, []
             for t in range(config.movie_frames):
-                moved = replace(tubes, lines=[p + drift * t + v * t for p, v in zip(tubes.lines, own)],
-                                brightness=tubes.brightness * np.exp(-t / 60.0))
+                offset = positions[t] if hard else drift * t
+                moved = replace(tubes, lines=[p + offset + v * t for p, v in zip(tubes.lines, own)],
+                                brightness=tubes.brightness * np.exp(-t / bleach_time))
                 scene = render_scene(moved, (n, n), fine, np.random.default_rng([config.seed, i]))
                 for scope, frames in ((hr, hr_frames), (lr, lr_frames)):
                     pixels = blur_and_bin(scene, fine, scope)
                     # exposure set on the first frame, so bleaching shows as in a real movie
                     level = levels.setdefault(scope, np.percentile(pixels, 99.9))
-                    frames.append(detect(pixels, scope, rng, level))
+                    if hard and scope is lr:
+                        pixels, shifts = _jitter(gen, pixels)
+                        adu, ceiling = _saturate(detect(pixels, scope, rng, level), ceiling)  # ceiling set on frame 0
+                        adu[hot[:, 0], hot[:, 1]] = ceiling
+                        jitter.append([float(d) for d in shifts])
+                        frames.append(adu)
+                    else:
+                        frames.append(detect(pixels, scope, rng, level))
             _write(tmp / "movie/hr" / f"{name}.czi", np.stack(hr_frames), hr.pixel_um)
             _write(tmp / "movie/lr" / f"{name}.czi", np.stack(lr_frames), lr.pixel_um)
-            truth["movie"][name] = {"drift_um_per_frame": [float(d) for d in drift]}
+            if hard:
+                record = {"position_um": positions.tolist(), "drift_um": np.diff(positions, axis=0).tolist(),
+                          "bleach_time_frames": bleach_time,
+                          "bleach_factor": [float(np.exp(-t / bleach_time)) for t in range(config.movie_frames)],
+                          "jitter_lr_px": jitter, "saturation_adu": ceiling, "hot_pixels": hot.tolist()}
+            truth["movie"][name] = record
             bar.update()
         for i in range(config.hr_only_fields):
             n = config.paired_size * OVERSAMPLE

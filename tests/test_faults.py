@@ -93,8 +93,14 @@ def test_a_killed_dataset_build_leaves_no_dataset(env):
                              "--name", "killed", "--set", "tile_sizes=64", "--set", "tiles_per_image=400"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     _wait(lambda: any(datasets.glob(".killed.tmp-*/tiles")), 120, "the build to start writing", proc)
+    import psutil
+
+    workers = psutil.Process(proc.pid).children()
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    assert workers  # the build prepares images in forked workers; killed with it, none is left behind
+    _wait(lambda: not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers), 15,
+          "the workers to end")
     assert not (datasets / "killed").exists()
     assert "killed" not in run_bpho("dataset", "list").stdout
     run_bpho("dataset", "make", "paired_001", "--datasource", "pairs", "--name", "killed", "--set", "tile_sizes=64",

@@ -104,3 +104,348 @@ def test_seeded_and_reproducible(tmp_path):
     c = make_demo_data(a, DemoConfig(**{**cfg.__dict__, "seed": 4}), force=True, progress=False)
     assert not np.array_equal(io.read(c / "paired/lr/field_000.czi").data, io.read(b / "paired/lr/field_000.czi").data)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]  # no temporary folders left
+
+
+# --- hard realism: every planted effect, measured in the written files -------------------
+
+HARD = dict(seed=26, paired_fields=2, paired_size=256, movies=1, movie_frames=6, movie_size=128, hr_only_fields=0,
+            denoise_fields=0)
+S = 4  # DemoConfig.scale
+OFFSET = 100.0  # both detectors' offset (ADU)
+
+
+@pytest.fixture(scope="module")
+def twins(tmp_path_factory):
+    """The same scenes written easy and hard (the hard demo's scenes and HR are the easy demo's)."""
+    return {r: make_demo_data(tmp_path_factory.mktemp(r) / "demo", DemoConfig(realism=r, **HARD), progress=False)
+            for r in ("easy", "hard")}
+
+
+def _truth(root) -> dict:
+    return json.loads((root / "demo_truth.json").read_text())
+
+
+def _lr(root, name="field_000"):
+    return io.read(root / "paired/lr" / f"{name}.czi").data[0, 0, 0].astype(np.float64)
+
+
+def _clean_hr(root, name):
+    return io.read(root / "truth/paired_hr" / f"{name}.tif").data[0, 0, 0].astype(np.float64)
+
+
+def _ncc(a, b) -> float:
+    a, b = a - a.mean(), b - b.mean()
+    return float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum()))
+
+
+def _centres(shape):
+    """LR pixel centres in HR pixel coordinates: LR pixel i covers HR pixels 4i .. 4i+3."""
+    return np.mgrid[0:shape[0], 0:shape[1]].astype(np.float64) * S + (S - 1) / 2
+
+
+def _extra_blur(psf: dict, turn_deg: float = 0.0, hr_fwhm_nm: float = 140.0, hr_px_nm: float = 35.0):
+    """The recorded LR PSF less the HR's (Gaussian widths subtracted in quadrature), on the HR
+    grid, optionally turned by `turn_deg`."""
+    short, long_ = (np.sqrt(f ** 2 - hr_fwhm_nm ** 2) / 2.3548 / hr_px_nm for f in psf["fwhm_nm"])
+    a = np.deg2rad(psf["angle_deg"] + turn_deg)
+    yy, xx = np.mgrid[-14:15, -14:15].astype(np.float64)
+    along, across = xx * np.cos(a) + yy * np.sin(a), -xx * np.sin(a) + yy * np.cos(a)
+
+    def gauss(offset):
+        g = np.exp(-0.5 * (((along - offset) / long_) ** 2 + (across / short) ** 2))
+        return g / g.sum()
+
+    w, offset = psf["side_lobe"]["weight"], psf["side_lobe"]["offset_nm"] / hr_px_nm
+    return (1 - w) * gauss(0) + w * gauss(offset)
+
+
+def _predict(hr, where, kernel=None, sigma=2.8):
+    """The LR that the HR predicts at `where` (HR pixel coordinates): blurred to the LR's
+    resolution (the LR pixel's integration: a Gaussian of 1.15 HR px), then sampled."""
+    from scipy import signal
+
+    blurred = ndimage.gaussian_filter(signal.fftconvolve(hr, kernel, mode="same"), 1.15) if kernel is not None \
+        else ndimage.gaussian_filter(hr, sigma)
+    return ndimage.map_coordinates(blurred, where, order=1)
+
+
+INNER = (slice(4, -4), slice(4, -4))
+
+
+def _best_translation(hr, lr, sigma=2.8):
+    """Best NCC of the LR against the blurred HR sampled on the LR centres moved by one shift."""
+    blurred = ndimage.gaussian_filter(hr, sigma)
+    grid = _centres(lr.shape)
+
+    def score(d):
+        return _ncc(ndimage.map_coordinates(blurred, grid + np.reshape(d, (2, 1, 1)), order=1)[INNER], lr[INNER])
+
+    best = max(((score((dy, dx)), dy, dx) for dy in range(-7, 8) for dx in range(-7, 8)))
+    fine = np.arange(-1, 1.01, 0.25)
+    return max(score((best[1] + dy, best[2] + dx)) for dy in fine for dx in fine)
+
+
+def test_truth_map_convention_without_motion():
+    """LR pixel i covers HR pixels i*s .. i*s+s-1: without motion its centre maps to i*s + (s-1)/2."""
+    from bpho.synthetic import _hr_position, lr_centres
+
+    grid = lr_centres((16, 12), 4)
+    assert grid.shape == (2, 16, 12) and grid[:, 0, 0].tolist() == [1.5, 1.5] and grid[:, 15, 11].tolist() == [61.5, 45.5]
+    assert lr_centres((3, 3), 2)[1, 0].tolist() == [0.5, 2.5, 4.5] and lr_centres((2, 2), 1)[0, :, 0].tolist() == [0, 1]
+    still = {"rotation_deg": 0.0, "scale": 1.0, "shift_hr_px": [0.0, 0.0], "field": np.zeros((2, 64, 64))}
+    np.testing.assert_array_equal(_hr_position(still, grid, 64), grid)
+    turned = dict(still, rotation_deg=90.0)  # a quarter turn about the centre (31.5, 31.5): +x towards -y
+    np.testing.assert_allclose(_hr_position(turned, np.array([[31.5], [40.5]]), 64).ravel(), [22.5, 31.5], atol=1e-9)
+    with pytest.raises(ValueError, match="realism"):
+        DemoConfig(realism="medium").check()
+
+
+def test_hard_demo_layout_and_truth(twins):
+    easy, hard = twins["easy"], twins["hard"]
+    assert "realism" not in _truth(easy)["config"] and not (easy / "truth/paired_map").exists()
+    truth = _truth(hard)
+    assert truth["config"]["realism"] == "hard" and sorted(truth["paired"]) == ["field_000", "field_001"]
+    for name, rec in truth["paired"].items():
+        # the HR images are the easy demo's; the LR are not
+        assert np.array_equal(io.read(hard / "paired/hr" / f"{name}.czi").data, io.read(easy / "paired/hr" / f"{name}.czi").data)
+        assert not np.array_equal(_lr(hard, name), _lr(easy, name))
+        m = np.load(hard / "truth/paired_map" / f"{name}.npy")
+        assert m.dtype == np.float32 and m.shape == (2, 64, 64)
+        assert abs(rec["rotation_deg"]) <= 2 and abs(rec["scale"] - 1) <= 0.01 and np.abs(rec["shift_hr_px"]).max() <= 2.5
+        assert 0 < rec["deformation_max_hr_px"] <= 3
+        assert len(rec["jitter_lr_px"]) == 64 and len(rec["bleach_tubes"]) > 3
+        assert set(rec["psf"]) == {"fwhm_nm", "angle_deg", "side_lobe", "centroid_offset_hr_px"}
+    movie = truth["movie"]["movie_000"]
+    assert len(movie["position_um"]) == len(movie["bleach_factor"]) == len(movie["jitter_lr_px"]) == 6
+    assert len(movie["drift_um"]) == 5 and movie["bleach_time_frames"] == 15
+
+
+def test_hard_truth_map_holds_the_recorded_motion(twins):
+    """The map is the recorded similarity (rotation, scale, shift about the centre) plus a smooth
+    deformation as large as recorded: not a translation, not noise."""
+    n = HARD["paired_size"]
+    for name, rec in _truth(twins["hard"])["paired"].items():
+        m = np.load(twins["hard"] / "truth/paired_map" / f"{name}.npy").astype(np.float64)
+        p = _centres(m.shape[1:])
+        c = (n - 1) / 2
+        a = np.deg2rad(rec["rotation_deg"])
+        rot = rec["scale"] * np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+        similarity = np.einsum("ij,jyx->iyx", rot, p - c) + c + np.reshape(rec["shift_hr_px"], (2, 1, 1))
+        deformation = m - similarity
+        amp = rec["deformation_max_hr_px"]
+        assert 0.6 * amp < np.abs(deformation).max() <= amp + 1e-3, (name, np.abs(deformation).max(), amp)
+        steps = np.abs(np.diff(deformation, axis=1)).max(), np.abs(np.diff(deformation, axis=2)).max()
+        assert max(steps) < 0.15 * amp, steps  # smooth: neighbouring LR pixels move alike
+        moved = m - p  # no single translation does it: the displacement varies by pixels across the field
+        assert np.ptp(moved[0]) > 2 and np.ptp(moved[1]) > 2, (np.ptp(moved[0]), np.ptp(moved[1]))
+
+
+def test_hard_lr_is_where_the_truth_map_says(twins):
+    """The HR sampled through the map explains the LR clearly better (NCC) than the HR under the
+    best single translation; moving the map by half an LR pixel (an off-by-(s-1)/2 convention)
+    makes it worse. In the easy demo the planted translation is as good as the best one."""
+    for name, rec in _truth(twins["hard"])["paired"].items():
+        lr, hr = _lr(twins["hard"], name), _clean_hr(twins["hard"], name)
+        m = np.load(twins["hard"] / "truth/paired_map" / f"{name}.npy").astype(np.float64)
+        at_map = _ncc(_predict(hr, m)[INNER], lr[INNER])
+        translated = _best_translation(hr, lr)
+        assert at_map > translated + 0.01, (name, at_map, translated)
+        # the side lobe moves the PSF's centroid: the LR pixel centre sees, on average, map - centroid
+        seen = m - np.reshape(rec["psf"]["centroid_offset_hr_px"], (2, 1, 1))
+        best = _ncc(_predict(hr, seen)[INNER], lr[INNER])
+        for d in ((1.5, 0), (-1.5, 0), (0, 1.5), (0, -1.5)):
+            assert _ncc(_predict(hr, seen + np.reshape(d, (2, 1, 1)))[INNER], lr[INNER]) < best - 0.001, (name, d)
+    for name, rec in _truth(twins["easy"])["paired"].items():
+        lr, hr = _lr(twins["easy"], name), _clean_hr(twins["easy"], name)
+        planted = _ncc(_predict(hr, _centres(lr.shape) - np.reshape(rec["lr_offset_hr_px"], (2, 1, 1)))[INNER], lr[INNER])
+        assert planted > _best_translation(hr, lr) - 0.002
+
+
+def test_hard_lr_psf_is_elongated_along_the_recorded_axis_with_a_side_lobe(twins):
+    """The LR is explained better by the recorded PSF than by the same PSF turned by 90 degrees
+    (the long axis) or by 180 degrees (the side lobe on the other side); the easy LR (round
+    Gaussian PSF) has no such preference."""
+    gains = {"hard": [], "easy": []}
+    for name, rec in _truth(twins["hard"])["paired"].items():
+        where = {"hard": np.load(twins["hard"] / "truth/paired_map" / f"{name}.npy").astype(np.float64),
+                 "easy": _centres((64, 64)) - np.reshape(_truth(twins["easy"])["paired"][name]["lr_offset_hr_px"], (2, 1, 1))}
+        for realism, root in twins.items():
+            lr, hr = _lr(root, name), _clean_hr(root, name)
+            score = {t: _ncc(_predict(hr, where[realism], _extra_blur(rec["psf"], t))[INNER], lr[INNER]) for t in (0, 90, 180)}
+            gains[realism].append((score[0] - score[90], score[0] - score[180]))
+    hard, easy = np.array(gains["hard"]), np.array(gains["easy"])
+    assert (hard > 0.001).all(), gains
+    assert (hard.mean(axis=0) > easy.mean(axis=0) + 0.002).all(), gains
+
+
+def _row_shifts(lr, predicted):
+    """Per LR row, the x shift (LR px) of the predicted row that best explains the acquired row
+    (gain and offset fitted, linearised least squares), and how much structure the row has."""
+    grad = np.gradient(predicted, axis=1)
+    shifts, weights = [], []
+    for acquired, pred, g in zip(lr, predicted, grad):
+        design = np.c_[pred, np.ones_like(pred)]
+        fit = np.linalg.lstsq(design, acquired, rcond=None)[0]
+        rest, energy = acquired - design @ fit, fit[0] ** 2 * (g * g).sum()
+        # acquired(x) = gain pred(x - d) + b ~ gain pred(x) - gain d pred'(x) + b
+        shifts.append(-fit[0] * (rest * g).sum() / energy if energy > 0 else np.nan)
+        weights.append(energy)
+    return np.array(shifts), np.array(weights)
+
+
+def test_hard_lr_scan_lines_are_shifted_by_the_recorded_jitter(twins):
+    """Row by row against the HR seen through the truth map, the LR's x offsets follow the
+    recorded per-line shifts; the easy LR's offsets do not."""
+    measured = {"hard": [], "easy": []}
+    recorded = []
+    for name, rec in _truth(twins["hard"])["paired"].items():
+        kernel = _extra_blur(rec["psf"])
+        for realism, root in twins.items():
+            lr, hr = _lr(root, name), _clean_hr(root, name)
+            if realism == "hard":
+                where = np.load(root / "truth/paired_map" / f"{name}.npy") - np.reshape(rec["psf"]["centroid_offset_hr_px"], (2, 1, 1))
+            else:
+                where = _centres(lr.shape) - np.reshape(_truth(root)["paired"][name]["lr_offset_hr_px"], (2, 1, 1))
+            shifts, weights = _row_shifts(lr[:, 3:-3], _predict(hr, where, kernel if realism == "hard" else None)[:, 3:-3])
+            measured[realism].append(np.where(weights > np.median(weights), shifts, np.nan))
+        recorded.append(rec["jitter_lr_px"])
+    recorded = np.concatenate(recorded)
+    assert 0.2 < recorded.std() < 0.3 and np.corrcoef(recorded[:-1], recorded[1:])[0, 1] > 0.2  # correlated lines
+    corr = {}
+    for realism, values in measured.items():
+        values = np.concatenate(values)
+        ok = np.isfinite(values)
+        corr[realism] = np.corrcoef(values[ok], recorded[ok])[0, 1]
+    assert corr["hard"] > 0.5 and abs(corr["easy"]) < 0.3, corr
+
+
+def test_hard_lr_is_bleached(twins):
+    """Less LR signal for the same scene and HR (offset 100 ADU removed), by about the recorded
+    factors: the tubes' mean, the haze and background a little less."""
+    for name, rec in _truth(twins["hard"])["paired"].items():
+        ratio = {r: (_lr(root, name).mean() - OFFSET) / (_clean_hr(root, name).mean() - OFFSET) for r, root in twins.items()}
+        assert ratio["hard"] < 0.9 * ratio["easy"], ratio
+        assert rec["bleach_mean"] - 0.05 < ratio["hard"] / ratio["easy"] < rec["bleach_background"] + 0.05, (ratio, rec["bleach_mean"])
+        assert 0.6 <= min(rec["bleach_tubes"]) and max(rec["bleach_tubes"]) <= 0.95 + 1e-9 and rec["bleach_background"] > rec["bleach_mean"]
+
+
+def test_hard_lr_saturates_and_has_hot_pixels(twins):
+    for name, rec in _truth(twins["hard"])["paired"].items():
+        lr, easy = _lr(twins["hard"], name), _lr(twins["easy"], name)
+        ceiling = rec["saturation_adu"]
+        hot = np.asarray(rec["hot_pixels"])
+        assert lr.max() == ceiling
+        clipped = lr == ceiling
+        clipped[hot[:, 0], hot[:, 1]] = False
+        assert 0.003 < clipped.mean() < 0.012 and clipped.mean() == pytest.approx(rec["saturated_fraction"])
+        assert (easy == easy.max()).sum() <= 2  # the easy LR does not clip: no plateau at its maximum
+        # hot pixels: at the recorded positions, far above their neighbours; the easy LR is not
+        assert len(hot) >= 1
+        for img, far in ((lr, True), (easy, False)):
+            neighbours = ndimage.median_filter(img, footprint=np.array([[1, 1, 1], [1, 0, 1], [1, 1, 1]]))
+            excess = (img - neighbours)[hot[:, 0], hot[:, 1]]
+            assert (excess > 0.4 * (ceiling - OFFSET)).all() == far, (excess, far)
+
+
+def _shift_between(a, b):
+    """How far b's content moved from a's (pixels, (y, x)): cross-correlation peak, parabolic."""
+    xc = np.fft.ifft2(np.fft.fft2(a - a.mean()).conj() * np.fft.fft2(b - b.mean())).real
+    peak = np.unravel_index(np.argmax(xc), xc.shape)
+    out = []
+    for axis, k in enumerate(peak):
+        idx = list(peak)
+        vals = []
+        for d in (-1, 0, 1):
+            idx[axis] = (k + d) % xc.shape[axis]
+            vals.append(xc[tuple(idx)])
+        frac = 0.5 * (vals[0] - vals[2]) / (vals[0] - 2 * vals[1] + vals[2])
+        out.append((k + frac + xc.shape[axis] / 2) % xc.shape[axis] - xc.shape[axis] / 2)
+    return np.array(out)
+
+
+def test_hard_movie_drifts_along_the_recorded_path_bleaches_and_has_the_lr_effects(twins):
+    rec = _truth(twins["hard"])["movie"]["movie_000"]
+    read = {r: {side: io.read(root / f"movie/{side}/movie_000.czi").data[:, 0, 0].astype(np.float64) for side in ("hr", "lr")}
+            for r, root in twins.items()}
+    hr_px = 0.035
+    # drift: the HR content moves from frame to frame by the recorded steps (tubes also move on their own)
+    steps = np.array([_shift_between(a, b) for a, b in zip(read["hard"]["hr"][:-1], read["hard"]["hr"][1:])])
+    expected = np.asarray(rec["drift_um"]) / hr_px
+    assert np.abs(steps - expected).max() < 1.0, (steps, expected)
+    easy_drift = np.hypot(*_truth(twins["easy"])["movie"]["movie_000"]["drift_um_per_frame"]) / hr_px
+    assert np.hypot(*steps.T).min() > max(4.0, 1.4 * easy_drift), (steps, easy_drift)  # stronger than the easy drift
+    turns = np.diff(np.unwrap(np.arctan2(*expected.T)))
+    assert np.allclose(turns, turns[0]) and 0 < abs(turns[0]) <= 0.15  # a slowly turning direction
+    # bleaching: the signal decays as exp(-t / 15) for the tubes (the background does not bleach)
+    decay = {r: (m["lr"][-1].mean() - OFFSET) / (m["lr"][0].mean() - OFFSET) for r, m in read.items()}
+    assert rec["bleach_factor"][-1] == pytest.approx(np.exp(-5 / 15)) and decay["hard"] < 0.85 < decay["easy"], decay
+    # hot pixels at the same positions in every frame, at the ceiling set on the first frame
+    lr = read["hard"]["lr"]
+    hot = np.asarray(rec["hot_pixels"])
+    assert (lr[:, hot[:, 0], hot[:, 1]] == rec["saturation_adu"]).all() and lr.max() == rec["saturation_adu"]
+    assert (lr[0] == rec["saturation_adu"]).mean() > (lr[-1] == rec["saturation_adu"]).mean()  # bleached: clips less
+    # scan-line jitter, frame by frame against the HR frame
+    measured, recorded = [], []
+    for t in range(len(lr)):
+        predicted = _predict(read["hard"]["hr"][t], _centres(lr[t].shape), sigma=2.7)
+        shifts, weights = _row_shifts(lr[t][:, 3:-3], predicted[:, 3:-3])
+        keep = (weights > np.median(weights)) & ~np.isin(np.arange(len(shifts)), hot[:, 0])
+        measured.append(shifts[keep])
+        recorded.append(np.asarray(rec["jitter_lr_px"][t])[keep])
+    assert np.corrcoef(np.concatenate(measured), np.concatenate(recorded))[0, 1] > 0.5
+
+
+@pytest.fixture(scope="module")
+def hard_512(tmp_path_factory):
+    """Three full-size hard pairs (512 px HR), all turned by more than 1.2 degrees."""
+    cfg = DemoConfig(realism="hard", seed=3, paired_fields=3, paired_size=512, movies=0, hr_only_fields=0, denoise_fields=0)
+    return make_demo_data(tmp_path_factory.mktemp("hard512") / "demo", cfg, progress=False)
+
+
+def test_hard_pairs_need_more_than_translation_and_are_never_used_silently(hard_512, root, tmp_path):
+    """Registered by translation, a pair turned by more than a degree leaves a residual over
+    max_residual_hr_px and is left out with that reason; similarity keeps it, close to the truth."""
+    import warnings
+
+    from bpho.datasets import builder
+    from bpho.datasets.register import normalize, percentile_range, register_pair
+    from bpho.errors import BphoError
+
+    from conftest import register_demo
+
+    hard = hard_512
+    register_demo(hard, tmp_path, "paired", "hard", "paired")
+    truth = json.loads((hard / "demo_truth.json").read_text())["paired"]
+    turned = {name for name, rec in truth.items() if abs(rec["rotation_deg"]) > 1.2}
+    assert turned
+    kept = {}
+    for transform in ("translation", "similarity"):
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            try:
+                ds = builder.make("paired_001", datasource="hard", name=f"hard_{transform}", progress=False,
+                                  track=False, settings=[f"transform={transform}", "tile_sizes=64", "tiles_per_image=2"])
+            except BphoError as exc:  # every pair left out: said, with the way out
+                assert transform == "translation" and "every training pair was left out" in str(exc) and "transform=" in str(exc)
+                assert {n for n in turned if any(f"{n}.czi" in str(w.message) for w in seen)} == turned
+                kept[transform] = set()
+                continue
+        recs = {rec["source"].split("/")[-1]: rec for rec in ds.manifest["sources"]}
+        kept[transform] = {name for name, rec in recs.items() if rec["included"]}
+        for name in turned if transform == "translation" else ():
+            assert "residual misregistration" in recs[name]["reason"], recs[name]
+        for name in kept[transform]:
+            assert recs[name]["residual"]["median_hr_px"] <= 0.75
+    assert not turned & kept["translation"] and kept["similarity"] == set(truth)
+    for name, rec in truth.items():  # and the estimated mapping is close to the planted one
+        lr, hr = (normalize(a, *percentile_range(a, 2, 99.8)) for a in (
+            _lr(hard, name), io.read(hard / "paired/hr" / f"{name}.czi").data[0, 0, 0].astype(np.float64)))
+        m = np.load(hard / "truth/paired_map" / f"{name}.npy")
+        errors = {}
+        for transform in ("translation", "similarity", "flow"):
+            reg = register_pair(lr, hr, 4, transform)
+            errors[transform] = np.median(np.hypot(*(reg.lr_map(lr.shape) * 4 + 1.5 - m))[12:-12, 12:-12])
+        # similarity leaves (at most) the smooth deformation; flow follows it
+        assert errors["similarity"] < rec["deformation_max_hr_px"] and errors["flow"] < 1.2, (name, errors)
+        if name in turned:
+            assert errors["translation"] > 2 * errors["similarity"], (name, errors)

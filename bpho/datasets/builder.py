@@ -20,12 +20,14 @@
 from __future__ import annotations
 
 import builtins
+import ctypes
 import csv
 import datetime as _dt
 import json
 import multiprocessing
 import os
 import shutil
+import signal
 import warnings
 import zlib
 from concurrent.futures import ProcessPoolExecutor
@@ -327,6 +329,11 @@ def make(recipe_name: str, datasource: Optional[str] = None, settings: Iterable[
         finally:
             prepared.close()
             _WORK.clear()
+        left_out = [rec for rec in records if not rec["included"]]
+        if not any(rec["included"] and rec["split"] == "train" for rec in records) and left_out:
+            raise BphoError(f"dataset {out_name}: every training pair was left out ({left_out[0]['reason']}"
+                            f"{'; ...' if len(left_out) > 1 else ''}); see the warnings and qc/, e.g. register with "
+                            "--set transform=similarity (or flow) if the sample moved between acquisitions")
         tile_info = {}
         for size in r.tile_sizes:
             shapes = {"lr": (r.frames, size // r.scale, size // r.scale), "hr": (1, size, size)}
@@ -384,7 +391,8 @@ def _prepare_all(jobs: List[_Job], r: Recipe, tmp: Path, synthesis: Optional[Syn
     _WORK.update(jobs=jobs, r=r, tmp=tmp, synthesis=synthesis, pngs=pngs, kept=kept)
     if workers == 1:
         return (_prepare_job(i) for i in range(len(jobs)))
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"))
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"),
+                               initializer=_die_with_parent, initargs=(os.getpid(),))
 
     def ordered():
         try:
@@ -392,6 +400,17 @@ def _prepare_all(jobs: List[_Job], r: Recipe, tmp: Path, synthesis: Optional[Syn
         finally:
             pool.shutdown(cancel_futures=True)
     return ordered()
+
+
+def _die_with_parent(parent: int) -> None:
+    """A worker ends when the build that forked it is killed (SIGKILL gives the build no chance
+    to stop its pool: orphaned workers slept on for ever). Linux: the kernel's parent-death signal."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: workers still end with the pool when the build ends
+        return
+    if os.getppid() != parent:  # the build died before the line above
+        os._exit(1)
 
 
 def _prepare_job(i: int) -> tuple:
