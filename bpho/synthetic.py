@@ -268,7 +268,8 @@ def _hr_position(motion: dict, p: np.ndarray, n_hr: int) -> np.ndarray:
     c = (n_hr - 1) / 2
     a = np.deg2rad(motion["rotation_deg"])
     rot = motion["scale"] * np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
-    moved = np.einsum("ij,j...->i...", rot, p - c) + c + np.asarray(motion["shift_hr_px"]).reshape(2, *([1] * (p.ndim - 1)))
+    shift = np.asarray(motion["shift_hr_px"]).reshape(2, *([1] * (p.ndim - 1)))
+    moved = np.einsum("ij,j...->i...", rot, p - c) + c + shift
     return moved + np.stack([ndimage.map_coordinates(f, p, order=1, mode="nearest") for f in motion["field"]])
 
 
@@ -291,10 +292,13 @@ def _aberrated_psf(rng: np.random.Generator, fine_um: float) -> Tuple[np.ndarray
     along, across = xx * np.cos(angle) + yy * np.sin(angle), -xx * np.sin(angle) + yy * np.cos(angle)
 
     def gauss(offset):
-        g = np.exp(-0.5 * (((along - offset) / (fwhm[1] * FWHM_TO_SIGMA)) ** 2 + (across / (fwhm[0] * FWHM_TO_SIGMA)) ** 2))
+        g = np.exp(-0.5 * (((along - offset) / (fwhm[1] * FWHM_TO_SIGMA)) ** 2
+                           + (across / (fwhm[0] * FWHM_TO_SIGMA)) ** 2))
         return g / g.sum()
 
     weight, offset = 0.15, 150.0
+    # the side lobe moves the PSF's centroid off the main lobe: image content appears moved by it,
+    # so an LR pixel centre sees, on average, the truth map's position minus this offset
     centroid = weight * offset / (fine_um * 1000 * OVERSAMPLE)  # HR px
     return (1 - weight) * gauss(0) + weight * gauss(offset), {
         "fwhm_nm": [float(f) for f in fwhm], "angle_deg": float(np.rad2deg(angle)),
@@ -303,11 +307,13 @@ def _aberrated_psf(rng: np.random.Generator, fine_um: float) -> Tuple[np.ndarray
 
 
 def _bin(image: np.ndarray, factor: int) -> np.ndarray:
+    """Pixel integration: the mean over `factor` x `factor` blocks."""
     h, w = image.shape[0] // factor, image.shape[1] // factor
     return image[: h * factor, : w * factor].reshape(h, factor, w, factor).mean(axis=(1, 3))
 
 
-def _bleached_scene(rng: np.random.Generator, scene: np.ndarray, tubes: Tubes, fine_um: float) -> Tuple[np.ndarray, dict]:
+def _bleached_scene(rng: np.random.Generator, scene: np.ndarray, tubes: Tubes,
+                    fine_um: float) -> Tuple[np.ndarray, dict]:
     """Photobleaching by the HR acquisition: each in-focus tube keeps its own fraction (0.6-0.95) of
     its brightness; out-of-focus tubes (the haze) and the background, lit less, lose half as much."""
     keep = rng.uniform(0.6, 0.95, len(tubes.lines))
@@ -354,9 +360,10 @@ def hard_lr(scene: np.ndarray, tubes: Tubes, fine_um: float, scope: Microscope, 
     """The LR of a pair with every hard effect: (uint16 LR, truth map, truth record).
 
     The sample is bleached by the HR acquisition, then moves; the aberrated PSF blurs it, the
-    detector integrates LR pixels along jittered scan lines; `level` (the exposure set before the
-    bleaching) gets `scope.photons`; the detector saturates, and hot pixels read its ceiling. The
-    truth map (float32, (2, h, w)) is `_hr_position` at `lr_centres`: the motion, without the jitter.
+    detector integrates LR pixels along jittered scan lines; `level` (the exposure, set on the
+    unbleached sample) gets `scope.photons`; the detector saturates, and hot pixels read its
+    ceiling. The truth map (float32, (2, h, w)) is `_hr_position` at `lr_centres`: the motion,
+    without the jitter (recorded per line) and the PSF's centroid offset (recorded with the PSF).
     """
     n_hr = scene.shape[0] // OVERSAMPLE
     bleached, bleach = _bleached_scene(rng, scene, tubes, fine_um)
@@ -365,13 +372,14 @@ def hard_lr(scene: np.ndarray, tubes: Tubes, fine_um: float, scope: Microscope, 
     blurred = signal.fftconvolve(_moved_scene(bleached, motion), kernel, mode="same")
     pixels, shifts = _jitter(rng, _bin(np.clip(blurred, 0, None), int(round(scope.pixel_um / fine_um))))
     adu, ceiling = _saturate(detect(pixels, scope, rng, level))
-    saturated = float((adu == ceiling).mean())
     hot = _hot_pixels(rng, adu.shape)
     adu[hot[:, 0], hot[:, 1]] = ceiling
+    saturated = adu == ceiling
+    saturated[hot[:, 0], hot[:, 1]] = False  # hot pixels are not counted as saturated
     truth_map = _hr_position(motion, lr_centres(adu.shape, scale), n_hr).astype(np.float32)
     record = {k: v for k, v in motion.items() if k != "field"}
     record.update(bleach, psf=psf, jitter_lr_px=[float(v) for v in shifts], saturation_adu=ceiling,
-                  saturated_fraction=saturated, hot_pixels=hot.tolist())
+                  saturated_fraction=float(saturated.mean()), hot_pixels=hot.tolist())
     return adu, truth_map, record
 
 
@@ -423,7 +431,8 @@ def make_demo_data(out_dir, config: DemoConfig = DemoConfig(), force: bool = Fal
             lr_img = detect(lr_pixels, lr, rng)  # drawn in hard mode too, so that what follows stays the easy demo's
             record = {"lr_offset_hr_px": [float(s) for s in shift]}
             if hard:  # the same microscope settings (exposure level) as the easy LR
-                lr_img, truth_map, record = hard_lr(scene, tubes, fine, lr, config.scale, np.percentile(lr_pixels, 99.9),
+                lr_img, truth_map, record = hard_lr(scene, tubes, fine, lr, config.scale,
+                                                    np.percentile(lr_pixels, 99.9),
                                                     np.random.default_rng([config.seed, 17, i]), config.max_shift_hr_px)
                 (tmp / "truth/paired_map").mkdir(parents=True, exist_ok=True)
                 np.save(tmp / "truth/paired_map" / f"{name}.npy", truth_map)
