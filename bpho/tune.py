@@ -417,7 +417,8 @@ def open_study(storage: str, name: str, direction: str, **kwargs):
             return optuna.create_study(storage=storage, study_name=name, direction=direction, load_if_exists=True,
                                        **kwargs)
         except Exception as exc:  # a bad URL, an unreachable server, a missing driver, or a lost race
-            if "IntegrityError" in type(exc).__name__ + repr(exc) and attempt < 4:
+            said = type(exc).__name__ + repr(exc)  # PostgreSQL: a unique row, or the schema's enum type made twice
+            if any(race in said for race in ("IntegrityError", "DuplicateObject", "UniqueViolation")) and attempt < 4:
                 time.sleep(0.5 + attempt)
                 continue
             raise BphoError(f"tune: cannot open study {name!r} on {_safe_url(storage)} "
