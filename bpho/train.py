@@ -83,9 +83,9 @@ class TrainConfig:
         if self.lr <= 0:
             problems.append(f"lr={self.lr} (> 0)")
         for item in self.mix:
-            name, _, weight = item.partition("=")
             try:
-                ok = bool(name) and (not weight or float(weight) > 0)
+                name, weight = _mix_item(item)
+                ok = bool(name) and weight > 0
             except ValueError:
                 ok = False
             if not ok:
@@ -333,13 +333,19 @@ def _dataset_tiles(cfg: TrainConfig):
     return ds, size, lr_tr, hr_tr, pairs
 
 
+def _mix_item(item: str) -> Tuple[str, float]:
+    """"DATASET" or "DATASET=W" -> (DATASET, W); W defaults to 1."""
+    name, _, weight = item.partition("=")
+    return name, float(weight or 1)
+
+
 def _mixed(cfg: TrainConfig, size: int, lr_tr, hr_tr):
     """The training tiles with the `--mix` datasets' appended, and how many of each part one
     epoch draws: [(first index, count, draw)] (the real tiles all; a mix dataset W x the real
     count, a fresh random choice each epoch, with replacement only if it has too few)."""
     parts, lrs, hrs = [(0, len(lr_tr), len(lr_tr))], [lr_tr], [hr_tr]
     for item in cfg.mix:
-        name, _, weight = item.partition("=")
+        name, weight = _mix_item(item)
         other = builder.open(name)
         if size not in other.tile_sizes:
             raise BphoError(f"--mix {name}: it has no tiles of {size} px (it has {other.tile_sizes}); build it with "
@@ -350,7 +356,7 @@ def _mixed(cfg: TrainConfig, size: int, lr_tr, hr_tr):
                             f"{cfg.dataset!r}'s {lr_tr.shape[1:]} -> {hr_tr.shape[1:]} (frames and scale must agree)")
         if len(lr_m) == 0:
             raise BphoError(f"--mix {name}: no training tiles of {size} px")
-        parts.append((sum(len(a) for a in lrs), len(lr_m), max(1, round(float(weight or 1) * len(lr_tr)))))
+        parts.append((sum(len(a) for a in lrs), len(lr_m), max(1, round(weight * len(lr_tr)))))
         lrs.append(lr_m)
         hrs.append(hr_m)
     if len(parts) == 1:
@@ -452,9 +458,10 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, progress: bool = True,
                 tracking.log_dataset_input(ds.name, ds.digest, ds.path, context="training",
                                            tags={"tile_size": str(size)})
                 for item in cfg.mix:
-                    other = builder.open(item.partition("=")[0])
+                    name, weight = _mix_item(item)
+                    other = builder.open(name)
                     tracking.log_dataset_input(other.name, other.digest, other.path, context="training",
-                                               tags={"tile_size": str(size), "mix_weight": item.partition("=")[2] or "1"})
+                                               tags={"tile_size": str(size), "mix_weight": f"{weight:g}"})
                 tracking.describe_run(f"bpho training: a {cfg.encoder} U-Net ({cfg.mode}) on dataset {ds.name} "
                                       f"({ds.digest[:12]}), {size} px HR tiles; validated every epoch on "
                                       f"{len(pairs)} whole image(s), split `{ds.validation_split}`.\n\n"

@@ -465,7 +465,9 @@ def _prepare(src: Source, r: Recipe, tmp: Path, split: str,
         if reg.transform != "translation":
             record.update(rotation_deg=reg.rotation_deg, zoom=reg.zoom, flow_reach_hr_px=reg.reach)
         qc = tmp / "qc" / f"{_safe(src.key)}.png"
-        hr_after = apply_registration(hr_mean[None], reg)[0]  # HR moved onto LR
+        # the HR moved onto the LR: the whole stack when it is what the dataset keeps (warped once)
+        moved = apply_registration(hr, reg) if r.align == "hr" else None
+        hr_after = moved.mean(axis=0) if moved is not None else apply_registration(hr_mean[None], reg)[0]
         left = residual(lr_mean, hr_after, r.scale)
         record["residual"] = left
         excluded = None
@@ -480,8 +482,8 @@ def _prepare(src: Source, r: Recipe, tmp: Path, split: str,
             record.update(included=False, reason=excluded)
             return record, None, None, 0
         margin = reg.margin
-        if r.align == "hr":
-            hr = apply_registration(hr, reg)
+        if moved is not None:
+            hr = moved
         else:
             lr = apply(lr, (reg.shift[0] / r.scale, reg.shift[1] / r.scale))
     if keep_image:
