@@ -34,7 +34,8 @@ def main() -> None:
     from bpho.datasets import builder
     from bpho.datasets.register import register_pair
     from bpho.paths import remove_tree
-    from bpho.synthetic import DemoConfig, make_demo_data
+    from bpho.config import DemoConfig
+    from bpho.demo import make_demo_data
 
     demo = work / "demo"
     if not demo.exists():

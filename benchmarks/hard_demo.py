@@ -64,7 +64,8 @@ def pairs_saved_table(demo: Path, root: Path, minutes: float) -> None:
     from bpho import datasources, synthesize as sy
     from bpho.datasets import builder
     from bpho.evaluate import evaluate
-    from bpho.train import TrainConfig, train
+    from bpho.config import TrainConfig
+    from bpho.train import train
 
     files = sorted(p.stem for p in (demo / "paired/lr").glob("*.czi"))
     valid, train_stems = files[:3], files[3:]
@@ -91,7 +92,7 @@ def pairs_saved_table(demo: Path, root: Path, minutes: float) -> None:
         for mix in ((), (f"synth_{n}=1",)):
             result = train(TrainConfig(dataset=name, minutes=minutes, mix=mix, model_name=f"{name}{'-mix' if mix else ''}"),
                            progress=False)
-            s = evaluate(result.model_uri, datasource="hard_valid", transform="flow", progress=False, track=False)["summary"]
+            s = evaluate(result.model_uri, datasource="hard_valid", transform="flow", progress=False, track=False).summary
             rows.append((n, "real + synthetic" if mix else "real", s["model"]["psnr"], s["model"]["ssim"],
                          s["gain_psnr"]["mean"], s["bicubic"]["psnr"]))
             print(f"   {rows[-1]}", flush=True)
@@ -112,7 +113,8 @@ def main() -> None:
     root = Path(args.root or tempfile.mkdtemp(prefix="bpho-bench-hard-"))
     os.environ["BPHO_ROOT"] = str(root)
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
-    from bpho.synthetic import DemoConfig, make_demo_data
+    from bpho.config import DemoConfig
+    from bpho.demo import make_demo_data
 
     demo = root / "demo"
     if not demo.exists():

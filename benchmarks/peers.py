@@ -105,7 +105,8 @@ def setup_data(a) -> str:
     os.environ["BPHO_ROOT"] = str(root)
     from bpho import datasources
     from bpho.datasets import builder
-    from bpho.synthetic import DemoConfig, make_demo_data
+    from bpho.config import DemoConfig
+    from bpho.demo import make_demo_data
 
     if not (root / "demo").exists():
         print("making the demo pairs ...", flush=True)
@@ -158,7 +159,8 @@ def run_bpho(dataset: str, size: int, budget: float, pairs, n_train: int):
     of the first batches, one-cycle schedule over them), predicted as a user does."""
     from bpho import tracking
     from bpho.inference import load_model
-    from bpho.train import TrainConfig, train
+    from bpho.config import TrainConfig
+    from bpho.train import train
 
     start = time.perf_counter()
     result = train(TrainConfig(dataset=dataset, tile_size=size, minutes=budget / 60), progress=False, register=False)

@@ -69,13 +69,14 @@ def tiling(model_uri: str, dataset: str, tiles=(32, 64, 128, 256)) -> dict:
 def run(dataset: str, minutes: float, device: str, out: Path) -> dict:
     """Train with the defaults for `minutes`, evaluate as `bpho evaluate --dataset` does."""
     from bpho.evaluate import evaluate
-    from bpho.train import TrainConfig, train
+    from bpho.config import TrainConfig
+    from bpho.train import train
 
     start = time.time()
     result = train(TrainConfig(dataset=dataset, minutes=minutes, device=device), progress=False, register=False)
     spent = time.time() - start
     ev = evaluate(result.model_uri, dataset=dataset, out_dir=out, device=device, progress=False, track=False)
-    s = ev["summary"]
+    s = ev.summary
     return {"minutes": minutes, "train_s": spent, "epochs": int(result.metrics["epochs"]),
             "best_epoch": int(result.metrics["best_epoch"]) + 1,
             "model": s["model"], "bicubic": s["bicubic"], "bilinear": s["bilinear"], "model_uri": result.model_uri}
@@ -113,7 +114,7 @@ def main() -> None:
 
     from bpho import datasources
     from bpho.datasets import builder
-    from bpho.synthetic import make_demo_data
+    from bpho.demo import make_demo_data
 
     demo = root / "demo"
     if not demo.exists():

@@ -38,9 +38,10 @@ def main() -> None:
     os.environ["BPHO_ROOT"] = str(root)
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
 
-    from bpho import datasources, synthesize as sy
+    from bpho import datasources, synthesize as sy, tune
     from bpho.degrade import fitted
-    from bpho.synthetic import DemoConfig, make_demo_data
+    from bpho.config import DemoConfig
+    from bpho.demo import make_demo_data
 
     demo = root / "demo"
     if not demo.exists():
@@ -66,19 +67,20 @@ def main() -> None:
         print(f"{name:38s} {t:8.2f} {f:8.2f} {100 * (f - t) / t:+6.1f}%")
 
     start = time.time()
-    result = sy.report("demo_pairs", epochs=args.epochs, tile_size=args.tile_size, trials=args.trials,
-                       train_settings={"encoder": args.encoder}, out_dir=root / "report", progress=False)
+    result = tune.report(tune.DegradationReportConfig("demo_pairs", epochs=args.epochs, tile_size=args.tile_size,
+                                                      trials=args.trials, encoder=args.encoder,
+                                                      out=str(root / "report")), progress=False)
     print(f"\ntrained 4 models x {args.epochs} epochs ({args.encoder}, tile {args.tile_size}) in "
           f"{time.time() - start:.0f} s; evaluated on the held-out real pairs:")
-    print(sy.report_table(result))
-    rows = {r["training_pairs"]: r for r in result["rows"]}
+    print(tune.report_table(result))
+    rows = {r.training_pairs: r for r in result.rows}
     if args.trials:  # what the study found; gain and offset are not searched, so compare noise relative to signal
-        q = rows["physical"]["degradation"]["parameters"]
+        q = rows["physical"].degradation["parameters"]
         print(f"searched physical ({args.trials} trials): extra blur {q['psf_fwhm_nm']:.0f} nm (truth {rows_truth[0]:.0f}), "
               f"photons {q['photons']:.1f} (truth {lr_t['photons']}), read noise / (gain x photons) "
               f"{q['read_noise'] / (q['gain'] * q['photons']):.4f} (truth "
               f"{lr_t['read_noise'] / (lr_t['gain'] * lr_t['photons']):.4f})")
-    print(f"fitted - real: {rows['fitted']['psnr'] - rows['real']['psnr']:+.2f} dB PSNR "
+    print(f"fitted - real: {rows['fitted'].psnr - rows['real'].psnr:+.2f} dB PSNR "
           f"(target: within 0.5 dB); figure: {root / 'report' / 'report.png'}")
 
 

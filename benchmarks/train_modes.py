@@ -24,7 +24,8 @@ import torch
 
 def step_time(cfg, ds, device, steps: int = 5) -> float:
     """Seconds per training step (forward, backward, optimizer) at the config's batch and tile size."""
-    from bpho.models import UNetConfig, build_model
+    from bpho.models.unet import build_model
+    from bpho.models.unet_config import UNetConfig
 
     lr, hr = ds.tiles(cfg.tile_size, "train")
     scale = hr.shape[-1] // lr.shape[-1]
@@ -47,7 +48,8 @@ def step_time(cfg, ds, device, steps: int = 5) -> float:
 
 
 def peak_memory(encoder: str, mode: str, tile: int, batch: int, scale: int = 4) -> str:
-    from bpho.models import UNetConfig, build_model
+    from bpho.models.unet import build_model
+    from bpho.models.unet_config import UNetConfig
 
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
@@ -81,8 +83,10 @@ def main() -> None:
     from bpho import datasources
     from bpho.datasets import builder
     from bpho.inference import load_model, pick_device
-    from bpho.synthetic import DemoConfig, make_demo_data
-    from bpho.train import TrainConfig, train
+    from bpho.config import DemoConfig
+    from bpho.demo import make_demo_data
+    from bpho.config import TrainConfig
+    from bpho.train import train
 
     if not (work / "demo").exists():
         make_demo_data(work / "demo", DemoConfig(paired_fields=a.fields, movies=0, hr_only_fields=0, denoise_fields=0))

@@ -56,7 +56,8 @@ def main() -> None:
     from bpho import tune
     from bpho.datasets import builder
     from bpho.inference import pick_device
-    from bpho.train import TrainConfig, forward_backward, loss_fn, optimizer_step, setup_model
+    from bpho.config import TrainConfig
+    from bpho.train import forward_backward, loss_fn, optimizer_step, setup_model
 
     device = pick_device("auto")
     sizes = [int(s) for s in a.tile_sizes.split(",")]
@@ -64,7 +65,8 @@ def main() -> None:
     if path.exists():
         fit = json.loads(path.read_text())
     else:
-        result = tune.fit_search(a.dataset, tile_sizes=sizes, memory_gb=a.memory_gb, track=False, progress=False)
+        result = tune.fit_search(tune.FitConfig(a.dataset, tile_sizes=sizes, memory_gb=a.memory_gb), track=False,
+                                 progress=False)
         fit = {"recommended": result.recommended, "budget_bytes": result.budget_bytes}
     batch_of = {(r["tile_size"], r["precision"]): r["batch_size"] for r in fit["recommended"] if not r["checkpointing"]}
     name, peak = card()

@@ -165,12 +165,29 @@ def _place(src: Path, dst: Path) -> None:
 
 
 def add(name: str, sources: Iterable, kind: str, progress: bool = True) -> Tuple[Datasource, bool]:
-    """Register files as datasource `name`. Returns (datasource, created).
+    """Add files as the immutable datasource `name` (sha256 manifest, read-only files).
 
-    Re-adding the same files (same bytes, same relative paths, same kind) is a no-op
-    (created=False); anything else under an existing name is refused. Files are hard
-    linked where possible: their permission bits are shared with the originals, which
-    therefore become read-only too. Built in a temporary folder: a failure leaves nothing.
+    Parameters
+    ----------
+    name : str
+        Letters, digits, ``_`` and ``-``.
+    sources : iterable of path
+        Files, or folders whose files are taken (CZI, TIFF), read in full to check them.
+    kind : str
+        paired, movie, hr or denoise (`KINDS`): how the files pair up.
+
+    Returns
+    -------
+    (Datasource, bool)
+        The datasource, and whether it was created: re-adding the same files (same bytes,
+        relative paths and kind) changes nothing; anything else under an existing name is
+        refused.
+
+    Notes
+    -----
+    Files are hard linked where possible: their permission bits are shared with the
+    originals, which therefore become read-only too. Built in a temporary folder: a failure
+    leaves nothing.
     """
     dest = paths.named_dir("datasources", name)
     if kind not in KINDS:
@@ -184,7 +201,7 @@ def add(name: str, sources: Iterable, kind: str, progress: bool = True) -> Tuple
         if old["kind"] != kind or sorted((f["path"], f["sha256"]) for f in old["files"]) != new:
             raise ConflictError(
                 f"datasource {name!r} already exists with different files or kind; "
-                "datasources are immutable: register the new files under a new name"
+                "datasources are immutable: add the new files under a new name"
             )
         return open(name), False
     with paths.atomic_dir(dest) as tmp:
@@ -252,7 +269,7 @@ def open(name: str, verify: bool = True, progress: bool = False) -> Datasource: 
         if problems:
             more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
             raise IntegrityError(
-                f"datasource {name!r} changed after registration: {problems[0]}{more}; "
+                f"datasource {name!r} changed after it was added: {problems[0]}{more}; "
                 "run `bpho datasource verify " + name + "` for the full list"
             )
     return Datasource(name=name, kind=manifest["kind"], path=dest, manifest=manifest,

@@ -19,6 +19,7 @@ logged to an MLflow evaluation run tagged with the model's training run and data
 from __future__ import annotations
 
 import csv
+from dataclasses import dataclass
 import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -133,9 +134,47 @@ def bootstrap_ci(values: np.ndarray, seed: int = 0) -> tuple:
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
+@dataclass
+class Evaluation:
+    """What `evaluate` measured and where its files are.
+
+    `summary` maps each method (model, bicubic, bilinear, nearest) to its mean metrics
+    (psnr, ssim, ms_ssim, nrmse, frc_px, frc_nm; None where undefined), and ``gain_psnr`` /
+    ``gain_ssim`` to the model's mean gain over bicubic with its 95% bootstrap interval over
+    images (``mean``, ``ci95_low``, ``ci95_high``; None with one image).
+    """
+
+    model: str  # the model URI evaluated
+    training_run: Optional[str]
+    summary: Dict[str, dict]
+    out: Path  # evaluation.csv and the figures
+    images: int
+    dataset_digest: Optional[str]  # of the dataset the model was trained on
+
+
 def evaluate(model_uri: str, dataset: Optional[str] = None, datasource: Optional[str] = None,
              out_dir: Optional[Path] = None, device: str = "auto", progress: bool = True, track: bool = True,
-             transform: str = "translation") -> dict:
+             transform: str = "translation") -> Evaluation:
+    """Score a model on whole held-out images against nearest, bilinear and bicubic upsampling.
+
+    Parameters
+    ----------
+    model_uri : str
+        ``runs:/ID/model``, ``models:/NAME/VERSION`` or ``models:/NAME/latest``.
+    dataset, datasource : str, optional
+        Exactly one: a dataset's validation images, or a paired datasource of whole images
+        never used in training (registered here with `transform`).
+    out_dir : path, optional
+        Where evaluation.csv and the figures go (default: a new temporary folder).
+    device : str
+        auto, cpu or cuda.
+    track : bool
+        Log the table, the figures and the metrics as an MLflow run in bpho-evaluate.
+
+    Returns
+    -------
+    Evaluation
+    """
     if (dataset is None) == (datasource is None):
         raise BphoError("evaluate: give exactly one of --dataset or --datasource")
     source = datasources.open(datasource) if datasource else None  # files verified before anything else
@@ -152,13 +191,13 @@ def evaluate(model_uri: str, dataset: Optional[str] = None, datasource: Optional
     _write_csv(out / "evaluation.csv", rows)
     _figures(out, pairs[:3], figures_input[:3], s)
     meta = model.meta
-    result = {"model": model_uri, "training_run": meta.get("run_id"), "summary": summary, "out": str(out),
-              "images": len(pairs), "dataset_digest": meta.get("dataset_digest")}
+    result = Evaluation(model=model_uri, training_run=meta.get("run_id"), summary=summary, out=out, images=len(pairs),
+                        dataset_digest=meta.get("dataset_digest"))
     if track:
         tags = {"bpho.model_uri": model_uri, "bpho.model_run_id": str(meta.get("run_id")),
                 "bpho.dataset_digest": str(meta.get("dataset_digest")), "bpho.dataset": str(meta.get("dataset")),
                 "bpho.evaluated_on": f"dataset:{dataset}" if dataset else f"datasource:{datasource}"}
-        with tracking.run("bpho-evaluate", run_name=f"eval-{dataset or datasource}", tags=tags):
+        with tracking.run(tracking.EVALUATE_EXPERIMENT, run_name=f"eval-{dataset or datasource}", tags=tags):
             tracking.describe_run(f"bpho evaluate: {model_uri} on {len(pairs)} whole image(s) of "
                                   f"{tags['bpho.evaluated_on']}; `gain_*`: model minus bicubic, with a 95% bootstrap "
                                   "interval over images (`*_ci95_low/high`).\n\n" + tracking.METRIC_UNITS)

@@ -209,7 +209,7 @@ def _normalised(model: SuperResolver, lr: np.ndarray) -> np.ndarray:
 
 
 def _files(model: SuperResolver, lr: np.ndarray, hr: Optional[np.ndarray], tmp: Path) -> dict:
-    from bpho.models.unet import __file__ as unet_source
+    from bpho.models import architecture_source
     from bpho.plots import save_grid
 
     x = torch.from_numpy(_normalised(model, lr))[None]
@@ -223,7 +223,7 @@ def _files(model: SuperResolver, lr: np.ndarray, hr: Optional[np.ndarray], tmp: 
     tifffile.imwrite(files["sample_input"], lr.squeeze())  # the same, for people and imageio
     tifffile.imwrite(files["sample_output"], y.squeeze())
     torch.save({k: v.detach().cpu() for k, v in model.net.state_dict().items()}, files["state_dict"])
-    shutil.copyfile(unet_source, files["architecture"])
+    files["architecture"].write_text(architecture_source())
     s = model.scale
     panels = [np.kron(lr[lr.shape[0] // 2], np.ones((s, s), np.float32)), y[0, 0]] + ([hr] if hr is not None else [])
     save_grid(files["cover"], [[_display(p) for p in panels]], labels=["LR", "bpho", "HR"][:len(panels)])

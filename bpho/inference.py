@@ -20,8 +20,9 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from bpho.config import InferenceConfig
 from bpho.errors import BphoError, BphoWarning
-from bpho.models import build_model
+from bpho.models.unet import build_model
 
 WEIGHTS, META = "weights.safetensors", "bpho_model.json"
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -96,11 +97,11 @@ class SuperResolver:
     net: torch.nn.Module
     meta: dict
     device: torch.device
-    tile: int = 128
-    overlap: int = 16
-    batch: int = 4
-    precision: str = "fp32"
-    context: int = 16
+    tile: int = 128  # load_model's on a CPU; 512 on a GPU
+    overlap: int = InferenceConfig.overlap
+    batch: int = InferenceConfig.batch
+    precision: str = InferenceConfig.precision
+    context: int = InferenceConfig.context
 
     def __post_init__(self):
         if self.tile < 1 or self.overlap < 0 or self.context < 0 or self.batch < 1 or self.overlap >= self.tile:
@@ -193,7 +194,8 @@ def _reflect(i: int, n: int) -> int:
     return i if i < n else period - i
 
 
-def load_model(folder: Path, device: str = "auto", precision: str = "fp32", **options) -> SuperResolver:
+def load_model(folder: Path, device: str = InferenceConfig.device, precision: str = InferenceConfig.precision,
+               **options) -> SuperResolver:
     """Rebuild the network from its saved config and load its weights (safetensors only).
     `options` are SuperResolver's; `tile` None is 512 on a GPU (big tiles keep it busy), 128 on
     a CPU. fp16 on a CPU runs as fp32 (with a warning): CPUs convolve fp16 slowly."""
@@ -212,7 +214,7 @@ def load_model(folder: Path, device: str = "auto", precision: str = "fp32", **op
         warnings.warn("fp16 inference needs a GPU; running in fp32 on the CPU", BphoWarning, stacklevel=2)
         precision = "fp32"
     if options.get("tile") is None:
-        options["tile"] = 512 if dev.type == "cuda" else 128
+        options["tile"] = 512 if dev.type == "cuda" else SuperResolver.tile
     model = SuperResolver(net=net, meta=meta, device=dev, precision=precision, **options)  # checks the options
     model.net = net.to(dev, PRECISIONS[precision]).eval()
     return model

@@ -15,28 +15,45 @@ import queue
 import sys
 import threading
 from pathlib import Path
-from typing import Iterable, Iterator, List, Optional
+from typing import Iterable, Iterator, List
 
 import numpy as np
 import tifffile
 from tqdm import tqdm
 
 from bpho import io, tracking
+from bpho.config import PredictConfig
 from bpho.errors import BphoError
 from bpho.inference import load_model
 from bpho.paths import atomic_file
 
 
-def predict_files(model_uri: str, inputs: Iterable, out_dir, device: str = "auto", tile: Optional[int] = None,
-                  overlap: int = 16, batch: int = 4, precision: str = "fp32", progress: bool = True,
-                  context: int = 16, fmt: str = "imagej") -> List[Path]:
-    if fmt not in FORMATS:
-        raise BphoError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
+def predict_files(model_uri: str, inputs: Iterable, out_dir, cfg: PredictConfig = PredictConfig(),
+                  progress: bool = True) -> List[Path]:
+    """Super-resolve image files (CZI, TIFF; every scene, frame and plane) into `out_dir`.
+
+    Parameters
+    ----------
+    model_uri : str
+        ``runs:/ID/model``, ``models:/NAME/VERSION`` or ``models:/NAME/latest``.
+    inputs : iterable of path
+        LR files; all are checked before the model is loaded or anything written.
+    out_dir : path
+        Output folder: one TIFF per input scene (``NAME.tif`` or ``NAME.ome.tif``) and a PNG preview.
+    cfg : PredictConfig
+        Tiles, context, precision, device and the file format.
+
+    Returns
+    -------
+    list of Path
+        The files written.
+    """
+    fmt = cfg.format
     inputs = [Path(p) for p in inputs]
     for path in inputs:  # check every input before loading the model or writing anything
         io.file_kind(path)
-    model = load_model(tracking.download_model(model_uri), device=device, tile=tile, overlap=overlap, batch=batch,
-                       context=context, precision=precision)
+    model = load_model(tracking.download_model(model_uri), device=cfg.device, tile=cfg.tile, overlap=cfg.overlap,
+                       batch=cfg.batch, context=cfg.context, precision=cfg.precision)
     out_dir = Path(out_dir)
     written = []
     for path in tqdm(inputs, desc="files", unit="file", disable=not progress or len(inputs) < 2):

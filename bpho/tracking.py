@@ -17,7 +17,12 @@ from typing import Dict, Iterable, Iterator, Optional
 from bpho import paths
 from bpho.errors import BphoError, BphoWarning
 
+# the MLflow experiments bpho logs to, one per kind of work
 DATASETS_EXPERIMENT = "bpho-datasets"
+TRAIN_EXPERIMENT = "bpho-train"
+EVALUATE_EXPERIMENT = "bpho-evaluate"
+TUNE_EXPERIMENT = "bpho-tune"
+SYNTHESIZE_EXPERIMENT = "bpho-synthesize"
 # The run page's description (MLflow's note) for runs with image-quality metrics: what their units are
 METRIC_UNITS = """Units of this run's metrics (`valid_`: the model on the held-out images; `model_`: the model in
 `bpho evaluate`; `bicubic_`, `bilinear_`, `nearest_`: the baselines; `best_`: at the best epoch):
@@ -137,6 +142,31 @@ def log_to_run(run_id: str, files: Iterable[Path], artifact_path: str, tags: Opt
         client.log_artifact(run_id, str(f), artifact_path)
     for k, v in (tags or {}).items():
         client.set_tag(run_id, k, v)
+
+
+def set_run_tags(run_id: str, tags: Dict[str, str]) -> None:
+    """Tag run `run_id` (any run, from any process; not only the active one)."""
+    client = _mlflow().MlflowClient()
+    for k, v in tags.items():
+        client.set_tag(run_id, k, v)
+
+
+def end_run(run_id: str, status: str, tags: Optional[Dict[str, str]] = None) -> None:
+    """Tag run `run_id` and end it with `status` (``FINISHED``, ``FAILED`` or ``KILLED``)."""
+    set_run_tags(run_id, tags or {})
+    _mlflow().MlflowClient().set_terminated(run_id, status)
+
+
+def delete_run(run_id: str) -> None:
+    _mlflow().MlflowClient().delete_run(run_id)
+
+
+def find_runs(tags: Dict[str, str], beside: str) -> list:
+    """Ids of the runs that carry all `tags`, in the experiment of run `beside`."""
+    client = _mlflow().MlflowClient()
+    experiment = client.get_run(beside).info.experiment_id
+    query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+    return [r.info.run_id for r in client.search_runs([experiment], filter_string=query)]
 
 
 def describe_run(text: str) -> None:

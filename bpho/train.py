@@ -34,66 +34,11 @@ from tqdm import tqdm
 
 from bpho import evaluate, paths, tracking
 from bpho.datasets import builder
+from bpho.config import Loss, TrainConfig, choice, mix_item
 from bpho.errors import BphoError, BphoWarning, NotFoundError
 from bpho.inference import SuperResolver, pick_device, save_model
-from bpho.models import UNetConfig, build_model
-
-LOSSES = ("l1", "mse", "l1+ssim")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    dataset: str
-    tile_size: Optional[int] = None  # default: the dataset's smallest tile size
-    batch_size: int = 8
-    epochs: int = 10
-    minutes: Optional[float] = None  # a wall-clock budget instead: epochs set from the first batches' pace
-    encoder: str = "resnet34"
-    mode: str = "lr"
-    frames: Optional[int] = None  # default: the dataset's
-    loss: str = "l1"
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
-    amp: bool = False
-    channels_last: bool = False
-    grad_checkpointing: bool = False
-    accumulate: int = 1
-    seed: int = 0
-    device: str = "auto"
-    panel_every: int = 1
-    decoder_widths: Tuple[int, ...] = UNetConfig.decoder_widths
-    depth: Optional[int] = UNetConfig.depth
-    head_channels: Optional[int] = UNetConfig.head_channels
-    padding: str = UNetConfig.padding
-    encoder_weights: Optional[str] = None
-    model_name: Optional[str] = None
-    mix: Tuple[str, ...] = ()  # "DATASET" or "DATASET=W": W (default 1) tiles of it per real tile, each epoch
-
-    def validated(self) -> "TrainConfig":
-        problems = []
-        if self.loss not in LOSSES:
-            problems.append(f"loss {self.loss!r} (use {', '.join(LOSSES)})")
-        if self.mode not in ("pre", "lr"):
-            problems.append(f"mode {self.mode!r} (use pre or lr)")
-        for name in ("batch_size", "epochs", "accumulate", "panel_every"):
-            if getattr(self, name) < 1:
-                problems.append(f"{name}={getattr(self, name)} (>= 1)")
-        if self.minutes is not None and self.minutes <= 0:
-            problems.append(f"minutes={self.minutes} (> 0)")
-        if self.lr <= 0:
-            problems.append(f"lr={self.lr} (> 0)")
-        for item in self.mix:
-            try:
-                name, weight = _mix_item(item)
-                ok = bool(name) and weight > 0
-            except ValueError:
-                ok = False
-            if not ok:
-                problems.append(f"mix {item!r} (DATASET or DATASET=WEIGHT, weight > 0)")
-        if problems:
-            raise BphoError(f"train: invalid {'; '.join(problems)}")
-        return self
-
+from bpho.models.unet import build_model
+from bpho.models.unet_config import UNetConfig
 
 @dataclass
 class TrainResult:
@@ -162,17 +107,15 @@ def augment(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> Tuple[tor
     return torch.stack(xs), torch.stack(ys)
 
 
-def loss_fn(name: str):
+def loss_fn(name: Loss | str):
+    """The training loss `name` (a `Loss`) as a function of (prediction, target)."""
     import piq
 
-    def ssim_term(pred, target):
-        return 1 - piq.ssim(pred.float().clamp(0, 1), target.float().clamp(0, 1), data_range=1.0)
+    def l1_ssim(pred, target):
+        return F.l1_loss(pred, target) + 0.2 * (1 - piq.ssim(pred.float().clamp(0, 1), target.float().clamp(0, 1),
+                                                             data_range=1.0))
 
-    if name == "l1":
-        return F.l1_loss
-    if name == "mse":
-        return F.mse_loss
-    return lambda pred, target: F.l1_loss(pred, target) + 0.2 * ssim_term(pred, target)
+    return {Loss.L1: F.l1_loss, Loss.MSE: F.mse_loss, Loss.L1_SSIM: l1_ssim}[choice(Loss, name, "loss")]
 
 
 @torch.no_grad()
@@ -226,9 +169,10 @@ PROBE_BATCHES = 12  # a time budget times this many batches to plan its epochs
 def setup_model(cfg: TrainConfig, scale: int, frames: int, device: torch.device):
     """The network on `device` as `cfg` asks (checkpointing, channels-last), its AMP dtype
     (bf16 where supported, else fp16) and, for fp16, a gradient scaler."""
-    model_cfg = UNetConfig(encoder=cfg.encoder, scale=scale, frames=frames, mode=cfg.mode,
-                           decoder_widths=tuple(cfg.decoder_widths), depth=cfg.depth, head_channels=cfg.head_channels,
-                           padding=cfg.padding, encoder_weights=cfg.encoder_weights)
+    model_cfg = UNetConfig(encoder=cfg.encoder, scale=scale, frames=frames, mode=str(cfg.mode),  # plain values:
+                           decoder_widths=cfg.decoder_widths, depth=cfg.depth,  # saved beside the weights
+                           head_channels=cfg.head_channels, padding=str(cfg.padding),
+                           encoder_weights=cfg.encoder_weights)
     torch.manual_seed(cfg.seed)
     net = build_model(model_cfg).to(device)
     if cfg.grad_checkpointing:
@@ -326,17 +270,11 @@ def _dataset_tiles(cfg: TrainConfig):
     pairs = ds.validation_images()
     if ds.validation_split == "train":  # no held-out source: validate on a training image, and say so
         warnings.warn(f"dataset {cfg.dataset!r} holds no image out: the valid_* metrics are measured on the "
-                      f"training image {pairs[0].name}", BphoWarning, stacklevel=2)
+                      f"training image {pairs[0].name}", BphoWarning, stacklevel=4)
     frames = lr_tr.shape[1]
     if cfg.frames is not None and cfg.frames != frames:
         raise BphoError(f"--frames {cfg.frames}: dataset {cfg.dataset!r} has {frames}-frame tiles")
     return ds, size, lr_tr, hr_tr, pairs
-
-
-def _mix_item(item: str) -> Tuple[str, float]:
-    """"DATASET" or "DATASET=W" -> (DATASET, W); W defaults to 1."""
-    name, _, weight = item.partition("=")
-    return name, float(weight or 1)
 
 
 def _mixed(cfg: TrainConfig, size: int, lr_tr, hr_tr):
@@ -345,7 +283,7 @@ def _mixed(cfg: TrainConfig, size: int, lr_tr, hr_tr):
     count, a fresh random choice each epoch, with replacement only if it has too few)."""
     parts, lrs, hrs = [(0, len(lr_tr), len(lr_tr))], [lr_tr], [hr_tr]
     for item in cfg.mix:
-        name, weight = _mix_item(item)
+        name, weight = mix_item(item)
         other = builder.open(name)
         if size not in other.tile_sizes:
             raise BphoError(f"--mix {name}: it has no tiles of {size} px (it has {other.tile_sizes}); build it with "
@@ -373,18 +311,86 @@ def _epoch_order(parts, seed: int, epoch: int) -> np.ndarray:
     return rng.permutation(np.concatenate(chosen))
 
 
-def train(cfg: TrainConfig, resume: Optional[str] = None, progress: bool = True, register: bool = True,
-          parent_run_id: Optional[str] = None, tags: Optional[dict] = None,
-          on_epoch: Optional[Callable[[int, dict, str], None]] = None) -> TrainResult:
-    """Train, log and (if `register`) register the model. `parent_run_id` nests the run under
-    another (a tuning study) and `tags` are added to its tags; `on_epoch(epoch, metrics, run_id)`
-    is called after each epoch's checkpoint and may raise to stop (a pruned trial).
+@dataclass
+class Session:
+    """One training run as `_setup` builds it: what the epochs, the callbacks and `_finish` share."""
 
-    Metrics and panels go through a `tracking.Buffer`: a tracking server outage does not stop
-    training; what could not be logged is logged when the server is back."""
-    global _FIRST_RUN
-    entered, _FIRST_RUN = (_process_start() if _FIRST_RUN else time.time()), False
-    cfg = cfg.validated()
+    cfg: TrainConfig
+    d: Dist
+    device: torch.device
+    ds: object  # the dataset (builder.Dataset)
+    size: int  # HR tile size
+    scale: int
+    pairs: list  # the validation images
+    baselines: list  # their bicubic/bilinear scores
+    net: torch.nn.Module
+    model: torch.nn.Module  # `net`, wrapped for DDP
+    model_cfg: UNetConfig
+    amp_dtype: Optional[torch.dtype]
+    scaler: object
+    lr_tr: np.ndarray
+    hr_tr: np.ndarray
+    parts: list  # see `_mixed`
+    per_rank: int
+    batches: int
+    opt: torch.optim.Optimizer
+    sched: object
+    loss: Callable
+    plan: dict  # {"epochs": N, or None until a time budget is planned}
+    config: dict  # logged as train.* parameters and kept in the checkpoint
+    meta: dict  # saved with the model
+    name: str  # registered model name
+    clock: dict  # seconds per phase, logged as time_*_s
+    start: int = 0  # first epoch (a resumed run's next)
+    best: dict = field(default_factory=dict)  # {"epoch", "metrics"} of the best validated epoch (best.pt)
+    last_metrics: dict = field(default_factory=dict)
+    run_id: Optional[str] = None
+    buffer: Optional[tracking.Buffer] = None
+    wait: float = 600.0  # seconds to wait for an absent tracking server
+
+    def folder(self) -> Path:
+        return checkpoint_path(self.run_id).parent
+
+
+# --- callbacks: what happens after each validated epoch (rank 0), in order ----------------
+# each is called as callback(session, epoch, metrics, prediction of the first validation image)
+
+
+def keep_checkpoints(s: Session, epoch: int, metrics: dict, pred: np.ndarray) -> None:
+    """last.pt every epoch, best.pt when validation improved; the metrics logged."""
+    _save_checkpoint(checkpoint_path(s.run_id), s.net, s.opt, s.sched, s.scaler, epoch, metrics, s.config)
+    if not s.best or metrics["valid_psnr"] > s.best["metrics"]["valid_psnr"]:
+        s.best = {"epoch": epoch, "metrics": metrics}
+        _save_best(checkpoint_path(s.run_id, "best"), s.net, epoch, metrics)
+    s.buffer.metrics(metrics, epoch)  # logged now, or kept until the server is back
+    s.last_metrics = metrics
+
+
+def log_panel(s: Session, epoch: int, metrics: dict, pred: np.ndarray) -> None:
+    """LR | bicubic | model | HR of the first validation image, every `panel_every` epochs and the last."""
+    if (epoch + 1) % s.cfg.panel_every and epoch != s.plan["epochs"] - 1:
+        return
+    png = s.folder() / "panels" / f"epoch_{epoch + 1:03d}.png"
+    png.parent.mkdir(parents=True, exist_ok=True)
+    save_panel(png, s.pairs[0], pred, s.scale,
+               f"epoch {epoch + 1}, {s.pairs[0].name}: PSNR model {metrics['valid_psnr']:.2f} dB, "
+               f"bicubic {metrics['bicubic_psnr']:.2f} dB, bilinear {metrics['bilinear_psnr']:.2f} dB")
+    if tracking.previews_enabled():
+        s.buffer.artifact(png, "panels")
+
+
+def print_epoch(s: Session, epoch: int, metrics: dict, pred: np.ndarray) -> None:
+    print(f"epoch {epoch + 1}/{s.plan['epochs']}: train loss {metrics['train_loss']:.4f}, valid PSNR "
+          f"{metrics['valid_psnr']:.2f} dB (bicubic {metrics['bicubic_psnr']:.2f}, bilinear "
+          f"{metrics['bilinear_psnr']:.2f}), SSIM {metrics['valid_ssim']:.3f} (bicubic {metrics['bicubic_ssim']:.3f})",
+          flush=True)
+
+
+# --- the run ----------------------------------------------------------------------------------
+
+
+def _setup(cfg: TrainConfig, resume: Optional[str]) -> Session:
+    """Device, data, network, optimiser and schedule; a resumed run's checkpoint loaded."""
     device = pick_device(cfg.device)
     d = _init_distributed(device)
     if d.group and device.type == "cuda":
@@ -393,8 +399,6 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, progress: bool = True,
     ds, size, lr_tr, hr_tr, pairs = _dataset_tiles(cfg)
     scale = hr_tr.shape[-1] // lr_tr.shape[-1]
     net, model_cfg, amp_dtype, scaler = setup_model(cfg, scale, lr_tr.shape[1], device)
-    model = torch.nn.parallel.DistributedDataParallel(net) if d.group else net
-
     lr_tr, hr_tr, parts = _mixed(cfg, size, lr_tr, hr_tr)
     per_rank = math.ceil(sum(draw for _, _, draw in parts) / d.world)
     batches = math.ceil(per_rank / cfg.batch_size)
@@ -404,12 +408,23 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, progress: bool = True,
     plan = {"epochs": None if cfg.minutes else cfg.epochs}
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda step: lr_factor(step, plan["epochs"] * opt_steps if plan["epochs"] else None))
-    loss = loss_fn(cfg.loss)
-    start = 0
-    config = {**asdict(cfg), "epochs": plan["epochs"], "tile_size": size, "scale": scale, "frames": model_cfg.frames,
-              "world_size": d.world}
-    last_metrics: dict = {}
-    best: dict = {}  # the best validated epoch so far: {"epoch", "metrics"} (its weights are in best.pt)
+    norm = ds.manifest["parameters"]
+    s = Session(
+        cfg=cfg, d=d, device=device, ds=ds, size=size, scale=scale, pairs=pairs,
+        baselines=evaluate.score_baselines(pairs, scale) if d.main else [], net=net,
+        model=torch.nn.parallel.DistributedDataParallel(net) if d.group else net, model_cfg=model_cfg,
+        amp_dtype=amp_dtype, scaler=scaler, lr_tr=lr_tr, hr_tr=hr_tr, parts=parts, per_rank=per_rank,
+        batches=batches, opt=opt, sched=sched, loss=loss_fn(cfg.loss), plan=plan,
+        config={**asdict(cfg), "epochs": plan["epochs"], "tile_size": size, "scale": scale,
+                "frames": model_cfg.frames, "world_size": d.world},
+        meta={"model": model_cfg.to_dict(),
+              "normalization": {"percentile_low": norm["percentile_low"], "percentile_high": norm["percentile_high"]},
+              "dataset": ds.name, "dataset_digest": ds.digest, "tile_size": size,
+              "datasource": ds.manifest["datasource"]["name"],
+              "datasource_digest": ds.manifest["datasource"]["digest"]},
+        name=cfg.model_name or f"bpho-{cfg.dataset}",
+        clock={"setup": 0.0, "steps": 0.0, "validation": 0.0, "checkpoints": 0.0},
+        wait=float(os.environ.get("BPHO_TRACKING_WAIT", "600")))
     if resume:
         state = _load_checkpoint(resume)
         net.load_state_dict(state["model"])
@@ -418,162 +433,199 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, progress: bool = True,
         if scaler is not None and state["scaler"]:
             scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["torch_rng"])
-        start, last_metrics = int(state["epoch"]) + 1, state["metrics"]
-        plan["epochs"] = config["epochs"] = json.loads(state["config"])["epochs"]  # the run's own plan
-        if start >= plan["epochs"] and tracking.run_finished(resume):
+        s.start, s.last_metrics = int(state["epoch"]) + 1, state["metrics"]
+        plan["epochs"] = s.config["epochs"] = json.loads(state["config"])["epochs"]  # the run's own plan
+        if s.start >= plan["epochs"] and tracking.run_finished(resume):
             raise BphoError(f"run {resume} already finished its {plan['epochs']} epochs and logged its model; "
                             "nothing to resume")
         if checkpoint_path(resume, "best").is_file():
             kept = _load_checkpoint(resume, "best")
-            best = {"epoch": int(kept["epoch"]), "metrics": kept["metrics"]}
-    name = cfg.model_name or f"bpho-{cfg.dataset}"
-    norm = ds.manifest["parameters"]
-    meta = {"model": model_cfg.to_dict(),
-            "normalization": {"percentile_low": norm["percentile_low"], "percentile_high": norm["percentile_high"]},
-            "dataset": ds.name, "dataset_digest": ds.digest, "tile_size": size,
-            "datasource": ds.manifest["datasource"]["name"], "datasource_digest": ds.manifest["datasource"]["digest"]}
-    baselines = evaluate.score_baselines(pairs, scale) if d.main else []
+            s.best = {"epoch": int(kept["epoch"]), "metrics": kept["metrics"]}
+    return s
 
-    tags = {"bpho.dataset": ds.name, "bpho.dataset_digest": ds.digest, "bpho.recipe": ds.manifest["recipe"]["name"],
+
+def _run_tags(s: Session, tags: Optional[dict]) -> dict:
+    ds, cfg = s.ds, s.cfg
+    return {"bpho.dataset": ds.name, "bpho.dataset_digest": ds.digest, "bpho.recipe": ds.manifest["recipe"]["name"],
             "bpho.datasource": ds.manifest["datasource"]["name"],
-            "bpho.datasource_digest": ds.manifest["datasource"]["digest"], "bpho.model_name": name,
+            "bpho.datasource_digest": ds.manifest["datasource"]["digest"], "bpho.model_name": s.name,
             **({"bpho.mix": ",".join(cfg.mix)} if cfg.mix else {}), **(tags or {})}
+
+
+def _log_start(s: Session, resume: Optional[str]) -> None:
+    """Parameters, dataset inputs and the run's description (a resumed run: what was kept back)."""
+    cfg, ds = s.cfg, s.ds
+    if resume:
+        s.buffer.drain(s.wait)  # what an outage before the kill kept back
+        tracking.log_missing_epoch(s.last_metrics, s.start - 1)
+        return
+    # prefixed: `mlflow run` has already logged its own -P values (tile_size='' ...) unprefixed
+    tracking.log_params({**{f"train.{k}": v for k, v in s.config.items()},
+                         **{f"model.{k}": v for k, v in s.model_cfg.to_dict().items()}})
+    tracking.log_dataset_input(ds.name, ds.digest, ds.path, context="training", tags={"tile_size": str(s.size)})
+    for item in cfg.mix:
+        name, weight = mix_item(item)
+        other = builder.open(name)
+        tracking.log_dataset_input(other.name, other.digest, other.path, context="training",
+                                   tags={"tile_size": str(s.size), "mix_weight": f"{weight:g}"})
+    tracking.describe_run(f"bpho training: a {cfg.encoder} U-Net ({cfg.mode}) on dataset {ds.name} "
+                          f"({ds.digest[:12]}), {s.size} px HR tiles; validated every epoch on "
+                          f"{len(s.pairs)} whole image(s), split `{ds.validation_split}`.\n\n"
+                          + tracking.METRIC_UNITS)
+
+
+def _epoch(s: Session, epoch: int, started: float, valid_s: float, progress: bool) -> dict:
+    """One pass over this epoch's tiles (this rank's share); returns its mean training loss."""
+    cfg, d = s.cfg, s.d
+    order = _epoch_order(s.parts, cfg.seed, epoch)
+    # every rank gets the same number of samples (wrapping around, as DistributedSampler
+    # does): unequal batch counts would leave one rank waiting in all-reduce for ever
+    order = np.resize(order, s.per_rank * d.world)[d.rank::d.world]
+    gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch * 101 + d.rank)
+    running, seen = 0.0, 0
+    bar = tqdm(range(s.batches), desc=f"epoch {epoch + 1}/{s.plan['epochs'] or '?'}", unit="batch",
+               disable=not (progress and d.main), leave=False)
+    s.opt.zero_grad(set_to_none=True)
+    tick = time.monotonic()
+    for b in bar:
+        idx = np.sort(order[b * cfg.batch_size:(b + 1) * cfg.batch_size])
+        if idx.size == 0:
+            continue
+        x, y = augment(torch.from_numpy(s.lr_tr[idx]), torch.from_numpy(s.hr_tr[idx]), gen)
+        x, y = x.to(s.device, non_blocking=True), y.to(s.device, non_blocking=True)
+        value = forward_backward(s.model, x, y, s.loss, s.amp_dtype, s.scaler, cfg.accumulate, cfg.channels_last)
+        if (b + 1) % cfg.accumulate == 0 or b == s.batches - 1:
+            optimizer_step(s.opt, s.scaler)
+            s.sched.step()
+        running += float(value.detach()) * len(idx)
+        seen += len(idx)
+        bar.set_postfix(loss=f"{running / seen:.4f}")
+        if s.plan["epochs"] is None and b + 1 == min(PROBE_BATCHES, s.batches):
+            # kept in the checkpoint's config: --resume follows the same plan
+            s.plan["epochs"] = s.config["epochs"] = _plan_epochs(d, cfg.minutes * 60, started, valid_s, b + 1,
+                                                                 s.batches)
+            bar.set_description(f"epoch {epoch + 1}/{s.plan['epochs']}")
+    if s.device.type == "cuda":
+        torch.cuda.synchronize(s.device)
+    s.clock["steps"] += time.monotonic() - tick
+    return {"train_loss": running / max(seen, 1), "lr": s.opt.param_groups[0]["lr"]}
+
+
+def _finish(s: Session, register: bool) -> TrainResult:
+    """Log and register the best validated epoch's weights (not the last epoch's) and the timings."""
+    finishing = time.monotonic()
+    result = TrainResult(run_id=s.run_id, model_uri=f"runs:/{s.run_id}/model", registered_name=None,
+                         registered_version=None, metrics=s.last_metrics)
+    epochs = s.plan["epochs"]
+    if not s.best:  # a run resumed from a checkpoint of bpho 0.1, which kept no best.pt
+        s.best = {"epoch": epochs - 1, "metrics": s.last_metrics}
+        _save_best(checkpoint_path(s.run_id, "best"), s.net, epochs - 1, s.last_metrics)
+    best = s.best
+    s.net.load_state_dict(_load_checkpoint(s.run_id, "best")["model"])
+    result.metrics = {**best["metrics"], "best_epoch": best["epoch"], "epochs": epochs}
+    s.meta["validation"] = {"epoch": best["epoch"] + 1, "images": [p.name for p in s.pairs],
+                            "split": s.ds.validation_split,
+                            **{k: v for k, v in best["metrics"].items() if k.startswith(("valid_", "bi"))}}
+    s.buffer.metrics({f"best_{k}": v for k, v in best["metrics"].items() if k.startswith("valid_")}, epochs - 1)
+    s.buffer.drain(s.wait)
+    tracking.set_tags({"bpho.best_epoch": f"{best['epoch'] + 1} of {epochs} (step {best['epoch']})"})
+    print(f"registering epoch {best['epoch'] + 1} (best valid PSNR {best['metrics']['valid_psnr']:.2f} dB)",
+          flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = save_model(Path(tmp) / "bpho_model", s.net.float().cpu(), s.meta)
+        version = tracking.retry(lambda: tracking.log_model(folder, registered_name=s.name if register else None),
+                                 s.wait, "logging the model")
+    if register:
+        result.registered_name, result.registered_version = s.name, version
+    clock = s.clock
+    clock["finish"] = time.monotonic() - finishing
+    clock["outside the loop"] = clock["setup"] + clock["finish"]
+    tracking.retry(lambda: tracking.log_metrics({f"time_{k.replace(' ', '_')}_s": v for k, v in clock.items()}),
+                   s.wait, "logging the timings")
+    print(f"time: {clock['setup']:.1f} s to the first batch (imports, data, model, MLflow run), "
+          f"{clock['steps']:.1f} s training steps, {clock['validation']:.1f} s validation, "
+          f"{clock['checkpoints']:.1f} s checkpoints and panels, {clock['finish']:.1f} s logging and "
+          f"registering the model", flush=True)
+    return result
+
+
+def train(cfg: TrainConfig, resume: Optional[str] = None, progress: bool = True, register: bool = True,
+          parent_run_id: Optional[str] = None, tags: Optional[dict] = None,
+          on_epoch: Optional[Callable[[int, dict, str], None]] = None) -> TrainResult:
+    """Train, log and (if `register`) register the model.
+
+    Parameters
+    ----------
+    cfg : TrainConfig
+        What to train on and how (bpho/config.py).
+    resume : str, optional
+        An MLflow run id: continue that (killed) run from its last checkpoint.
+    progress : bool
+        Show a progress bar per epoch.
+    register : bool
+        Register the logged model as ``cfg.model_name`` (default ``bpho-<dataset>``).
+    parent_run_id : str, optional
+        Nest the run under another (a tuning study); `tags` are added to the run's tags.
+    on_epoch : callable, optional
+        ``on_epoch(epoch, metrics, run_id)``, called after each epoch's checkpoint and panel;
+        it may raise to stop (a pruned trial).
+
+    Returns
+    -------
+    TrainResult
+        The run id, model URI, registered name and version, and the best epoch's metrics.
+
+    Notes
+    -----
+    Metrics and panels go through a `tracking.Buffer`: a tracking server outage does not
+    stop training; what could not be logged is logged when the server is back.
+    """
+    global _FIRST_RUN
+    entered, _FIRST_RUN = (_process_start() if _FIRST_RUN else time.time()), False
+    s = _setup(cfg, resume)
+    d = s.d
+    hook = [lambda s_, epoch, metrics, pred: on_epoch(epoch, metrics, s_.run_id)] if on_epoch else []
+    callbacks = [keep_checkpoints, log_panel, *hook, print_epoch]
     length = f"{cfg.minutes:g}min" if cfg.minutes else f"{cfg.epochs}ep"
-    run_name = f"{cfg.dataset}-{cfg.encoder}-{cfg.mode}-{size}px-{length}-{time.strftime('%m%d-%H%M%S')}"
-    run_ctx = tracking.run("bpho-train", run_name=run_name, tags=tags,
+    run_name = f"{cfg.dataset}-{cfg.encoder}-{cfg.mode}-{s.size}px-{length}-{time.strftime('%m%d-%H%M%S')}"
+    run_ctx = tracking.run(tracking.TRAIN_EXPERIMENT, run_name=run_name, tags=_run_tags(s, tags),
                            run_id=resume, parent_run_id=parent_run_id) if d.main else nullcontext()
     with run_ctx as active:
-        run_id = _broadcast_str(d, active.info.run_id if d.main else None)
-        meta["run_id"] = run_id
-        wait = float(os.environ.get("BPHO_TRACKING_WAIT", "600"))  # seconds to wait for an absent server
-        buffer = tracking.Buffer(checkpoint_path(run_id).parent / "pending.jsonl") if d.main else None
+        s.run_id = _broadcast_str(d, active.info.run_id if d.main else None)
+        s.meta["run_id"] = s.run_id
         if d.main:
-            if resume:
-                buffer.drain(wait)  # what an outage before the kill kept back
-                tracking.log_missing_epoch(last_metrics, start - 1)
-            else:
-                # prefixed: `mlflow run` has already logged its own -P values (tile_size='' ...) unprefixed
-                tracking.log_params({**{f"train.{k}": v for k, v in config.items()},
-                                     **{f"model.{k}": v for k, v in model_cfg.to_dict().items()}})
-                tracking.log_dataset_input(ds.name, ds.digest, ds.path, context="training",
-                                           tags={"tile_size": str(size)})
-                for item in cfg.mix:
-                    name, weight = _mix_item(item)
-                    other = builder.open(name)
-                    tracking.log_dataset_input(other.name, other.digest, other.path, context="training",
-                                               tags={"tile_size": str(size), "mix_weight": f"{weight:g}"})
-                tracking.describe_run(f"bpho training: a {cfg.encoder} U-Net ({cfg.mode}) on dataset {ds.name} "
-                                      f"({ds.digest[:12]}), {size} px HR tiles; validated every epoch on "
-                                      f"{len(pairs)} whole image(s), split `{ds.validation_split}`.\n\n"
-                                      + tracking.METRIC_UNITS)
+            s.buffer = tracking.Buffer(checkpoint_path(s.run_id).parent / "pending.jsonl")
+            _log_start(s, resume)
         started = time.monotonic()
-        clock = {"setup": time.time() - entered, "steps": 0.0, "validation": 0.0, "checkpoints": 0.0}
+        s.clock["setup"] = time.time() - entered
         valid_s = 0.0
-        if plan["epochs"] is None and d.main:  # a time budget counts validation too: time one
-            validate(net, meta, device, pairs, baselines)
+        if s.plan["epochs"] is None and d.main:  # a time budget counts validation too: time one
+            validate(s.net, s.meta, s.device, s.pairs, s.baselines)
             valid_s = time.monotonic() - started
-            clock["validation"] += valid_s
-        epoch = start
-        while plan["epochs"] is None or epoch < plan["epochs"]:
-            order = _epoch_order(parts, cfg.seed, epoch)
-            # every rank gets the same number of samples (wrapping around, as DistributedSampler
-            # does): unequal batch counts would leave one rank waiting in all-reduce for ever
-            order = np.resize(order, per_rank * d.world)[d.rank::d.world]
-            gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch * 101 + d.rank)
-            running, seen = 0.0, 0
-            bar = tqdm(range(batches), desc=f"epoch {epoch + 1}/{plan['epochs'] or '?'}", unit="batch",
-                       disable=not (progress and d.main), leave=False)
-            opt.zero_grad(set_to_none=True)
-            tick = time.monotonic()
-            for b in bar:
-                idx = np.sort(order[b * cfg.batch_size:(b + 1) * cfg.batch_size])
-                if idx.size == 0:
-                    continue
-                x, y = augment(torch.from_numpy(lr_tr[idx]), torch.from_numpy(hr_tr[idx]), gen)
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                value = forward_backward(model, x, y, loss, amp_dtype, scaler, cfg.accumulate, cfg.channels_last)
-                if (b + 1) % cfg.accumulate == 0 or b == batches - 1:
-                    optimizer_step(opt, scaler)
-                    sched.step()
-                running += float(value.detach()) * len(idx)
-                seen += len(idx)
-                bar.set_postfix(loss=f"{running / seen:.4f}")
-                if plan["epochs"] is None and b + 1 == min(PROBE_BATCHES, batches):
-                    # kept in the checkpoint's config: --resume follows the same plan
-                    plan["epochs"] = config["epochs"] = _plan_epochs(d, cfg.minutes * 60, started, valid_s, b + 1,
-                                                                     batches)
-                    bar.set_description(f"epoch {epoch + 1}/{plan['epochs']}")
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            clock["steps"] += time.monotonic() - tick
+            s.clock["validation"] += valid_s
+        epoch = s.start
+        while s.plan["epochs"] is None or epoch < s.plan["epochs"]:
+            trained = _epoch(s, epoch, started, valid_s, progress)
             if d.main:
                 tick = time.monotonic()
-                valid, pred = validate(net, meta, device, pairs, baselines)
-                clock["validation"] += time.monotonic() - tick
+                valid, pred = validate(s.net, s.meta, s.device, s.pairs, s.baselines)
+                s.clock["validation"] += time.monotonic() - tick
                 tick = time.monotonic()
-                metrics = {"train_loss": running / max(seen, 1), "lr": opt.param_groups[0]["lr"], **valid}
-                _save_checkpoint(checkpoint_path(run_id), net, opt, sched, scaler, epoch, metrics, config)
-                if not best or metrics["valid_psnr"] > best["metrics"]["valid_psnr"]:
-                    best = {"epoch": epoch, "metrics": metrics}
-                    _save_best(checkpoint_path(run_id, "best"), net, epoch, metrics)
-                buffer.metrics(metrics, epoch)  # logged now, or kept until the server is back
-                last_metrics = metrics
-                if (epoch + 1) % cfg.panel_every == 0 or epoch == plan["epochs"] - 1:
-                    png = checkpoint_path(run_id).parent / "panels" / f"epoch_{epoch + 1:03d}.png"
-                    png.parent.mkdir(parents=True, exist_ok=True)
-                    save_panel(png, pairs[0], pred, scale,
-                               f"epoch {epoch + 1}, {pairs[0].name}: PSNR model {metrics['valid_psnr']:.2f} dB, "
-                               f"bicubic {metrics['bicubic_psnr']:.2f} dB, bilinear {metrics['bilinear_psnr']:.2f} dB")
-                    if tracking.previews_enabled():
-                        buffer.artifact(png, "panels")
-                clock["checkpoints"] += time.monotonic() - tick
-                if on_epoch is not None:
-                    on_epoch(epoch, metrics, run_id)
-                print(f"epoch {epoch + 1}/{plan['epochs']}: train loss {metrics['train_loss']:.4f}, valid PSNR "
-                      f"{metrics['valid_psnr']:.2f} dB (bicubic {metrics['bicubic_psnr']:.2f}, bilinear "
-                      f"{metrics['bilinear_psnr']:.2f}), SSIM {metrics['valid_ssim']:.3f} "
-                      f"(bicubic {metrics['bicubic_ssim']:.3f})", flush=True)
+                metrics = {**trained, **valid}
+                for callback in callbacks:
+                    callback(s, epoch, metrics, pred)
+                s.clock["checkpoints"] += time.monotonic() - tick
             _barrier(d)
             epoch += 1
-            if cfg.minutes and epoch == 1 and start == 0:  # the whole first epoch (validation, checkpoints,
-                if d.main:                                 # panel) may shorten the plan, never lengthen it
+            if cfg.minutes and epoch == 1 and s.start == 0:  # the whole first epoch (validation, checkpoints,
+                if d.main:                                   # panel) may shorten the plan, never lengthen it
                     epoch_s = time.monotonic() - started - valid_s
                     left = cfg.minutes * 60 - (time.monotonic() - started)
-                    plan["epochs"] = min(plan["epochs"], 1 + int(max(0.0, left) // epoch_s))
-                    buffer.metrics({"epochs_planned": plan["epochs"]}, 0)
-                plan["epochs"] = config["epochs"] = int(_broadcast_str(d, str(plan["epochs"])))
-        result = TrainResult(run_id=run_id, model_uri=f"runs:/{run_id}/model", registered_name=None,
-                             registered_version=None, metrics=last_metrics)
-        if d.main:
-            finishing = time.monotonic()
-            # the model logged and registered is the best validated epoch, not the last one
-            if not best:  # a run resumed from a checkpoint of bpho 0.1, which kept no best.pt
-                best = {"epoch": plan["epochs"] - 1, "metrics": last_metrics}
-                _save_best(checkpoint_path(run_id, "best"), net, best["epoch"], last_metrics)
-            net.load_state_dict(_load_checkpoint(run_id, "best")["model"])
-            result.metrics = {**best["metrics"], "best_epoch": best["epoch"], "epochs": plan["epochs"]}
-            meta["validation"] = {"epoch": best["epoch"] + 1, "images": [p.name for p in pairs],
-                                  "split": ds.validation_split,
-                                  **{k: v for k, v in best["metrics"].items() if k.startswith(("valid_", "bi"))}}
-            buffer.metrics({f"best_{k}": v for k, v in best["metrics"].items() if k.startswith("valid_")},
-                           plan["epochs"] - 1)
-            buffer.drain(wait)
-            tracking.set_tags({"bpho.best_epoch": f"{best['epoch'] + 1} of {plan['epochs']} (step {best['epoch']})"})
-            print(f"registering epoch {best['epoch'] + 1} (best valid PSNR {best['metrics']['valid_psnr']:.2f} dB)",
-                  flush=True)
-            with tempfile.TemporaryDirectory() as tmp:
-                folder = save_model(Path(tmp) / "bpho_model", net.float().cpu(), meta)
-                version = tracking.retry(lambda: tracking.log_model(folder, registered_name=name if register else None),
-                                         wait, "logging the model")
-            if register:
-                result.registered_name, result.registered_version = name, version
-            clock["finish"] = time.monotonic() - finishing
-            clock["outside the loop"] = clock["setup"] + clock["finish"]
-            tracking.retry(lambda: tracking.log_metrics({f"time_{k.replace(' ', '_')}_s": v for k, v in clock.items()}),
-                           wait, "logging the timings")
-            print(f"time: {clock['setup']:.1f} s to the first batch (imports, data, model, MLflow run), "
-                  f"{clock['steps']:.1f} s training steps, {clock['validation']:.1f} s validation, "
-                  f"{clock['checkpoints']:.1f} s checkpoints and panels, {clock['finish']:.1f} s logging and "
-                  f"registering the model", flush=True)
+                    s.plan["epochs"] = min(s.plan["epochs"], 1 + int(max(0.0, left) // epoch_s))
+                    s.buffer.metrics({"epochs_planned": s.plan["epochs"]}, 0)
+                s.plan["epochs"] = s.config["epochs"] = int(_broadcast_str(d, str(s.plan["epochs"])))
+        result = _finish(s, register) if d.main else TrainResult(
+            run_id=s.run_id, model_uri=f"runs:/{s.run_id}/model", registered_name=None, registered_version=None,
+            metrics=s.last_metrics)
     _barrier(d)
     return result

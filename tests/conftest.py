@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from bpho.synthetic import DemoConfig, make_demo_data
+from bpho.config import DemoConfig
+from bpho.demo import make_demo_data
 
 SMALL = DemoConfig(seed=7, paired_fields=3, paired_size=256, movies=1, movie_frames=10, movie_size=64,
                    hr_only_fields=2, denoise_fields=2, denoise_size=64)
@@ -128,8 +129,8 @@ def tracked(mlflow_server, monkeypatch) -> str:
     return mlflow_server
 
 
-def register_demo(demo: Path, tmp_path: Path, sub: str, name: str, kind: str):
-    """Register a private copy of part of the demo data as datasource `name`."""
+def add_demo(demo: Path, tmp_path: Path, sub: str, name: str, kind: str):
+    """Add a private copy of part of the demo data as datasource `name`."""
     import shutil
 
     from bpho import datasources
@@ -183,7 +184,7 @@ def postgres_url():
 
 def build_world(demo: Path, root: Path, sources=(("paired", "pairs", "paired"),), datasets=(),
                 tracking_uri: str | None = None) -> Path:
-    """A module's shared BPHO_ROOT: private copies of demo data registered as datasources
+    """A module's shared BPHO_ROOT: private copies of demo data added as datasources
     (`sources`: (demo subfolder, name, kind)) and small datasets built from them
     (`datasets`: (recipe, datasource, name, recipe settings)), untracked."""
     from bpho.datasets import builder
@@ -192,7 +193,7 @@ def build_world(demo: Path, root: Path, sources=(("paired", "pairs", "paired"),)
         mp.setenv("BPHO_ROOT", str(root))
         mp.setenv("MLFLOW_TRACKING_URI", tracking_uri or f"sqlite:///{root / 'setup.db'}")
         for sub, name, kind in sources:
-            register_demo(demo, root, sub, name, kind)
+            add_demo(demo, root, sub, name, kind)
         for recipe, datasource, name, settings in datasets:
             builder.make(recipe, datasource=datasource, name=name, progress=False, track=False, settings=settings)
     return root

@@ -17,9 +17,10 @@ from bpho import datasources, io
 from bpho.datasets import builder, recipe
 from bpho.datasets.register import downsample, ncc, register_pair
 from bpho.errors import BphoError, BphoWarning, IntegrityError, NotFoundError
-from bpho.synthetic import DemoConfig, make_demo_data
+from bpho.config import DemoConfig
+from bpho.demo import make_demo_data
 
-from conftest import assert_one_line_error, register_demo, run_bpho
+from conftest import assert_one_line_error, add_demo, run_bpho
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL_TILES = ["tile_sizes=64,128", "tiles_per_image=6"]
@@ -33,7 +34,7 @@ def planted(tmp_path_factory):
 
 
 def test_registration_recovers_planted_shifts(root, planted, tmp_path):
-    register_demo(planted, tmp_path, "paired", "pairs", "paired")
+    add_demo(planted, tmp_path, "paired", "pairs", "paired")
     ds = builder.make("paired_001", datasource="pairs", settings=["tiles_per_image=2"], progress=False, track=False)
     truth = json.loads((planted / "demo_truth.json").read_text())["paired"]
     assert len(ds.manifest["sources"]) == 4
@@ -118,7 +119,7 @@ def test_unrelated_pair_is_excluded_with_a_warning(root, demo, tmp_path):
 
 
 def test_tiles_aligned_and_splits_by_source(root, demo, tmp_path):
-    register_demo(demo, tmp_path, "paired", "pairs", "paired")
+    add_demo(demo, tmp_path, "paired", "pairs", "paired")
     ds = builder.make("paired_001", datasource="pairs", settings=SMALL_TILES, progress=False, track=False)
     for size in (64, 128):
         info = ds.manifest["tiles"][str(size)]
@@ -139,7 +140,7 @@ def test_tiles_aligned_and_splits_by_source(root, demo, tmp_path):
 
 
 def test_digest_stable_and_sensitive(root, demo, tmp_path):
-    register_demo(demo, tmp_path, "paired", "pairs", "paired")
+    add_demo(demo, tmp_path, "paired", "pairs", "paired")
     a = builder.make("paired_001", datasource="pairs", settings=SMALL_TILES, name="a", progress=False, track=False,
                      workers=1)
     # images prepared by 3 processes, without figures: the same tiles, the same digest
@@ -164,8 +165,8 @@ def test_digest_stable_and_sensitive(root, demo, tmp_path):
 
 
 def test_movie_and_denoise_recipes(root, demo, tmp_path):
-    register_demo(demo, tmp_path, "movie", "demo_movie", "movie")
-    register_demo(demo, tmp_path, "denoise", "demo_denoise", "denoise")
+    add_demo(demo, tmp_path, "movie", "demo_movie", "movie")
+    add_demo(demo, tmp_path, "denoise", "demo_denoise", "denoise")
     movie = builder.make("movie_001", settings=["tile_sizes=32,64", "valid_fraction=0"], progress=False, track=False)
     lr, hr = movie.tiles(32, "train")
     assert lr.shape[1:] == (5, 8, 8) and hr.shape[1:] == (1, 32, 32) and len(lr) > 0
@@ -178,7 +179,7 @@ def test_movie_and_denoise_recipes(root, demo, tmp_path):
 
 
 def test_build_is_tracked_on_a_real_server(root, demo, tmp_path, tracked):
-    register_demo(demo, tmp_path, "paired", "pairs", "paired")
+    add_demo(demo, tmp_path, "paired", "pairs", "paired")
     ds = builder.make("paired_001", datasource="pairs", settings=SMALL_TILES, progress=False)
     client = MlflowClient(tracked, registry_uri=tracked)
     exp = client.get_experiment_by_name("bpho-datasets")
@@ -196,7 +197,7 @@ def test_build_is_tracked_on_a_real_server(root, demo, tmp_path, tracked):
 
 
 def test_mlflow_run_make_dataset(root, demo, tmp_path, tracked):
-    register_demo(demo, tmp_path, "denoise", "demo_denoise", "denoise")
+    add_demo(demo, tmp_path, "denoise", "demo_denoise", "denoise")
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     proc = subprocess.run(
         [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "make_dataset", "--env-manager", "local",
@@ -233,7 +234,7 @@ def _nothing_written(root: Path, name: str) -> bool:
 @pytest.mark.parametrize("case", ["unknown_recipe", "missing_datasource", "tampered", "scale_mismatch",
                                   "wrong_kind", "tile_too_big"])
 def test_bad_builds_give_one_line_and_write_nothing(root, demo, tmp_path, case):
-    ds = register_demo(demo, tmp_path, "paired", "pairs", "paired")
+    ds = add_demo(demo, tmp_path, "paired", "pairs", "paired")
     args = ["dataset", "make", "paired_001", "--datasource", "pairs", "--set", "tile_sizes=64"]
     if case == "unknown_recipe":
         args[2], needle = "paired_999", "paired_999"
@@ -265,7 +266,7 @@ def test_python_errors_for_missing_things(root):
 
 
 def test_tampered_datasource_refused_in_python(root, demo, tmp_path):
-    ds = register_demo(demo, tmp_path, "hr_only", "hr", "hr")
+    ds = add_demo(demo, tmp_path, "hr_only", "hr", "hr")
     (ds.path / "hr_only/field_000.czi").unlink()
     with pytest.raises(IntegrityError, match="field_000.czi"):
         builder.make("paired_001", datasource="hr", progress=False, track=False)
@@ -275,7 +276,7 @@ def test_embedded_store_keeps_artifacts_under_bpho_root_whatever_the_working_fol
     """Without MLFLOW_TRACKING_URI, runs go to $BPHO_ROOT/mlflow.db and their artifacts to
     $BPHO_ROOT/mlartifacts, not to ./mlruns of wherever the command was started (a bpho 0.1 bug)."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    register_demo(demo, tmp_path, "paired", "pairs", "paired")
+    add_demo(demo, tmp_path, "paired", "pairs", "paired")
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     proc = subprocess.run([sys.executable, "-m", "bpho.cli", "dataset", "make", "paired_001", "--datasource", "pairs",

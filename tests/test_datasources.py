@@ -1,4 +1,4 @@
-"""Datasources on real demo CZI files: registration, immutability, verification, errors."""
+"""Datasources on real demo CZI files: adding, immutability, verification, errors."""
 
 from __future__ import annotations
 

@@ -16,6 +16,8 @@ from bpho.degrade import classic, fitted, physical
 from bpho.degrade.fitted import RegisteredPair
 from bpho.errors import BphoError
 from bpho import synthesize as sy
+from bpho import tune
+from bpho.config import DegradationReportConfig, DegradationStudyConfig
 
 from conftest import assert_one_line_error, build_world, run_bpho
 
@@ -167,41 +169,42 @@ def test_synthesize_refuses_bad_input_in_one_line(env):
 
 
 def test_degradation_study_logs_nested_trials(env, tracked):
-    result = sy.tune_degradation("pairs", "physical", trials=4, progress=False)
+    result = tune.tune_degradation(DegradationStudyConfig("pairs", "physical", trials=4), progress=False)
     client = MlflowClient(tracked)
-    parent = client.get_run(result["parent_run_id"])
+    parent = client.get_run(result.parent_run_id)
     children = client.search_runs([parent.info.experiment_id],
-                                  filter_string=f"tags.mlflow.parentRunId = '{result['parent_run_id']}'")
+                                  filter_string=f"tags.mlflow.parentRunId = '{result.parent_run_id}'")
     assert len(children) == 4
     assert all({"pixel", "noise", "spectrum", "total"} <= set(r.data.metrics) for r in children)
-    assert min(r.data.metrics["total"] for r in children) == pytest.approx(result["best_value"])
-    assert parent.data.metrics["best_total"] == pytest.approx(result["best_value"])
+    assert min(r.data.metrics["total"] for r in children) == pytest.approx(result.best_value)
+    assert parent.data.metrics["best_total"] == pytest.approx(result.best_value)
     assert "study/best_degradation.json" in {f.path for f in client.list_artifacts(parent.info.run_id, "study")}
     # the HR's dark level is measured, as fitted measures it, not searched; gain is not searched
     fit = sy.degradation("fitted", fit_on="pairs")
-    assert result["best_params"]["hr_offset"] == pytest.approx(fit.params.hr_offset, rel=0.05) and fit.params.hr_offset > 50
+    assert result.best_params["hr_offset"] == pytest.approx(fit.params.hr_offset, rel=0.05) and fit.params.hr_offset > 50
     assert {c.data.params["degradation.gain"] for c in children} == {"2.0"}
     # the distance prefers the truth: the fitted model is closer to the real LR than a badly blurred one
     pairs = sy.registered_pairs("pairs", split="train")
     blurry = sy.Degradation("physical", replace(fit.params, psf_fwhm_nm=600.0))
     noiseless = sy.Degradation("physical", replace(fit.params, photons=5000.0, read_noise=0.0))
-    close = sy.similarity(fit, pairs)
-    assert close["pixel"] < sy.similarity(blurry, pairs)["pixel"]
-    assert close["noise"] < sy.similarity(noiseless, pairs)["noise"]
+    close = tune.similarity(fit, pairs)
+    assert close["pixel"] < tune.similarity(blurry, pairs)["pixel"]
+    assert close["noise"] < tune.similarity(noiseless, pairs)["noise"]
 
 
 def test_report_trains_on_real_and_synthetic_pairs(env, tracked, tmp_path):
-    train = {"encoder": "resnet18", "decoder_widths": (32, 16, 16, 8, 8), "batch_size": 4}
-    result = sy.report("pairs", epochs=1, tile_size=64, recipe_settings=["tile_sizes=64", "tiles_per_image=8"],
-                       train_settings=train, trials=3, out_dir=tmp_path / "report", progress=False)
-    assert [r["training_pairs"] for r in result["rows"]] == ["real", "classic", "physical", "fitted"]
-    assert all(np.isfinite(r["psnr"]) and np.isfinite(r["gain_psnr"]) for r in result["rows"])
+    cfg = DegradationReportConfig("pairs", epochs=1, tile_size=64, recipe_settings=("tile_sizes=64", "tiles_per_image=8"),
+                                  encoder="resnet18", decoder_widths=(32, 16, 16, 8, 8), batch_size=4, trials=3,
+                                  out=str(tmp_path / "report"))
+    result = tune.report(cfg, progress=False)
+    assert [r.training_pairs for r in result.rows] == ["real", "classic", "physical", "fitted"]
+    assert all(np.isfinite(r.psnr) and np.isfinite(r.gain_psnr) for r in result.rows)
     assert (tmp_path / "report" / "report.png").stat().st_size > 0
     table = (tmp_path / "report" / "report.txt").read_text()
     assert "fitted" in table and "(bicubic)" in table
     client = MlflowClient(tracked)
     assert {"report/report.json", "report/report.png", "report/report.txt"} <= {
-        f.path for f in client.list_artifacts(result["run_id"], "report")}
+        f.path for f in client.list_artifacts(result.run_id, "report")}
     saved = json.loads((tmp_path / "report" / "report.json").read_text())
     assert saved["rows"][3]["degradation"]["fitted_on"]["datasource"] == "pairs"
 

@@ -22,9 +22,10 @@ from bpho.errors import BphoError, BphoWarning
 from bpho.inference import load_model, pick_device, with_index
 from bpho.predict import ahead
 from bpho.tracking import download_model
-from bpho.train import TrainConfig, train
+from bpho.config import TrainConfig
+from bpho.train import train
 
-from conftest import assert_one_line_error, register_demo, run_bpho
+from conftest import assert_one_line_error, add_demo, run_bpho
 
 NET = dict(encoder="resnet18", decoder_widths=(32, 16, 16, 8, 8), batch_size=8)
 
@@ -36,8 +37,8 @@ def trained(demo, mlflow_server, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("BPHO_ROOT", str(root))
         mp.setenv("MLFLOW_TRACKING_URI", mlflow_server)
-        register_demo(demo, root, "paired", "pairs", "paired")
-        register_demo(demo, root, "movie", "demo_movie", "movie")
+        add_demo(demo, root, "paired", "pairs", "paired")
+        add_demo(demo, root, "movie", "demo_movie", "movie")
         builder.make("paired_001", datasource="pairs", name="ev", progress=False, track=False,
                      settings=["tile_sizes=64", "tiles_per_image=40", "valid_fraction=0.34"])
         builder.make("movie_001", name="ev_movie", progress=False, track=False,
@@ -77,7 +78,7 @@ def test_intensity_shift_is_not_a_resolution_gain(demo):
 
 
 def test_frc_finite_and_worse_after_blurring():
-    from bpho.synthetic import AIRYSCAN, blur_and_bin, random_tubes, render_scene
+    from bpho.demo import AIRYSCAN, blur_and_bin, random_tubes, render_scene
 
     rng = np.random.default_rng(3)
     fine = AIRYSCAN.pixel_um / 2

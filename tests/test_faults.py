@@ -16,7 +16,7 @@ from mlflow import MlflowClient
 
 from bpho.datasets import builder
 
-from conftest import (_free_port, assert_one_line_error, build_world, register_demo, run_bpho, start_mlflow_server,
+from conftest import (_free_port, assert_one_line_error, build_world, add_demo, run_bpho, start_mlflow_server,
                       stop, use_world)
 
 NET = ["--encoder", "resnet18", "--decoder-widths", "32,16,16,8,8"]
@@ -37,7 +37,7 @@ def _wait(condition, timeout: float, what: str, proc=None):
     deadline = time.time() + timeout
     while not condition():
         if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"{what}: the process ended first:\n{proc.stderr.read()[-3000:]}")
+            raise AssertionError(f"{what}: the process ended first:\n{proc.stderr.read()[-12000:]}")
         if time.time() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.2)
@@ -92,9 +92,10 @@ def test_a_killed_dataset_build_leaves_no_dataset(env):
     proc = subprocess.Popen([sys.executable, "-m", "bpho.cli", "dataset", "make", "paired_001", "--datasource", "pairs",
                              "--name", "killed", "--set", "tile_sizes=64", "--set", "tiles_per_image=400"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    _wait(lambda: any(datasets.glob(".killed.tmp-*/tiles")), 120, "the build to start writing", proc)
     import psutil
 
+    _wait(lambda: any(datasets.glob(".killed.tmp-*/tiles")) and psutil.Process(proc.pid).children(), 120,
+          "the build to start its workers and write", proc)
     workers = psutil.Process(proc.pid).children()
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -110,7 +111,7 @@ def test_a_killed_dataset_build_leaves_no_dataset(env):
 
 
 def test_a_changed_datasource_file_is_refused_by_every_stage(env, demo, tmp_path):
-    register_demo(demo, tmp_path, "paired", "changed", "paired")
+    add_demo(demo, tmp_path, "paired", "changed", "paired")
     from bpho import datasources
 
     victim = sorted((datasources.open("changed").path).rglob("lr/*.czi"))[0]

@@ -28,20 +28,52 @@ def test_mlproject_declares_its_entry_points():
     assert sorted(pip) == sorted(project)  # `mlflow run` builds the same environment as `pip install`
 
 
-def test_mlproject_train_defaults_are_the_training_defaults():
-    """`mlflow run . -e train` with no -P trains what `bpho train` does (one set of defaults)."""
+# entry point -> (its stage's config in bpho/config.py, parameters that are not config fields)
+CONFIGS = {"train": ("TrainConfig", set()), "demo_data": ("DemoConfig", {"out", "force"}),
+           "predict": ("PredictConfig", {"model", "inputs", "out"})}
+
+
+def disagreements(entry_points: dict) -> list:
+    """Where MLproject and the configs disagree: a parameter that is no config field, one the
+    command does not pass on, or a default other than the config's."""
     import dataclasses
 
-    from bpho.train import TrainConfig
+    from bpho import config
 
-    params = yaml.safe_load((REPO / "MLproject").read_text())["entry_points"]["train"]["parameters"]
-    fields = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
-    checked = 0
-    for name, spec in params.items():
-        if spec.get("default", "") != "" and fields.get(name, dataclasses.MISSING) is not dataclasses.MISSING:
-            assert spec["default"].lower() == str(fields[name]).lower(), (name, spec["default"], fields[name])
-            checked += 1
-    assert checked >= 6
+    problems = []
+    for entry, (cls_name, extras) in CONFIGS.items():
+        fields = {f.name: f for f in dataclasses.fields(getattr(config, cls_name))}
+        spec = entry_points[entry]
+        for name, param in spec["parameters"].items():
+            if name not in fields and name not in extras:
+                problems.append(f"{entry}: parameter {name} is not a {cls_name} field")
+            if f"{{{name}}}" not in spec["command"]:
+                problems.append(f"{entry}: the command does not pass {name}")
+            default, field = param.get("default", ""), fields.get(name)
+            if default != "" and field is not None and field.default is not dataclasses.MISSING:
+                want = ",".join(map(str, field.default)) if isinstance(field.default, tuple) else str(field.default)
+                if default.lower() != want.lower():
+                    problems.append(f"{entry}: {name} defaults to {default!r}, {cls_name} to {want!r}")
+    return problems
+
+
+def test_mlproject_parameters_are_the_configs_fields_and_defaults():
+    """`mlflow run . -e train` with no -P trains what `bpho train` does (one set of defaults)."""
+    entry_points = yaml.safe_load((REPO / "MLproject").read_text())["entry_points"]
+    assert disagreements(entry_points) == []
+    entry_points["train"]["parameters"]["batch_size"]["default"] = "16"  # the check can fail
+    entry_points["demo_data"]["parameters"]["colour"] = {"type": "string", "default": ""}
+    assert disagreements(entry_points) == ["train: batch_size defaults to '16', TrainConfig to '8'",
+                                           "demo_data: parameter colour is not a DemoConfig field",
+                                           "demo_data: the command does not pass colour"]
+
+
+def test_mlproject_argv_follows_the_config_types():
+    from bpho.config import TrainConfig, mlproject_argv
+
+    argv = mlproject_argv(TrainConfig, ["--dataset", "d", "--epochs", "", "--amp", "true", "--channels-last", "false",
+                                        "--mix", "a=1 b=0.5", "--decoder-widths", "32,16"])
+    assert argv == ["--dataset", "d", "--amp", "--mix", "a=1", "--mix", "b=0.5", "--decoder-widths", "32,16"]
 
 
 def test_mlflow_run_demo_data(tmp_path):

@@ -123,9 +123,9 @@ def test_team_server_keeps_runs_and_users_in_postgresql_across_a_restart(root, p
 def test_previews_switch_keeps_pictures_of_the_data_off_the_server(demo, tmp_path, tracked, monkeypatch, root):
     from bpho.datasets import builder
 
-    from conftest import register_demo
+    from conftest import add_demo
 
-    register_demo(demo, tmp_path, "paired", "private_pairs", "paired")
+    add_demo(demo, tmp_path, "paired", "private_pairs", "paired")
     monkeypatch.setenv("BPHO_PREVIEWS", "off")
     ds = builder.make("paired_001", datasource="private_pairs", name="private", progress=False,
                       settings=["tile_sizes=64", "tiles_per_image=2"])

@@ -19,9 +19,11 @@ from mlflow import MlflowClient
 from bpho.datasets import builder
 from bpho.errors import BphoError
 from bpho.inference import load_model, save_model
-from bpho.models import build_model
-from bpho.synthetic import DemoConfig, make_demo_data
-from bpho.train import TrainConfig, train
+from bpho.models.unet import build_model
+from bpho.config import DemoConfig
+from bpho.demo import make_demo_data
+from bpho.config import TrainConfig
+from bpho.train import train
 
 from conftest import assert_one_line_error, build_world, run_bpho, use_world
 
@@ -80,9 +82,9 @@ def test_unet_any_size(mode, frames):
 def test_unet_source_runs_without_bpho(tmp_path):
     """unet.py is the architecture file of exported BioImage Model Zoo packages: it must import
     and build with torch and timm alone (bpho not installed), and say what is wrong in its errors."""
-    from bpho.models import unet
+    from bpho.models import architecture_source
 
-    shutil.copyfile(unet.__file__, tmp_path / "arch.py")
+    (tmp_path / "arch.py").write_text(architecture_source())
     code = ("import sys, importlib.util as u; sys.modules['bpho'] = None\n"  # `import bpho...` fails here
             "spec = u.spec_from_file_location('arch', 'arch.py'); m = u.module_from_spec(spec)\n"
             "sys.modules['arch'] = m; spec.loader.exec_module(m)\n"

@@ -13,7 +13,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from bpho import tune
+from bpho import tracking, tune
 
 from conftest import assert_one_line_error, build_world, run_bpho, use_world
 
@@ -64,7 +64,7 @@ def test_fit_search_finds_feasible_monotone_batches_on_cpu(env):
     assert at64[max(at64)] > at64[min(at64)]
     # tracked: the table, the plot and the recommendations in an MLflow run
     client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
-    run = client.search_runs([client.get_experiment_by_name(tune.EXPERIMENT).experiment_id])[0]
+    run = client.search_runs([client.get_experiment_by_name(tracking.TUNE_EXPERIMENT).experiment_id])[0]
     assert run.data.metrics["batch_t64_fp32"] == rec[64]["batch_size"]
     assert {"fit/fit.csv", "fit/fit.png", "fit/fit.txt", "fit/tiny.json"} <= {
         f.path for f in client.list_artifacts(run.info.run_id, "fit")}
@@ -82,14 +82,15 @@ def test_hparams_study_nested_runs_and_out_of_memory(env, tracked, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(bpho.train, "forward_backward", fail_in_trial_1)
-    real_train = tune.train
+    real_train = bpho.train.train
 
     def counting_train(cfg, **kwargs):
         calls["trial"] = int(kwargs["tags"]["bpho.optuna_trial"])
         return real_train(cfg, **kwargs)
 
-    monkeypatch.setattr(tune, "train", counting_train)
-    result = tune.hparams("tiny", trials=3, epochs=2, space=SPACE, pruner="median", seed=1, progress=False)
+    monkeypatch.setattr(bpho.train, "train", counting_train)
+    result = tune.hparams(tune.HparamsConfig("tiny", trials=3, epochs=2, space=SPACE, pruner="median", seed=1),
+                          progress=False)
     assert result.trials == 3
 
     study = optuna.load_study(study_name="hparams-tiny", storage=tune.default_storage())

@@ -16,7 +16,7 @@ Each model is a small typed function ``degrade(hr, params, rng, hr_pixel_um) -> 
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, Iterable, Tuple
+from typing import Dict, Tuple
 
 import numpy as np
 
@@ -92,16 +92,6 @@ def params_from(cls, settings: Dict[str, object]):
             raise BphoError(f"degradation {cls.__name__}: {key}={raw!r} is not a valid {type(default).__name__}") from None
         values[key] = value
     return cls(**values).validated()
-
-
-def parse_settings(settings: Iterable[str]) -> Dict[str, str]:
-    out = {}
-    for item in settings:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise BphoError(f"--set {item!r}: use KEY=VALUE")
-        out[key.strip()] = value.strip()
-    return out
 
 
 def spread(rng: np.random.Generator, bounds: Tuple[float, float]) -> float:

@@ -17,7 +17,7 @@ every intensity, i.e. the same Poisson-Gaussian statistics.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import List, Sequence, Tuple
 
 import numpy as np
@@ -51,9 +51,6 @@ class Fit:
     def noise_std(self, mean_adu: float) -> float:
         p = self.params
         return float(np.sqrt(max(p.gain * (mean_adu - p.offset), 0) + p.read_noise ** 2))
-
-    def record(self) -> dict:
-        return {"params": asdict(self.params), "pairs": self.pairs, "explained": self.explained}
 
 
 def _inner(img: np.ndarray, m: int) -> np.ndarray:

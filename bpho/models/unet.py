@@ -12,11 +12,6 @@ Both predict a residual over the bilinear upsampling of the centre frame. Any in
 works: the input is padded (reflect) to a multiple of the encoder stride and cropped back.
 """
 
-from __future__ import annotations
-
-from dataclasses import asdict, dataclass
-from typing import Optional, Tuple
-
 import timm
 import torch
 import torch.nn.functional as F
@@ -24,35 +19,9 @@ from torch import nn
 
 try:
     from bpho.errors import BphoError
-except ImportError:  # imported alone: the architecture file of an exported BioImage Model Zoo package
+    from bpho.models.unet_config import MODES, PADDINGS, UNetConfig
+except ImportError:  # an exported package's architecture file: export.py writes unet_config.py above this
     BphoError = ValueError
-
-
-PADDINGS = ("replicate", "reflect", "zeros")
-
-
-@dataclass(frozen=True)
-class UNetConfig:
-    """Everything needed to rebuild the network; saved next to the weights."""
-
-    encoder: str = "resnet34"
-    scale: int = 4
-    frames: int = 1
-    mode: str = "lr"
-    decoder_widths: Tuple[int, ...] = (128, 64, 64)  # deepest first, one per stage (extra ones are unused)
-    depth: Optional[int] = 3  # encoder stages used (None: all); 3 of a resnet: stride 8
-    head_channels: Optional[int] = 8  # lr mode: HR channels after the pixel shuffle (None: the last width)
-    padding: str = "replicate"  # of every convolution; "zeros" (bpho 0.1 models) lets borders be measured
-    encoder_weights: Optional[str] = None  # a local timm checkpoint file; never downloaded
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "UNetConfig":
-        d = dict(d)
-        d["decoder_widths"] = tuple(d.get("decoder_widths", cls.decoder_widths))
-        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
 
 def _conv(cin: int, cout: int) -> nn.Sequential:
@@ -72,7 +41,7 @@ class _Up(nn.Module):
 class UNet(nn.Module):
     def __init__(self, config: UNetConfig):
         super().__init__()
-        if config.mode not in ("pre", "lr"):
+        if config.mode not in MODES:
             raise BphoError(f"model mode {config.mode!r}: use 'pre' or 'lr'")
         if config.padding not in PADDINGS:
             raise BphoError(f"padding {config.padding!r}: use one of {', '.join(PADDINGS)}")
@@ -172,12 +141,6 @@ def unet(**config) -> UNet:
     return UNet(UNetConfig.from_dict(config))
 
 
-MODELS = {"unet": UNet}
-
-
-def build_model(config: dict | UNetConfig, name: str = "unet") -> nn.Module:
-    """Build a network by registry name from a plain config dict (or a UNetConfig)."""
-    if name not in MODELS:
-        raise BphoError(f"model {name!r} is unknown; available: {', '.join(MODELS)}")
-    cfg = config if isinstance(config, UNetConfig) else UNetConfig.from_dict(config)
-    return MODELS[name](cfg)
+def build_model(config: dict | UNetConfig) -> nn.Module:
+    """The network from a plain config dict (saved beside the weights) or a UNetConfig."""
+    return UNet(config if isinstance(config, UNetConfig) else UNetConfig.from_dict(config))

@@ -9,8 +9,9 @@ import pytest
 from scipy import ndimage
 
 from bpho import io
-from bpho.synthetic import DemoConfig, make_demo_data
-from bpho.errors import ConflictError
+from bpho.config import DemoConfig
+from bpho.demo import make_demo_data
+from bpho.errors import BphoError, ConflictError
 
 from conftest import SMALL
 
@@ -205,7 +206,7 @@ def _best_translation(hr, lr):
 
 def test_truth_map_convention_without_motion():
     """LR pixel i covers HR pixels i*s .. i*s+s-1: without motion its centre maps to i*s + (s-1)/2."""
-    from bpho.synthetic import _hr_position, lr_centres
+    from bpho.demo import _hr_position, lr_centres
 
     grid = lr_centres((16, 12), 4)
     assert grid.shape == (2, 16, 12) and grid[:, 0, 0].tolist() == [1.5, 1.5]
@@ -215,8 +216,8 @@ def test_truth_map_convention_without_motion():
     np.testing.assert_array_equal(_hr_position(still, grid, 64), grid)
     turned = dict(still, rotation_deg=90.0)  # a quarter turn about the centre (31.5, 31.5): +x towards -y
     np.testing.assert_allclose(_hr_position(turned, np.array([[31.5], [40.5]]), 64).ravel(), [22.5, 31.5], atol=1e-9)
-    with pytest.raises(ValueError, match="realism"):
-        DemoConfig(realism="medium").check()
+    with pytest.raises(BphoError, match="realism 'medium': use one of easy, hard"):
+        DemoConfig(realism="medium")
 
 
 def test_hard_demo_layout_and_truth(twins):
@@ -458,12 +459,11 @@ def test_hard_pairs_need_more_than_translation_and_are_never_used_silently(twins
 
     from bpho.datasets import builder
     from bpho.datasets.register import normalize, percentile_range, register_pair
-    from bpho.errors import BphoError
 
-    from conftest import register_demo
+    from conftest import add_demo
 
     hard = twins["hard"]
-    register_demo(hard, tmp_path, "paired", "hard", "paired")
+    add_demo(hard, tmp_path, "paired", "hard", "paired")
     truth = json.loads((hard / "demo_truth.json").read_text())["paired"]
     turned = {name for name, rec in truth.items() if abs(rec["rotation_deg"]) > 1.2}
     assert turned

@@ -51,6 +51,7 @@ from scipy import ndimage, signal
 from tqdm import tqdm
 
 from bpho import io
+from bpho.config import DemoConfig
 from bpho.paths import atomic_dir
 from bpho.errors import ConflictError
 
@@ -82,35 +83,6 @@ def confocal(scale: int, hr_pixel_um: float = AIRYSCAN.pixel_um) -> Microscope:
     """The confocal LR counterpart of `AIRYSCAN`: wider PSF, `scale`x larger pixels, fewer photons."""
     return Microscope(fwhm_nm=250.0, pixel_um=hr_pixel_um * scale, photons=60.0, gain=2.0,
                       read_noise=3.0)
-
-
-@dataclass(frozen=True)
-class DemoConfig:
-    """Sizes of the demo data. HR sizes are in HR pixels and must be divisible by `scale`."""
-
-    seed: int = 0
-    scale: int = 4
-    paired_fields: int = 8
-    paired_size: int = 512
-    movies: int = 2
-    movie_frames: int = 12
-    movie_size: int = 256
-    hr_only_fields: int = 6
-    denoise_fields: int = 6
-    denoise_size: int = 256
-    max_shift_hr_px: float = 2.5
-    realism: str = "easy"  # "hard": effects outside every degradation model (see the module docstring)
-
-    def check(self) -> "DemoConfig":
-        if self.realism not in ("easy", "hard"):
-            raise ValueError(f"realism={self.realism!r} must be easy or hard")
-        for name in ("paired_size", "movie_size"):
-            size = getattr(self, name)
-            if size % self.scale or size < 8 * self.scale:
-                raise ValueError(f"{name}={size} must be a multiple of scale={self.scale} and >= {8 * self.scale}")
-        if self.movie_frames < 1 or self.scale < 1:
-            raise ValueError("movie_frames and scale must be >= 1")
-        return self
 
 
 # --- the scene -------------------------------------------------------------------------
@@ -395,9 +367,18 @@ def make_demo_data(out_dir, config: DemoConfig = DemoConfig(), force: bool = Fal
                    progress: bool = True) -> Path:
     """Write the demo data set to `out_dir` (built in a temporary folder, then renamed).
 
-    Refuses an existing non-empty `out_dir` unless `force`, which replaces it whole.
+    Parameters
+    ----------
+    out_dir : path
+        Refused if it exists and is not empty, unless `force`, which replaces it whole.
+    config : DemoConfig
+        Sizes, seed and realism (bpho/config.py).
+
+    Returns
+    -------
+    Path
+        `out_dir`, holding the layout in this module's docstring.
     """
-    config.check()
     out = Path(out_dir).absolute()
     if out.exists() and any(out.iterdir()) and not force:
         raise ConflictError(f"{out}: already exists and is not empty; pass --force to replace it")

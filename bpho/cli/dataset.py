@@ -1,0 +1,74 @@
+"""The `bpho dataset` commands: datasets built from datasources by recipes."""
+
+from __future__ import annotations
+
+import json
+
+
+def _dataset_make(args) -> int:
+    from bpho.datasets import builder
+
+    ds = builder.make(args.recipe, datasource=args.datasource, settings=args.set or [], name=args.name,
+                      force=args.force, workers=args.workers, pngs=not args.no_png)
+    print(f"dataset {ds.name} built at {ds.path} (digest {ds.digest[:12]})")
+    print_dataset(ds)
+    return 0
+
+
+def print_dataset(ds) -> None:
+    m = ds.manifest
+    print(f"  recipe {m['recipe']['name']} on datasource {m['datasource']['name']} ({m['datasource']['digest'][:12]})")
+    for size, info in m["tiles"].items():
+        print(f"  tiles {size:>4}: {info['train']:6d} train {info['valid']:6d} valid  "
+              f"LR {'x'.join(map(str, info['lr_shape']))}  HR {'x'.join(map(str, info['hr_shape']))}")
+    for rec in m["sources"]:
+        reg = f"shift {rec['shift_hr_px'][0]:+.2f},{rec['shift_hr_px'][1]:+.2f} score {rec['score']:.3f}" \
+            if "shift_hr_px" in rec else "not registered"
+        state = rec["split"] if rec["included"] else f"EXCLUDED ({rec['reason']})"
+        print(f"  {rec['source']:36s} {reg:34s} {state}")
+
+
+def _dataset_list(args) -> int:
+    from bpho.datasets import builder
+
+    names = builder.names()
+    if not names:
+        print("no datasets yet; build one with `bpho dataset make RECIPE`")
+    for name in names:
+        m = builder.open(name).manifest
+        counts = ", ".join(f"{size}: {i['train']}+{i['valid']}" for size, i in m["tiles"].items())
+        print(f"{name:24s} recipe {m['recipe']['name']:14s} datasource {m['datasource']['name']:30s} "
+              f"tiles (train+valid) {counts}  {m['digest'][:12]}")
+    return 0
+
+
+def _dataset_show(args) -> int:
+    from bpho.datasets import builder
+
+    ds = builder.open(args.name)
+    if args.json:
+        print(json.dumps(ds.manifest, indent=2))
+    else:
+        print(f"dataset {ds.name} at {ds.path} (digest {ds.digest[:12]}, created {ds.manifest['created']})")
+        print_dataset(ds)
+    return 0
+
+
+def add_to(sub) -> None:
+    dsets = sub.add_parser("dataset", help="datasets built from datasources by recipes").add_subparsers(
+        dest="action", required=True)
+    p = dsets.add_parser("make", help="build a dataset from a recipe (bpho/recipes/NAME.py or a .py file)")
+    p.add_argument("recipe")
+    p.add_argument("--datasource", help="use this datasource instead of the recipe's default")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe field (repeatable)")
+    p.add_argument("--name", help="dataset name (default: the recipe's name)")
+    p.add_argument("--force", action="store_true", help="rebuild (replace) an existing dataset of that name")
+    p.add_argument("--workers", type=int, help="processes reading and registering images (default: one per core)")
+    p.add_argument("--no-png", action="store_true", help="skip the QC and preview figures (faster; same digest)")
+    p.set_defaults(func=_dataset_make)
+    p = dsets.add_parser("list")
+    p.set_defaults(func=_dataset_list)
+    p = dsets.add_parser("show")
+    p.add_argument("name")
+    p.add_argument("--json", action="store_true", help="print the whole manifest")
+    p.set_defaults(func=_dataset_show)

@@ -1,0 +1,24 @@
+"""The `bpho train` command: its flags are TrainConfig's fields (bpho/config.py)."""
+
+from __future__ import annotations
+
+from bpho.config import TrainConfig, add_fields, from_args
+
+
+def _train(args) -> int:
+    from bpho import tracking
+    from bpho.train import train
+
+    result = train(from_args(TrainConfig, args), resume=args.resume)
+    if result.registered_version:
+        print(f"run {result.run_id}: model registered as {result.registered_name} version {result.registered_version}"
+              f" (load it with mlflow.pyfunc.load_model('models:/{result.registered_name}/latest'))")
+        print(f"see it: mlflow ui --backend-store-uri {tracking.tracking_uri()}")
+    return 0
+
+
+def add_to(sub) -> None:
+    p = sub.add_parser("train", help="train a U-Net on a dataset's tiles; logs and registers it in MLflow")
+    add_fields(p, TrainConfig)
+    p.add_argument("--resume", metavar="RUN_ID", help="continue a killed run from its last checkpoint")
+    p.set_defaults(func=_train)

@@ -1,0 +1,118 @@
+"""The `bpho tune` commands (Optuna studies) and `bpho synthesize` (LR made from HR).
+
+The tune flags are the fields of FitConfig, HparamsConfig (with SearchSpace),
+DegradationStudyConfig and DegradationReportConfig (bpho/config.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from bpho.cli.dataset import print_dataset
+from bpho.config import (Degradation, DegradationReportConfig, DegradationStudyConfig, FitConfig, HparamsConfig, SearchSpace,
+                         add_fields, from_args)
+from bpho.errors import BphoError
+
+
+def _tune_fit(args) -> int:
+    from bpho import tune
+
+    result = tune.fit_search(from_args(FitConfig, args))
+    print(result.table())
+    print(f"saved to {result.path}" + (f"; MLflow run {result.run_id}" if result.run_id else ""))
+    return 0
+
+
+def _tune_hparams(args) -> int:
+    from bpho import tune
+
+    r = tune.hparams(from_args(HparamsConfig, args, space=from_args(SearchSpace, args)))
+    print(f"study {r.study} on {r.storage}: {r.trials} trials; parent MLflow run {r.parent_run_id}")
+    if r.best_value is None:
+        print("no trial has finished yet")
+    else:
+        print(f"best validation PSNR gain over bicubic {r.best_value:+.3f} dB (run {r.best_run_id}) with "
+              + ", ".join(f"{k}={v}" for k, v in r.best_params.items()))
+    return 0
+
+
+def _tune_degradation(args) -> int:
+    from bpho import tune
+
+    cfg = from_args(DegradationStudyConfig, args)
+    r = tune.tune_degradation(cfg)
+    print(f"study {r.study}: best distance {r.best_value:.4f} ("
+          + ", ".join(f"{k} {v:.4f}" for k, v in r.scores.items() if k != "total") + ")")
+    print("best parameters: " + ", ".join(f"{k}={v}" for k, v in r.best_params.items()))
+    print(f"use them: bpho synthesize --degradation {cfg.degradation} "
+          + " ".join(f"--set {k}={','.join(map(str, v)) if isinstance(v, (list, tuple)) else v}"
+                     for k, v in r.best_params.items() if v is not None) + " ...")
+    return 0
+
+
+def _tune_degradation_report(args) -> int:
+    from bpho import tune
+
+    result = tune.report(from_args(DegradationReportConfig, args))
+    print(tune.report_table(result))
+    print(f"table and figure in {result.out}; MLflow run {result.run_id}")
+    return 0
+
+
+def _synthesize(args) -> int:
+    from bpho import synthesize as sy
+    from bpho.config import key_values
+    from bpho.datasets.recipe import Recipe
+
+    settings = key_values(args.set or [])
+    own = {f.name for f in dataclasses.fields(sy.MODELS[args.degradation][0])}
+    recipe_fields = {f.name for f in dataclasses.fields(Recipe)}
+    unknown = [k for k in settings if k not in own and k not in recipe_fields]
+    if unknown:
+        raise BphoError(f"synthesize: --set {unknown[0]}: neither a {args.degradation} parameter ({', '.join(sorted(own))})"
+                        f" nor a recipe field")
+    deg = sy.degradation(args.degradation, {k: v for k, v in settings.items() if k in own}, fit_on=args.fit_on,
+                         recipe=args.recipe or "paired_001", progress=True)
+    ds = sy.synthesize(args.datasource, deg, args.dataset, recipe=args.recipe, force=args.force,
+                       recipe_settings=[f"{k}={v}" for k, v in settings.items() if k not in own])
+    print(f"dataset {ds.name} built at {ds.path} (digest {ds.digest[:12]}) with LR synthesized by {deg.name}:")
+    print("  " + ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(deg.params).items()))
+    if deg.fitted_on:
+        print(f"  fitted on {len(deg.fitted_on['pairs'])} pairs of {deg.fitted_on['datasource']} "
+              f"(intensity mapping explains {deg.fitted_on['explained']:.1%} of the LR variance)")
+    print_dataset(ds)
+    return 0
+
+
+def add_to(sub) -> None:
+    tune = sub.add_parser("tune", help="Optuna: batch sizes that fit the card; hyperparameter search").add_subparsers(
+        dest="action", required=True)
+    p = tune.add_parser("fit", help="largest batch per tile size within a memory budget, with tiles/s")
+    add_fields(p, FitConfig)
+    p.set_defaults(func=_tune_fit)
+
+    p = tune.add_parser("hparams", help="Optuna study maximising validation PSNR gain; one MLflow run per trial")
+    add_fields(p, HparamsConfig)
+    add_fields(p, SearchSpace)
+    p.set_defaults(func=_tune_hparams)
+
+    p = tune.add_parser("degradation", help="Optuna: degradation parameters whose LR looks most like real LR")
+    add_fields(p, DegradationStudyConfig)
+    p.set_defaults(func=_tune_degradation)
+
+    p = tune.add_parser("degradation-report", help="train on real vs synthetic pairs; evaluate on held-out real pairs")
+    add_fields(p, DegradationReportConfig)
+    p.add_argument("--set", action="append", dest="recipe_settings", metavar="KEY=VALUE",
+                   help="recipe field for all four datasets (repeatable)")
+    p.set_defaults(func=_tune_degradation_report)
+
+    p = sub.add_parser("synthesize", help="a dataset of synthetic pairs: LR made from HR by a degradation model")
+    p.add_argument("--datasource", required=True, help="hr datasource, or a paired/movie one (its HR side)")
+    p.add_argument("--degradation", required=True, choices=[d.value for d in Degradation])
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="a degradation parameter, or a recipe field (repeatable)")
+    p.add_argument("--dataset", required=True, help="name of the dataset to build")
+    p.add_argument("--fit-on", help="fitted: the paired datasource to fit on (its training pairs)")
+    p.add_argument("--recipe", help="default paired_001 (movie_001 for a movie datasource)")
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(func=_synthesize)

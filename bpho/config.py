@@ -1,0 +1,493 @@
+"""Typed configuration of every stage: the choices (enums) and the defaults, each written once.
+
+A config is checked when it is made (`__post_init__`), so the library trusts it inside. The
+`bpho` command derives its flags from the fields (`add_fields`, `from_args`) and the
+MLproject parameters are checked against them by a test: a default changed here changes
+everywhere. Field metadata: ``help`` (shown by ``--help``), ``metavar``, ``append`` (a
+repeatable flag), ``nargs`` (a tuple given as several values after one flag: ``--tile-sizes
+64 128``; otherwise comma-separated), ``group`` (flags that exclude each other),
+``cli=False`` (not a flag).
+
+Example
+-------
+>>> TrainConfig(dataset="paired_001", loss="l1+ssim").loss is Loss.L1_SSIM
+True
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from enum import Enum, StrEnum
+from typing import Dict, Iterable, Optional, Tuple
+
+from bpho.errors import BphoError
+from bpho.models.unet_config import MODES, PADDINGS, UNetConfig
+
+
+Mode = StrEnum("Mode", [(m.upper(), m) for m in MODES])  # the network's: see unet_config.py
+
+class Loss(StrEnum):
+    L1 = "l1"
+    MSE = "mse"
+    L1_SSIM = "l1+ssim"
+
+
+class Device(StrEnum):
+    AUTO = "auto"
+    CPU = "cpu"
+    CUDA = "cuda"
+
+
+Padding = StrEnum("Padding", [(p.upper(), p) for p in PADDINGS])
+
+class Transform(StrEnum):
+    """How LR is registered onto HR."""
+
+    TRANSLATION = "translation"
+    SIMILARITY = "similarity"
+    FLOW = "flow"
+
+
+class Degradation(StrEnum):
+    """Models that make LR from HR (bpho/degrade)."""
+
+    CLASSIC = "classic"
+    PHYSICAL = "physical"
+    FITTED = "fitted"
+
+
+class Pruner(StrEnum):
+    MEDIAN = "median"
+    HYPERBAND = "hyperband"
+    NONE = "none"
+
+
+class Precision(StrEnum):
+    """Of the network at inference (blending is always float32)."""
+
+    FP32 = "fp32"
+    FP16 = "fp16"
+    BF16 = "bf16"
+
+
+class Realism(StrEnum):
+    """Demo data: ``hard`` adds effects outside every degradation model."""
+
+    EASY = "easy"
+    HARD = "hard"
+
+
+class ImageFormat(StrEnum):
+    IMAGEJ = "imagej"
+    OME_TIFF = "ome-tiff"
+
+
+def choice(enum: type, value, what: str) -> Enum:
+    """`value` as a member of `enum`, or a one-line BphoError naming the choices."""
+    try:
+        return enum(value)
+    except ValueError:
+        raise BphoError(f"{what} {value!r}: use one of {', '.join(m.value for m in enum)}") from None
+
+
+def _enums(cfg) -> None:
+    """Turn the string values of a frozen dataclass's enum fields into members (checked)."""
+    hints = typing.get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        kind = _base(hints[f.name])
+        value = getattr(cfg, f.name)
+        if isinstance(kind, type) and issubclass(kind, Enum) and value is not None:
+            object.__setattr__(cfg, f.name, choice(kind, value, f.name))
+
+
+def _base(hint):
+    """`X` of `Optional[X]`; the hint itself otherwise."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if typing.get_origin(hint) is typing.Union and len(args) == 1 else hint
+
+
+def ints(text: str) -> Tuple[int, ...]:
+    """``"128,64,64"`` -> (128, 64, 64)."""
+    try:
+        return tuple(int(w) for w in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: comma-separated whole numbers, e.g. 128,64,64") from None
+
+
+def _on(text: str) -> bool:
+    if text not in ("off", "on"):
+        raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from 'off', 'on')")
+    return text == "on"
+
+
+def _value_kw(kind) -> dict:
+    """argparse's type / choices for one value of type `kind`."""
+    if isinstance(kind, type) and issubclass(kind, Enum):
+        return {"choices": [m.value for m in kind]}
+    if kind is bool:
+        return {"type": _on, "metavar": "{off,on}"}
+    return {"type": kind}
+
+
+def add_fields(parser: argparse.ArgumentParser, cls: type, skip: Tuple[str, ...] = ()) -> None:
+    """Add a ``--flag`` per field of dataclass `cls` (not in `skip`, not ``cli=False``).
+
+    Every flag defaults to None, so an absent flag leaves the config's own default; the
+    help shows that default. Fields without a default become required flags.
+    """
+    hints = typing.get_type_hints(cls)
+    groups = {}
+    for f in dataclasses.fields(cls):
+        if f.name in skip or not f.metadata.get("cli", True):
+            continue
+        kind = _base(hints[f.name])
+        default = None if f.default is dataclasses.MISSING else f.default
+        joiner = " " if f.metadata.get("nargs") else ","
+        shown = joiner.join(map(str, default)) if isinstance(default, tuple) else default
+        text = f.metadata.get("help", "")
+        if shown not in (None, "", False):
+            text = f"{text} (default {shown})" if text else f"default {shown}"
+        kw = {"help": text, "default": None}
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            kw["required"] = True
+        if kind is bool:
+            kw["action"] = "store_true"
+        elif f.metadata.get("append"):
+            kw["action"] = "append"
+        elif f.metadata.get("nargs"):
+            kw.update(nargs="+", **_value_kw(typing.get_args(kind)[0]))
+        elif typing.get_origin(kind) is tuple:
+            kw["type"] = ints
+        else:
+            kw.update(_value_kw(kind))
+        if "metavar" in f.metadata:
+            kw["metavar"] = f.metadata["metavar"]
+        group = f.metadata.get("group")
+        if group and group not in groups:
+            groups[group] = parser.add_mutually_exclusive_group()
+        target = groups[group] if group else parser
+        target.add_argument("--" + f.name.replace("_", "-"), **kw)
+
+
+def from_args(cls: type, args: argparse.Namespace, **extra):
+    """The config `cls` from parsed flags (absent flags keep the defaults) and `extra`."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    values = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    return cls(**values, **extra)
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """How a model runs on whole images: tiles with context, blended; the network's precision."""
+
+    device: Device = Device.AUTO
+    tile: Optional[int] = field(default=None, metadata={"help": "LR tile side in pixels (default 512 on a GPU, "
+                                                                "128 on a CPU)"})
+    overlap: int = field(default=16, metadata={"help": "LR pixels of overlap between tiles"})
+    context: int = field(default=16, metadata={"help": "LR pixels of context around each tile, so the output hardly "
+                                                       "depends on --tile"})
+    batch: int = field(default=4, metadata={"help": "tiles per forward pass"})
+    precision: Precision = field(default=Precision.FP32, metadata={"help": "of the network"})
+
+    def __post_init__(self):
+        _enums(self)
+
+
+@dataclass(frozen=True)
+class PredictConfig(InferenceConfig):
+    """`bpho predict`: inference, and the file format written."""
+
+    format: ImageFormat = field(default=ImageFormat.IMAGEJ, metadata={
+        "help": "ImageJ hyperstack TIFF (Fiji) or OME-TIFF (.ome.tif: OME-XML pixel sizes, axes, channels)"})
+
+
+def mlproject_argv(cls: type, argv: list, switches: Tuple[str, ...] = ()) -> list:
+    """The `bpho` flags for an MLproject entry point's ``--name value`` pairs (every -P is passed).
+
+    An empty value means "not given" (the config's default); a bool field (or a flag in
+    `switches`) is a switch, on for "true"; a repeatable field takes space-separated items.
+    """
+    hints = typing.get_type_hints(cls)
+    kinds = {"--" + f.name.replace("_", "-"): (_base(hints[f.name]), f.metadata.get("append"))
+             for f in dataclasses.fields(cls)}
+    out = []
+    for key, value in zip(argv[0::2], argv[1::2]):
+        kind, append = kinds.get(key, (bool if key in switches else str, False))
+        if kind is bool:
+            out += [key] if value.lower() == "true" else []
+        elif append:
+            out += [a for item in value.split() for a in (key, item)]
+        elif value != "":
+            out += [key, value]
+    return out
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What `bpho train` does; also what tuning trials and reports train with."""
+
+    dataset: str = field(metadata={"help": "the dataset whose train tiles are learned and valid images scored"})
+    tile_size: Optional[int] = field(default=None, metadata={"help": "HR tile size (default: the dataset's smallest)"})
+    batch_size: int = 8
+    epochs: int = field(default=10, metadata={"group": "how_long"})
+    minutes: Optional[float] = field(default=None, metadata={
+        "group": "how_long",
+        "help": "a wall-clock budget instead of epochs: the epochs are planned from the pace of the first batches"})
+    encoder: str = field(default=UNetConfig.encoder, metadata={"help": "any timm model with features_only"})
+    depth: Optional[int] = field(default=UNetConfig.depth, metadata={"help": "encoder stages used (3: stride 8 "
+                                                                             "for a resnet)"})
+    mode: Mode = field(default=Mode(UNetConfig.mode), metadata={"help": "pre: upsample LR first; lr: pixel-shuffle "
+                                                                        "at the end"})
+    frames: Optional[int] = field(default=None, metadata={"help": "LR frames in (checked against the dataset)"})
+    loss: Loss = Loss.L1
+    lr: float = field(default=2e-3, metadata={"help": "peak learning rate of the one-cycle schedule"})
+    weight_decay: float = 1e-4
+    amp: bool = field(default=False, metadata={"help": "mixed precision (bf16, or fp16 with scaling)"})
+    channels_last: bool = False
+    grad_checkpointing: bool = field(default=False, metadata={"help": "recompute encoder activations"})
+    accumulate: int = field(default=1, metadata={"help": "gradient accumulation steps (effective batch = batch x "
+                                                         "steps)"})
+    seed: int = 0
+    device: Device = Device.AUTO
+    panel_every: int = field(default=1, metadata={"help": "log an LR|bicubic|model|HR panel every N epochs"})
+    decoder_widths: Tuple[int, ...] = field(default=UNetConfig.decoder_widths, metadata={
+        "help": "comma-separated decoder widths, deepest first"})
+    head_channels: Optional[int] = field(default=UNetConfig.head_channels, metadata={
+        "help": "HR channels after the pixel shuffle (mode lr)"})
+    padding: Padding = field(default=Padding(UNetConfig.padding), metadata={
+        "help": "of every convolution (zeros lets the network find tile borders)"})
+    encoder_weights: Optional[str] = field(default=None, metadata={
+        "help": "a local weights file for the encoder (nothing is downloaded)"})
+    mix: Tuple[str, ...] = field(default=(), metadata={
+        "append": True, "metavar": "DATASET[=W]",
+        "help": "also train on another dataset's tiles (e.g. synthetic pairs), W of them per real tile each epoch "
+                "(default 1); repeatable. Validation stays on --dataset's held-out images"})
+    model_name: Optional[str] = field(default=None, metadata={"help": "registered model name (default "
+                                                                      "bpho-<dataset>)"})
+
+    def __post_init__(self):
+        _enums(self)
+        object.__setattr__(self, "decoder_widths", tuple(self.decoder_widths))
+        object.__setattr__(self, "mix", tuple(self.mix))
+        problems = []
+        for name in ("batch_size", "epochs", "accumulate", "panel_every"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name}={getattr(self, name)} (>= 1)")
+        if self.minutes is not None and self.minutes <= 0:
+            problems.append(f"minutes={self.minutes} (> 0)")
+        if self.lr <= 0:
+            problems.append(f"lr={self.lr} (> 0)")
+        for item in self.mix:
+            try:
+                name, weight = mix_item(item)
+                ok = weight > 0
+            except (ValueError, BphoError):
+                ok = False
+            if not ok:
+                problems.append(f"mix {item!r} (DATASET or DATASET=WEIGHT, weight > 0)")
+        if problems:
+            raise BphoError(f"train: invalid {'; '.join(problems)}")
+
+
+def key_value(item: str, what: str = "--set", value_required: bool = True) -> Tuple[str, str]:
+    """``"KEY=VALUE"`` -> (KEY, VALUE), stripped; the one parser of bpho's KEY=VALUE options."""
+    key, sep, value = item.partition("=")
+    if not key.strip() or (value_required and not sep):
+        raise BphoError(f"{what} {item!r}: use KEY=VALUE")
+    return key.strip(), value.strip()
+
+
+def key_values(items: Iterable[str], what: str = "--set") -> Dict[str, str]:
+    """``["a=1", "b=x"]`` -> {"a": "1", "b": "x"}."""
+    return dict(key_value(item, what) for item in items)
+
+
+def mix_item(item: str) -> Tuple[str, float]:
+    """``"synthetic_001=0.5"`` -> ("synthetic_001", 0.5); no ``=W`` means weight 1."""
+    name, weight = key_value(item, "--mix", value_required=False)
+    return name, float(weight) if weight else 1.0
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Sizes of the demo data (`bpho demo-data`). HR sizes are in HR pixels, multiples of `scale`."""
+
+    seed: int = 0
+    scale: int = field(default=4, metadata={"help": "LR pixel size / HR pixel size"})
+    paired_fields: int = 8
+    paired_size: int = field(default=512, metadata={"help": "HR side of a paired field in pixels"})
+    movies: int = 2
+    movie_frames: int = 12
+    movie_size: int = 256
+    hr_only_fields: int = 6
+    denoise_fields: int = 6
+    denoise_size: int = 256
+    max_shift_hr_px: float = field(default=2.5, metadata={"cli": False})
+    realism: Realism = field(default=Realism.EASY, metadata={
+        "help": "hard: the sample turns, grows and deforms between acquisitions; aberrated LR PSF, bleaching, "
+                "scan-line jitter, saturation, hot pixels (truth in demo_truth.json, truth/paired_map/)"})
+
+    def __post_init__(self):
+        _enums(self)
+        if self.movie_frames < 1 or self.scale < 1:
+            raise BphoError("demo-data: movie_frames and scale must be >= 1")
+        for name in ("paired_size", "movie_size"):
+            size = getattr(self, name)
+            if size % self.scale or size < 8 * self.scale:
+                raise BphoError(f"demo-data: {name}={size} must be a multiple of scale={self.scale} and "
+                                f">= {8 * self.scale}")
+
+
+# --- tune
+
+MIN_BATCH = 2  # batch norm needs two samples to train
+
+
+class TrainPrecision(StrEnum):
+    """Of training steps: float32, or mixed precision (``TrainConfig.amp``)."""
+
+    FP32 = "fp32"
+    AMP = "amp"
+
+
+def _tuples(cfg, *names: str) -> None:
+    """Sequence fields as tuples (a frozen config stays hashable and compares equal)."""
+    for name in names:
+        if getattr(cfg, name) is not None:
+            object.__setattr__(cfg, name, tuple(getattr(cfg, name)))
+
+
+def _members(cfg, name: str, enum: type, what: str) -> None:
+    """A tuple field's values as members of `enum` (checked)."""
+    if getattr(cfg, name) is not None:
+        object.__setattr__(cfg, name, tuple(choice(enum, v, what) for v in getattr(cfg, name)))
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """What `bpho tune fit` measures: per tile size, the largest batch that trains (forward,
+    backward, optimizer step) within a memory budget, for one model."""
+
+    dataset: str = field(metadata={"help": "the dataset whose training tiles are stepped on"})
+    tile_sizes: Optional[Tuple[int, ...]] = field(default=None, metadata={"nargs": "+", "help": "default: the dataset's"})
+    memory_gb: Optional[float] = field(default=None, metadata={"help": "budget (default: the device's free memory)"})
+    encoder: str = UNetConfig.encoder
+    mode: Mode = Mode(UNetConfig.mode)
+    decoder_widths: Tuple[int, ...] = field(default=UNetConfig.decoder_widths, metadata={
+        "help": "comma-separated, deepest first"})
+    precision: Optional[Tuple[TrainPrecision, ...]] = field(default=None, metadata={
+        "nargs": "+", "help": "default: fp32 amp on CUDA, fp32 on CPU"})
+    checkpointing: Optional[Tuple[bool, ...]] = field(default=None, metadata={
+        "nargs": "+", "help": "default: off on on CUDA, off on CPU"})
+    max_batch: int = 256
+    refine: bool = field(default=False, metadata={"help": "bisect to the exact largest batch (default: powers of 2)"})
+    device: Device = Device.AUTO
+    steps: int = field(default=2, metadata={"cli": False, "help": "timed steps per attempt, after a first one"})
+
+    def __post_init__(self):
+        _enums(self)
+        _tuples(self, "tile_sizes", "decoder_widths", "checkpointing")
+        _members(self, "precision", TrainPrecision, "tune fit: precision")
+        if self.max_batch < MIN_BATCH:
+            raise BphoError(f"tune fit: --max-batch {self.max_batch} (>= {MIN_BATCH})")
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """What the trials of a hyperparameter study choose from."""
+
+    encoders: Tuple[str, ...] = field(default=("resnet18", "resnet34"), metadata={"nargs": "+"})
+    modes: Tuple[Mode, ...] = field(default=(Mode.LR, Mode.PRE), metadata={"nargs": "+"})
+    losses: Tuple[Loss, ...] = field(default=tuple(Loss), metadata={"nargs": "+"})
+    tile_sizes: Optional[Tuple[int, ...]] = field(default=None, metadata={"nargs": "+", "help": "default: the dataset's"})
+    lr_min: float = 1e-4
+    lr_max: float = 3e-3
+    max_batch: int = field(default=16, metadata={"help": "batch cap where no fit table exists"})
+    amp: bool = False
+    decoder_widths: Optional[Tuple[int, ...]] = field(default=None, metadata={
+        "help": "comma-separated, deepest first (default: train's)"})
+
+    def __post_init__(self):
+        _tuples(self, "encoders", "tile_sizes", "decoder_widths")
+        _members(self, "modes", Mode, "tune hparams: mode")
+        _members(self, "losses", Loss, "tune hparams: loss")
+
+
+@dataclass(frozen=True)
+class HparamsConfig:
+    """What `bpho tune hparams` runs: an Optuna study maximising the validation PSNR gain over
+    bicubic, which workers on several machines can share through one RDB `storage`."""
+
+    dataset: str = field(metadata={"help": "the dataset trials train on and are scored on"})
+    trials: int = field(default=20, metadata={"help": "finished trials the study should hold (all workers)"})
+    epochs: int = field(default=5, metadata={"help": "epochs per trial"})
+    storage: Optional[str] = field(default=None, metadata={
+        "help": "Optuna RDB URL shared by workers, e.g. postgresql://user@host/db (default: SQLite under "
+                "BPHO_ROOT/tune)"})
+    study: Optional[str] = field(default=None, metadata={
+        "help": "study name to create, resume or join (default hparams-<dataset>)"})
+    pruner: Pruner = Pruner.MEDIAN
+    seed: Optional[int] = None
+    timeout: Optional[float] = field(default=None, metadata={"help": "seconds this worker runs at most"})
+    device: Device = Device.AUTO
+    space: SearchSpace = field(default_factory=SearchSpace, metadata={"cli": False})
+
+    def __post_init__(self):
+        _enums(self)
+        if self.trials < 1 or self.epochs < 1:
+            raise BphoError(f"tune hparams: --trials {self.trials} and --epochs {self.epochs} must be >= 1")
+
+
+@dataclass(frozen=True)
+class DegradationStudyConfig:
+    """What `bpho tune degradation` searches: the parameters of a degradation whose synthetic LR
+    is closest to the real LR of a paired datasource's training pairs."""
+
+    datasource: str = field(metadata={"help": "a paired datasource (its training pairs are compared)"})
+    degradation: Degradation = field(metadata={"help": "classic or physical (fitted is estimated, not searched)"})
+    trials: int = field(default=100, metadata={"help": "trials to add to the study (demo: about 15 s per 100)"})
+    max_pairs: Optional[int] = field(default=4, metadata={"help": "pairs compared per trial"})
+    storage: Optional[str] = field(default=None, metadata={"help": "Optuna RDB URL (default: SQLite under "
+                                                                   "BPHO_ROOT/tune)"})
+    study: Optional[str] = field(default=None, metadata={"help": "default degradation-<degradation>-<datasource>"})
+    seed: Optional[int] = field(default=0, metadata={"cli": False})
+    recipe: str = field(default="paired_001", metadata={"cli": False, "help": "registers the pairs"})
+    recipe_settings: Tuple[str, ...] = field(default=(), metadata={"cli": False})
+
+    def __post_init__(self):
+        _enums(self)
+        _tuples(self, "recipe_settings")
+        if self.degradation is Degradation.FITTED:
+            raise BphoError("tune degradation: 'fitted' (search classic or physical; fitted is estimated, not searched)")
+
+
+@dataclass(frozen=True)
+class DegradationReportConfig:
+    """What `bpho tune degradation-report` compares: one model trained on the real pairs of a
+    paired datasource and one on pairs synthesized from its HR by each degradation."""
+
+    datasource: str = field(metadata={"help": "a paired datasource"})
+    epochs: int = 10
+    trials: int = field(default=100, metadata={"help": "study trials for classic and physical "
+                                                       "(0: their default parameters)"})
+    tile_size: Optional[int] = field(default=None, metadata={"help": "HR tile size (default: the dataset's smallest)"})
+    batch_size: Optional[int] = field(default=None, metadata={"help": f"default {TrainConfig.batch_size}"})
+    encoder: Optional[str] = field(default=None, metadata={"help": f"default {TrainConfig.encoder}"})
+    decoder_widths: Optional[Tuple[int, ...]] = field(default=None, metadata={
+        "help": "comma-separated, deepest first (default: train's)"})
+    recipe_settings: Tuple[str, ...] = field(default=(), metadata={"cli": False,
+                                                                   "help": "recipe fields for all four datasets"})
+    out: Optional[str] = field(default=None, metadata={"help": "folder for the table and figure"})
+    recipe: str = field(default="paired_001", metadata={"cli": False})
+    prefix: str = field(default="synth-report", metadata={"cli": False, "help": "of the datasets' names"})
+
+    def __post_init__(self):
+        _tuples(self, "decoder_widths", "recipe_settings")
+
+    def train_settings(self) -> dict:
+        """The TrainConfig fields given here; the others keep TrainConfig's defaults."""
+        return {k: getattr(self, k) for k in ("encoder", "batch_size", "decoder_widths") if getattr(self, k) is not None}
