@@ -47,7 +47,7 @@ def breakdown(model, src: Path, work: Path) -> dict:
     import tifffile
 
     from bpho import io
-    from bpho.predict import save_preview
+    from bpho.predict import save_prediction_preview
 
     clock, parts = time.perf_counter(), {}
 
@@ -68,7 +68,7 @@ def breakdown(model, src: Path, work: Path) -> dict:
     lap("tiles+network+blend+to host")
     tifffile.imwrite(work / "parts.tif", hr, imagej=True)
     lap("write TIFF")
-    save_preview(work / "parts.png", lr, hr, model.scale)
+    save_prediction_preview(work / "parts.png", lr, hr, model.scale)
     lap("PNG preview")
     return parts
 

@@ -103,7 +103,7 @@ def setup_data(a) -> str:
         return a.dataset
     root = Path(a.work) / "root"
     os.environ["BPHO_ROOT"] = str(root)
-    from bpho import datasources
+    from bpho import datasets, datasources
     from bpho.datasets import builder
     from bpho.config import DemoConfig
     from bpho.demo import make_demo_data
@@ -113,7 +113,7 @@ def setup_data(a) -> str:
         make_demo_data(root / "demo", DemoConfig(movies=0, hr_only_fields=0, denoise_fields=0), progress=False)
     if "demo_pairs" not in datasources.names():
         datasources.add("demo_pairs", [root / "demo" / "paired"], kind="paired", progress=False)
-    if a.dataset not in builder.names():
+    if a.dataset not in datasets.names():
         builder.make("paired_001", datasource="demo_pairs", name=a.dataset)
     return a.dataset
 
@@ -243,10 +243,10 @@ def main() -> None:
 
     pythons = {m: ensure_venv(m, Path(a.venvs)) for m in methods if m in PEERS}
     name = setup_data(a)
-    from bpho.datasets import builder
+    from bpho import datasets
     from bpho.evaluate import score, score_baselines, validation_pairs
 
-    ds = builder.open(name)
+    ds = datasets.open(name)
     size = a.tile_size or min(ds.tile_sizes)
     pairs = validation_pairs(name)
     exchange = Path(tempfile.mkdtemp(prefix="bpho-peers-data-"))

@@ -39,11 +39,10 @@ HERE = Path(__file__).resolve().parent
 
 def ceiling(dataset: str, truth_dir: Path) -> dict:
     """The noiseless HR of each validation image, moved as the dataset moved the HR, scored."""
-    from bpho import evaluate, io
-    from bpho.datasets import builder
+    from bpho import datasets, evaluate, io
     from bpho.datasets.register import apply
 
-    ds = builder.open(dataset)
+    ds = datasets.open(dataset)
     shifts = {r["source"]: r.get("shift_hr_px", [0.0, 0.0]) for r in ds.manifest["sources"]}
     rows = []
     for pair in ds.validation_images():
@@ -112,7 +111,7 @@ def main() -> None:
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
     import torch
 
-    from bpho import datasources
+    from bpho import datasets, datasources
     from bpho.datasets import builder
     from bpho.demo import make_demo_data
 
@@ -121,7 +120,7 @@ def main() -> None:
         make_demo_data(demo, progress=False)
     if "demo_pairs" not in datasources.names():
         datasources.add("demo_pairs", [demo / "paired"], kind="paired", progress=False)
-    if "paired_001" not in builder.names():
+    if "paired_001" not in datasets.names():
         builder.make("paired_001", datasource="demo_pairs", progress=False, track=False)
     budgets = [float(m) for m in args.minutes.split(",")]
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
@@ -129,7 +128,7 @@ def main() -> None:
     rows = [run("paired_001", m, device, out / f"demo_{m:g}min") for m in budgets]
     ceil = ceiling("paired_001", demo / "truth/paired_hr")
     tiles = tiling(rows[-1]["model_uri"], "paired_001")
-    report = [f"demo paired_001, {len(builder.open('paired_001').validation_images())} whole validation images, "
+    report = [f"demo paired_001, {len(datasets.open('paired_001').validation_images())} whole validation images, "
               f"training on {where}", table(rows, ceil),
               "inference tile (LR px) -> PSNR of the last model: "
               + ", ".join(f"{t}: {v:.2f}" for t, v in tiles.items()) + f" (spread {max(tiles.values()) - min(tiles.values()):.2f} dB)"]
@@ -143,13 +142,13 @@ def main() -> None:
         meta = json.loads((root / "real/realdata.json").read_text())
         if "real_pairs" not in datasources.names():
             datasources.add("real_pairs", [root / "real"], kind="paired", progress=False)
-        if "real_001" not in builder.names():
+        if "real_001" not in datasets.names():
             builder.make("paired_001", datasource="real_pairs", name="real_001", progress=False, track=False,
                          settings=["tile_sizes=64,128", "seed=1"])
         real = [run("real_001", budgets[-1], device, out / "real")]
         sources = ", ".join(f"{s['package']} {s['version']} ({s['structure']})" for s in meta["sources"].values())
         report += [f"real fluorescence ({sources}), held-out fields: "
-                   + ", ".join(p.name for p in builder.open("real_001").validation_images()), table(real, None)]
+                   + ", ".join(p.name for p in datasets.open("real_001").validation_images()), table(real, None)]
         result["real"] = real
     text = "\n\n".join(report)
     print(text)

@@ -80,7 +80,7 @@ def main() -> None:
     work = Path(a.work)
     os.environ["BPHO_ROOT"] = str(work / "root")
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{work / 'mlflow.db'}"
-    from bpho import datasources
+    from bpho import datasets, datasources
     from bpho.datasets import builder
     from bpho.inference import load_model, pick_device
     from bpho.config import DemoConfig
@@ -92,10 +92,10 @@ def main() -> None:
         make_demo_data(work / "demo", DemoConfig(paired_fields=a.fields, movies=0, hr_only_fields=0, denoise_fields=0))
     if "pairs" not in datasources.names():
         datasources.add("pairs", [work / "demo/paired"], kind="paired")
-    if "bench" not in builder.names():
+    if "bench" not in datasets.names():
         builder.make("paired_001", datasource="pairs", name="bench", settings=["tile_sizes=128,256",
                                                                                "tiles_per_image=48"])
-    ds = builder.open("bench")
+    ds = datasets.open("bench")
     device = pick_device("auto")
     n_train = len(ds.tiles(a.tile_size, "train")[0])
     rows = []

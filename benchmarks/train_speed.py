@@ -53,8 +53,7 @@ def main() -> None:
     p.add_argument("--json", help="also write the rows here")
     a = p.parse_args()
 
-    from bpho import tune
-    from bpho.datasets import builder
+    from bpho import datasets, tune
     from bpho.inference import pick_device
     from bpho.config import TrainConfig
     from bpho.train import forward_backward, loss_fn, optimizer_step, setup_model
@@ -70,7 +69,7 @@ def main() -> None:
         fit = {"recommended": result.recommended, "budget_bytes": result.budget_bytes}
     batch_of = {(r["tile_size"], r["precision"]): r["batch_size"] for r in fit["recommended"] if not r["checkpointing"]}
     name, peak = card()
-    ds = builder.open(a.dataset)
+    ds = datasets.open(a.dataset)
     rows = []
     for size in sizes:
         lr, hr = ds.tiles(size, "train")

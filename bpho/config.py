@@ -216,6 +216,7 @@ def mlproject_argv(cls: type, argv: list, switches: Tuple[str, ...] = ()) -> lis
              for f in dataclasses.fields(cls)}
     out = []
     for key, value in zip(argv[0::2], argv[1::2]):
+        key = key.replace("_", "-")  # MLflow appends a -P not in MLproject as --its_name
         kind, append = kinds.get(key, (bool if key in switches else str, False))
         if kind is bool:
             out += [key] if value.lower() == "true" else []

@@ -19,18 +19,17 @@ logged to an MLflow evaluation run tagged with the model's training run and data
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
 
 import numpy as np
 from tqdm import tqdm
 
-from bpho import datasources, io, metrics, tracking
-from bpho.datasets import builder
-from bpho.datasets.recipe import Recipe
+from bpho import datasets, datasources, io, metrics, tracking
 from bpho.datasets.register import apply_registration, register_pair, upsample
+from bpho.datasets.sources import plane_stack
 from bpho.errors import BphoError
 from bpho.inference import SuperResolver, load_model
 
@@ -38,12 +37,12 @@ BASELINES = {"nearest": 0, "bilinear": 1, "bicubic": 3}
 METRICS = ("psnr", "ssim", "ms_ssim", "nrmse", "frc_px", "frc_nm")
 
 
-Pair = builder.ImagePair
+Pair = datasets.ImagePair
 
 
 def validation_pairs(dataset: str) -> List[Pair]:
     """The dataset's held-out source images, whole, as the builder registered and stored them."""
-    ds = builder.open(dataset)
+    ds = datasets.open(dataset)
     if ds.validation_split != "valid":
         raise BphoError(f"dataset {dataset!r} holds no image out (valid_fraction=0); evaluate on a paired "
                         "--datasource never used in training instead")
@@ -54,10 +53,9 @@ def _pairs_from_datasource(source: datasources.Datasource, scale: int, transform
     name = source.name
     if not source.pairs:
         raise BphoError(f"datasource {name!r} has no LR/HR pairs to evaluate on")
-    r = Recipe(datasource=name, kind=source.kind, scale=scale, tile_sizes=(scale,))
     out = []
-    for pair in source.pairs:
-        lr, hr = builder.plane_stack(pair.lr, 0, r), builder.plane_stack(pair.hr, 0, r)
+    for pair in source.pairs:  # channel 0, z plane 0, as the default recipe reads them
+        lr, hr = plane_stack(pair.lr), plane_stack(pair.hr)
         if hr.shape[1:] != (lr.shape[1] * scale, lr.shape[2] * scale):
             raise BphoError(f"{pair.lr}: LR {lr.shape[1:]} and HR {hr.shape[1:]} do not match the model's scale {scale}")
         reg = register_pair(lr.mean(0), hr.mean(0), scale, transform)

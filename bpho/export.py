@@ -161,7 +161,7 @@ def _safe_name(name: str) -> str:
 
 def _sample(model: SuperResolver, sample: Optional[Path]):
     """(frames, y, x) LR float32, the matching (Y, X) HR or None, and where they come from."""
-    from bpho.datasets import builder
+    from bpho import datasets
 
     if sample is not None:
         data = io.read(Path(sample)).data  # (T, C, Z, Y, X)
@@ -170,7 +170,7 @@ def _sample(model: SuperResolver, sample: Optional[Path]):
     else:
         dataset = model.meta.get("dataset")
         try:
-            ds = builder.open(dataset)
+            ds = datasets.open(dataset)
             pair = ds.validation_images()[0]
         except (BphoError, IndexError) as exc:
             raise BphoError(f"the model's dataset {dataset!r} is not usable here ({exc}); give --sample LR_IMAGE "

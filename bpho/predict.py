@@ -87,7 +87,7 @@ def _predict_image(model, img: io.Image, target: Path, progress: bool, fmt: str 
 
     def draw():
         try:
-            save_preview(png_part, img.data[0, 0, 0], first[0], s)
+            save_prediction_preview(png_part, img.data[0, 0, 0], first[0], s)
         except Exception as exc:  # raised in the caller, after the TIFF
             failed.append(exc)
 
@@ -172,7 +172,7 @@ def ahead(items: Iterator, depth: int = 2) -> Iterator:
         thread.join()
 
 
-def save_preview(png: Path, lr: np.ndarray, hr: np.ndarray, scale: int, side: int = 512) -> None:
+def save_prediction_preview(png: Path, lr: np.ndarray, hr: np.ndarray, scale: int, side: int = 512) -> None:
     """First frame, first channel and plane: LR (pixels repeated) | prediction, each at most
     `side` px wide (a big image is subsampled for the view; the TIFF holds every pixel), each
     scaled to its own 1-99.8th percentiles."""

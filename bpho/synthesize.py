@@ -19,11 +19,11 @@ from typing import Dict, Iterable, List, Optional, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from bpho import datasources
-from bpho.datasets import builder
+from bpho import datasets, datasources
+from bpho.config import key_values
+from bpho.datasets import builder, sources
 from bpho.datasets import recipe as recipes
 from bpho.datasets.register import apply_registration, normalize, percentile_range, register_pair
-from bpho.config import key_values
 from bpho.degrade import NAMES, classic, fitted, params_from, physical
 from bpho.degrade.fitted import RegisteredPair
 from bpho.errors import BphoError
@@ -42,13 +42,13 @@ def registered_pairs(datasource: str, recipe: str = "paired_001", split: Optiona
     ds = datasources.open(datasource, verify=True, progress=False)
     if not ds.pairs:
         raise BphoError(f"datasource {datasource!r} (kind {ds.kind}) has no LR/HR pairs; fitting needs real pairs")
-    pixel = {ds.path / f["path"]: (f.get("pixel_size_um") or [None] * 3)[-1] for f in ds.manifest["files"]}
-    assigned = builder.split_sources([p.stem for p in ds.pairs], r.valid_fraction, r.seed)
+    pixel = sources.pixel_sizes(ds)
+    assigned = sources.split_sources([p.stem for p in ds.pairs], r.valid_fraction, r.seed)
     chosen = [p for p in ds.pairs if split is None or assigned[p.stem] == split][:max_pairs]
     out = []
     for pair in tqdm(chosen, desc="register", unit="pair", disable=not progress):
-        lr = builder.plane_stack(pair.lr, 0, r)[0]
-        hr = builder.plane_stack(pair.hr, 0, r)[0]
+        lr = sources.plane_stack(pair.lr, 0, r.channel, r.z)[0]
+        hr = sources.plane_stack(pair.hr, 0, r.channel, r.z)[0]
         reg = register_pair(normalize(lr, *percentile_range(lr, r.percentile_low, r.percentile_high)),
                             normalize(hr, *percentile_range(hr, r.percentile_low, r.percentile_high)), r.scale,
                             r.transform)
@@ -94,11 +94,11 @@ def degradation(name: str, settings: Dict[str, object] | Iterable[str] = (), fit
 
 def synthesize(datasource: str, degradation_: Degradation, dataset: str, recipe: Optional[str] = None,
                recipe_settings: Iterable[str] = (), force: bool = False, progress: bool = True,
-               track: bool = True) -> builder.Dataset:
+               track: bool = True) -> datasets.Dataset:
     """Dataset `dataset` of synthetic pairs from the HR images of `datasource`."""
     ds = datasources.open(datasource, verify=False)
     recipe = recipe or ("movie_001" if ds.kind == "movie" else "paired_001")
-    synthesis = builder.Synthesis(record=degradation_.record(), lowres=degradation_)
     return builder.make(recipe, datasource=datasource, settings=[f"scale={degradation_.params.scale}", *recipe_settings],
-                        name=dataset, force=force, progress=progress, track=track, synthesis=synthesis)
+                        name=dataset, force=force, progress=progress, track=track,
+                        lr=sources.DegradedLR(record=degradation_.record(), degrade=degradation_))
 

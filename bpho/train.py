@@ -32,8 +32,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from bpho import evaluate, paths, tracking
-from bpho.datasets import builder
+from bpho import datasets, evaluate, paths, tracking
 from bpho.config import Loss, TrainConfig, choice, mix_item
 from bpho.errors import BphoError, BphoWarning, NotFoundError
 from bpho.inference import SuperResolver, pick_device, save_model
@@ -262,7 +261,7 @@ def _process_start() -> float:
 
 
 def _dataset_tiles(cfg: TrainConfig):
-    ds = builder.open(cfg.dataset)
+    ds = datasets.open(cfg.dataset)
     size = cfg.tile_size or min(ds.tile_sizes)
     lr_tr, hr_tr = ds.tiles(size, "train")
     if len(lr_tr) == 0:
@@ -284,7 +283,7 @@ def _mixed(cfg: TrainConfig, size: int, lr_tr, hr_tr):
     parts, lrs, hrs = [(0, len(lr_tr), len(lr_tr))], [lr_tr], [hr_tr]
     for item in cfg.mix:
         name, weight = mix_item(item)
-        other = builder.open(name)
+        other = datasets.open(name)
         if size not in other.tile_sizes:
             raise BphoError(f"--mix {name}: it has no tiles of {size} px (it has {other.tile_sizes}); build it with "
                             f"tile_sizes including {size}")
@@ -318,7 +317,7 @@ class Session:
     cfg: TrainConfig
     d: Dist
     device: torch.device
-    ds: object  # the dataset (builder.Dataset)
+    ds: datasets.Dataset
     size: int  # HR tile size
     scale: int
     pairs: list  # the validation images
@@ -465,7 +464,7 @@ def _log_start(s: Session, resume: Optional[str]) -> None:
     tracking.log_dataset_input(ds.name, ds.digest, ds.path, context="training", tags={"tile_size": str(s.size)})
     for item in cfg.mix:
         name, weight = mix_item(item)
-        other = builder.open(name)
+        other = datasets.open(name)
         tracking.log_dataset_input(other.name, other.digest, other.path, context="training",
                                    tags={"tile_size": str(s.size), "mix_weight": f"{weight:g}"})
     tracking.describe_run(f"bpho training: a {cfg.encoder} U-Net ({cfg.mode}) on dataset {ds.name} "

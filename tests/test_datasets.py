@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from bpho import datasources, io
+from bpho import datasets, datasources, io
 from bpho.datasets import builder, recipe
 from bpho.datasets.register import downsample, ncc, register_pair
 from bpho.errors import BphoError, BphoWarning, IntegrityError, NotFoundError
@@ -205,7 +205,7 @@ def test_mlflow_run_make_dataset(root, demo, tmp_path, tracked):
         capture_output=True, text=True, env=env, cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    ds = builder.open("dn_run")
+    ds = datasets.open("dn_run")
     assert ds.tile_sizes == [32] and ds.manifest["parameters"]["tiles_per_image"] == 3
     client = MlflowClient(tracked, registry_uri=tracked)
     run = client.search_runs([client.get_experiment_by_name("Default").experiment_id],
@@ -260,7 +260,7 @@ def test_bad_builds_give_one_line_and_write_nothing(root, demo, tmp_path, case):
 
 def test_python_errors_for_missing_things(root):
     with pytest.raises(NotFoundError):
-        builder.open("never_built")
+        datasets.open("never_built")
     with pytest.raises(NotFoundError):
         builder.make("paired_001", datasource="absent", progress=False, track=False)
 

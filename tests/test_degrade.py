@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from bpho import io
-from bpho.datasets import builder
+from bpho import datasets, io
 from bpho.degrade import classic, fitted, physical
 from bpho.degrade.fitted import RegisteredPair
 from bpho.errors import BphoError
@@ -121,7 +120,7 @@ def test_synthesize_cli_builds_a_dataset_that_names_its_degradation(env, tracked
     proc = run_bpho("synthesize", "--datasource", "hr_only", "--degradation", "physical", "--dataset", "syn_phys",
                     "--set", "photons=40", "--set", "tile_sizes=64", "--set", "tiles_per_image=6", "--force", check=True)
     assert "syn_phys" in proc.stdout and "photons=40.0" in proc.stdout
-    ds = builder.open("syn_phys")
+    ds = datasets.open("syn_phys")
     m = ds.manifest
     assert m["degradation"]["name"] == "physical" and m["degradation"]["parameters"]["photons"] == 40.0
     assert m["datasource"]["name"] == "hr_only" and m["parameters"]["register"] is False
@@ -147,7 +146,7 @@ def test_synthesize_fitted_records_its_pairs_and_movies_keep_frames(env):
     ds = sy.synthesize("pairs", deg, "syn_fit", recipe_settings=["tile_sizes=64", "tiles_per_image=4"],
                        progress=False, track=False)
     fitted_on = ds.manifest["degradation"]["fitted_on"]
-    train_stems = {r["source"] for r in builder.open("syn_fit").manifest["sources"] if r["split"] == "train"}
+    train_stems = {r["source"] for r in datasets.open("syn_fit").manifest["sources"] if r["split"] == "train"}
     assert fitted_on["datasource"] == "pairs" and set(fitted_on["pairs"]) == train_stems  # never the held-out pairs
     assert 100 < ds.manifest["degradation"]["parameters"]["psf_fwhm_nm"] < 350
     movie = sy.synthesize("demo_movie", sy.degradation("classic", {"scale": 4}), "syn_movie",
@@ -200,10 +199,14 @@ def test_report_trains_on_real_and_synthetic_pairs(env, tracked, tmp_path):
     assert [r.training_pairs for r in result.rows] == ["real", "classic", "physical", "fitted"]
     assert all(np.isfinite(r.psnr) and np.isfinite(r.gain_psnr) for r in result.rows)
     assert (tmp_path / "report" / "report.png").stat().st_size > 0
+    # what each degradation misses of the held-out real LR: distances and a residual/spectrum figure
+    assert set(result.distances) == {"classic", "physical", "fitted"}
+    assert all(np.isfinite(list(d.values())).all() and d["total"] > 0 for d in result.distances.values())
+    assert (tmp_path / "report" / "missed.png").stat().st_size > 0
     table = (tmp_path / "report" / "report.txt").read_text()
-    assert "fitted" in table and "(bicubic)" in table
+    assert "fitted" in table and "(bicubic)" in table and "misses" in table
     client = MlflowClient(tracked)
-    assert {"report/report.json", "report/report.png", "report/report.txt"} <= {
+    assert {"report/report.json", "report/report.png", "report/report.txt", "report/missed.png"} <= {
         f.path for f in client.list_artifacts(result.run_id, "report")}
     saved = json.loads((tmp_path / "report" / "report.json").read_text())
     assert saved["rows"][3]["degradation"]["fitted_on"]["datasource"] == "pairs"
@@ -223,7 +226,7 @@ def test_mlflow_run_synthesize_lowres_entry_point(env, tracked, tmp_path):
         capture_output=True, text=True, cwd=tmp_path,
         env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    m = builder.open("syn_entry").manifest
+    m = datasets.open("syn_entry").manifest
     assert m["degradation"]["parameters"]["downsample"] == "bilinear" and m["parameters"]["tile_sizes"] == [64]
     client = MlflowClient(tracked)
     run = client.search_runs([client.get_experiment_by_name("Default").experiment_id],

@@ -16,7 +16,7 @@ from pylibCZIrw import czi as pyczi
 from scipy import ndimage
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from bpho import io, metrics
+from bpho import datasets, io, metrics
 from bpho.datasets import builder
 from bpho.errors import BphoError, BphoWarning
 from bpho.inference import load_model, pick_device, with_index
@@ -103,7 +103,7 @@ def test_evaluate_logs_table_figures_and_links(env, tmp_path):
     assert "gain over bicubic, PSNR" in proc.stdout
     with open(out / "evaluation.csv") as fh:
         rows = list(csv.DictReader(fh))
-    valid = [r["source"] for r in builder.open("ev").manifest["sources"] if r["split"] == "valid"]
+    valid = [r["source"] for r in datasets.open("ev").manifest["sources"] if r["split"] == "valid"]
     assert {r["image"] for r in rows} == set(valid)
     assert {r["method"] for r in rows} == {"model", "nearest", "bilinear", "bicubic"}
     assert all(np.isfinite(float(r["psnr"])) and float(r["frc_nm"]) > 0 for r in rows)
@@ -114,7 +114,7 @@ def test_evaluate_logs_table_figures_and_links(env, tmp_path):
     exp = client.get_experiment_by_name("bpho-evaluate")
     run = client.search_runs([exp.experiment_id], filter_string="tags.`bpho.model_uri` = 'models:/ev-single/latest'")[0]
     assert run.data.tags["bpho.model_run_id"] == single.run_id
-    assert run.data.tags["bpho.dataset_digest"] == builder.open("ev").digest
+    assert run.data.tags["bpho.dataset_digest"] == datasets.open("ev").digest
     assert "model_psnr" in run.data.metrics and "model_frc_px" in run.data.metrics
     if len(valid) == 1:  # no interval over one image: said, not faked
         assert "95% CI undefined with one image" in proc.stdout and "gain_psnr_ci95_low" not in run.data.metrics
@@ -282,7 +282,7 @@ def test_export_bioimageio_package_predicts_what_bpho_predicts(env, tmp_path):
     assert {k for k, v in descr.weights if v is not None} == {"pytorch_state_dict", "torchscript", "onnx"}
     (lr_t,), (hr_t,) = descr.inputs, descr.outputs
     assert [str(a.id) for a in lr_t.axes] == ["batch", "channel", "y", "x"]
-    ds = builder.open("ev")
+    ds = datasets.open("ev")
     scale_range = next(p for p in lr_t.preprocessing if p.id == "scale_range").kwargs
     assert (scale_range.min_percentile, scale_range.max_percentile) == (
         ds.manifest["parameters"]["percentile_low"], ds.manifest["parameters"]["percentile_high"])

@@ -14,7 +14,7 @@ import time
 import pytest
 from mlflow import MlflowClient
 
-from bpho.datasets import builder
+from bpho import datasets
 
 from conftest import (_free_port, assert_one_line_error, build_world, add_demo, run_bpho, start_mlflow_server,
                       stop, use_world)
@@ -88,13 +88,13 @@ def test_training_survives_a_tracking_server_outage(env, tmp_path, monkeypatch):
 
 
 def test_a_killed_dataset_build_leaves_no_dataset(env):
-    datasets = env / "datasets"
+    folder = env / "datasets"
     proc = subprocess.Popen([sys.executable, "-m", "bpho.cli", "dataset", "make", "paired_001", "--datasource", "pairs",
                              "--name", "killed", "--set", "tile_sizes=64", "--set", "tiles_per_image=400"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     import psutil
 
-    _wait(lambda: any(datasets.glob(".killed.tmp-*/tiles")) and psutil.Process(proc.pid).children(), 120,
+    _wait(lambda: any(folder.glob(".killed.tmp-*/tiles")) and psutil.Process(proc.pid).children(), 120,
           "the build to start its workers and write", proc)
     workers = psutil.Process(proc.pid).children()
     proc.send_signal(signal.SIGKILL)
@@ -102,12 +102,12 @@ def test_a_killed_dataset_build_leaves_no_dataset(env):
     assert workers  # the build prepares images in forked workers; killed with it, none is left behind
     _wait(lambda: not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers), 15,
           "the workers to end")
-    assert not (datasets / "killed").exists()
+    assert not (folder / "killed").exists()
     assert "killed" not in run_bpho("dataset", "list").stdout
     run_bpho("dataset", "make", "paired_001", "--datasource", "pairs", "--name", "killed", "--set", "tile_sizes=64",
              "--set", "tiles_per_image=4", check=True)
-    assert builder.open("killed").manifest["tiles"]["64"]["train"] > 0
-    assert not list(datasets.glob(".killed.tmp-*"))  # the dead build's leftovers were cleared
+    assert datasets.open("killed").manifest["tiles"]["64"]["train"] > 0
+    assert not list(folder.glob(".killed.tmp-*"))  # the dead build's leftovers were cleared
 
 
 def test_a_changed_datasource_file_is_refused_by_every_stage(env, demo, tmp_path):

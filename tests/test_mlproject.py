@@ -72,8 +72,9 @@ def test_mlproject_argv_follows_the_config_types():
     from bpho.config import TrainConfig, mlproject_argv
 
     argv = mlproject_argv(TrainConfig, ["--dataset", "d", "--epochs", "", "--amp", "true", "--channels-last", "false",
-                                        "--mix", "a=1 b=0.5", "--decoder-widths", "32,16"])
-    assert argv == ["--dataset", "d", "--amp", "--mix", "a=1", "--mix", "b=0.5", "--decoder-widths", "32,16"]
+                                        "--mix", "a=1 b=0.5", "--decoder-widths", "32,16", "--grad_checkpointing", "true"])
+    assert argv == ["--dataset", "d", "--amp", "--mix", "a=1", "--mix", "b=0.5", "--decoder-widths", "32,16",
+                    "--grad-checkpointing"]
 
 
 def test_mlflow_run_demo_data(tmp_path):

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from bpho import io
-from bpho.datasets.builder import content_table, tile_positions
+from bpho.datasets.tiling import content_table, tile_positions
 from bpho.datasets.register import normalize, percentile_range
 from bpho.degrade import classic, physical
 from bpho.errors import BphoError

@@ -16,6 +16,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
+from bpho import datasets
 from bpho.datasets import builder
 from bpho.errors import BphoError
 from bpho.inference import load_model, save_model
@@ -142,7 +143,7 @@ def test_model_folder_roundtrip_rebuilds_without_guessing(tmp_path):
 def test_few_hundred_steps_beat_bicubic(env):
     result = train(TrainConfig(dataset="tiny", batch_size=4, epochs=4, lr=2e-3, panel_every=4, **SMALL_NET),
                    progress=False)
-    steps = 4 * int(np.ceil(builder.open("tiny").manifest["tiles"]["64"]["train"] / 4))
+    steps = 4 * int(np.ceil(datasets.open("tiny").manifest["tiles"]["64"]["train"] / 4))
     assert steps >= 200
     m = result.metrics
     assert m["valid_psnr"] > m["bicubic_psnr"] + 0.5, m
@@ -219,7 +220,7 @@ def test_mlflow_run_train_on_server_registers_a_loadable_model(env, tracked, tmp
     client = MlflowClient(tracked, registry_uri=tracked)
     version = client.search_model_versions("name='served'")[0]
     run = client.get_run(version.run_id)
-    ds = builder.open("tiny")
+    ds = datasets.open("tiny")
     assert run.data.tags["bpho.dataset"] == "tiny" and run.data.tags["bpho.dataset_digest"] == ds.digest
     assert run.data.tags["bpho.datasource_digest"] == ds.manifest["datasource"]["digest"]
     assert run.data.tags["bpho.recipe"] == "paired_001" and "bpho.git_commit" in run.data.tags
@@ -332,7 +333,7 @@ def test_mix_draws_each_dataset_as_weighted_and_logs_both(env):
         result = train(TrainConfig(dataset="tiny", epochs=1, mix=("tiny_seed1=0.5",), model_name="mixed", **SMALL_NET),
                        progress=False)
     finally:
-        shutil.rmtree(builder.open("tiny_seed1").path)  # the module's world stays as it was
+        shutil.rmtree(datasets.open("tiny_seed1").path)  # the module's world stays as it was
     run = MlflowClient().get_run(result.run_id)
     assert run.data.tags["bpho.mix"] == "tiny_seed1=0.5" and run.data.params["train.mix"] == "tiny_seed1=0.5"
     weights = sorted(next((t.value for t in i.tags if t.key == "mix_weight"), "-") for i in run.inputs.dataset_inputs)

@@ -29,13 +29,13 @@ def print_dataset(ds) -> None:
 
 
 def _dataset_list(args) -> int:
-    from bpho.datasets import builder
+    from bpho import datasets
 
-    names = builder.names()
+    names = datasets.names()
     if not names:
         print("no datasets yet; build one with `bpho dataset make RECIPE`")
     for name in names:
-        m = builder.open(name).manifest
+        m = datasets.open(name).manifest
         counts = ", ".join(f"{size}: {i['train']}+{i['valid']}" for size, i in m["tiles"].items())
         print(f"{name:24s} recipe {m['recipe']['name']:14s} datasource {m['datasource']['name']:30s} "
               f"tiles (train+valid) {counts}  {m['digest'][:12]}")
@@ -43,9 +43,9 @@ def _dataset_list(args) -> int:
 
 
 def _dataset_show(args) -> int:
-    from bpho.datasets import builder
+    from bpho import datasets
 
-    ds = builder.open(args.name)
+    ds = datasets.open(args.name)
     if args.json:
         print(json.dumps(ds.manifest, indent=2))
     else:

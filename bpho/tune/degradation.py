@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -204,9 +204,11 @@ class ReportRow:
 @dataclass
 class DegradationReport:
     rows: List[ReportRow]
-    out: Path  # report.json, report.txt and report.png
+    out: Path  # report.json, report.txt, report.png and missed.png
     run_id: str
     bicubic: Dict[str, float]  # psnr, ssim of bicubic upsampling on the same pairs
+    # what each degradation misses of the held-out real LR: `similarity` on those pairs
+    distances: Dict[str, Dict[str, float]] = field(default_factory=dict)
 
 
 def report(cfg: DegradationReportConfig, progress: bool = True) -> DegradationReport:
@@ -268,14 +270,20 @@ def report(cfg: DegradationReportConfig, progress: bool = True) -> DegradationRe
                                   frc_nm=s["model"]["frc_nm"], gain_psnr=s["gain_psnr"]["mean"],
                                   gain_ssim=s["gain_ssim"]["mean"], run_id=trained.run_id,
                                   degradation=deg.record() if deg else None))
+        held_out = (registered_pairs(cfg.datasource, cfg.recipe, split="valid", recipe_settings=cfg.recipe_settings)
+                    or registered_pairs(cfg.datasource, cfg.recipe, max_pairs=1, recipe_settings=cfg.recipe_settings))
+        synthetic = {k: d for k, d in degradations.items() if d is not None}
         result = DegradationReport(rows=rows, out=out, run_id=parent.info.run_id,
-                                   bicubic={"psnr": s["bicubic"]["psnr"], "ssim": s["bicubic"]["ssim"]})
+                                   bicubic={"psnr": s["bicubic"]["psnr"], "ssim": s["bicubic"]["ssim"]},
+                                   distances={k: similarity(d, held_out) for k, d in synthetic.items()})
         (out / "report.json").write_text(json.dumps(asdict(result), indent=2, default=str))
         (out / "report.txt").write_text(report_table(result) + "\n")
         _report_figure(out / "report.png", result)
+        _missed_figure(out / "missed.png", synthetic, held_out[0])
         tracking.log_metrics({f"{r.training_pairs}_{k}": getattr(r, k) for r in rows
                               for k in ("psnr", "ssim", "gain_psnr") if getattr(r, k) is not None})
-        tracking.log_artifacts([out / "report.json", out / "report.txt", out / "report.png"], "report")
+        tracking.log_artifacts([out / "report.json", out / "report.txt", out / "report.png", out / "missed.png"],
+                               "report")
     return result
 
 
@@ -288,6 +296,11 @@ def report_table(result: DegradationReport) -> str:
                      f"{r.gain_ssim:+10.3f}")
     b = result.bicubic
     lines.append(f"{'(bicubic)':12s} {b['psnr']:7.2f} {b['ssim']:6.3f}")
+    if result.distances:
+        lines += ["", "what the synthetic LR misses of the held-out real LR (similarity; 0 = identical):",
+                  f"{'degradation':12s} {'pixel':>7s} {'noise':>7s} {'spectrum':>9s} {'total':>7s}"]
+        lines += [f"{k:12s} {d['pixel']:7.3f} {d['noise']:7.3f} {d['spectrum']:9.3f} {d['total']:7.3f}"
+                  for k, d in result.distances.items()]
     return "\n".join(lines)
 
 
@@ -305,4 +318,43 @@ def _report_figure(png: Path, result: DegradationReport) -> None:
     fig.suptitle("models trained on real vs synthetic pairs, evaluated on held-out real pairs")
     fig.tight_layout()
     fig.savefig(png, dpi=100)
+    plt.close(fig)
+
+
+def _missed_figure(png: Path, degradations: Dict[str, Degradation], pair: RegisteredPair) -> None:
+    """What each degradation misses of one held-out real LR: the real LR minus the degradation's
+    expected LR of the registered HR (mapped linearly onto the real intensities, as `similarity`
+    does), and the radially averaged power spectra of real and synthetic (noisy) LR."""
+    from bpho.plots import pyplot
+
+    plt = pyplot()
+    real = pair.lr.astype(np.float64)
+    m = int(np.ceil(pair.margin / next(iter(degradations.values())).params.scale)) + 2
+    inner = (slice(m, -m), slice(m, -m))
+    real = real[inner]
+    lo, hi = np.percentile(real, (0.5, 99.8))
+    fig, axes = plt.subplots(1, len(degradations) + 2, figsize=(3.2 * (len(degradations) + 2), 3.4))
+    axes[0].imshow(real, cmap="magma", vmin=lo, vmax=hi)
+    axes[0].set_title(f"real LR ({pair.name})", fontsize=9)
+    spectra = {"real": _radial_log_power(real)}
+    limit = 0.25 * (hi - lo)
+    for ax, (name, deg) in zip(axes[1:], degradations.items()):
+        mean = np.asarray(deg(pair.hr, pair.hr_pixel_um, expected=True), np.float64)[inner]
+        a, b = np.polyfit(mean.ravel(), real.ravel(), 1)
+        resid = real - (a * mean + b)
+        ax.imshow(resid, cmap="RdBu_r", vmin=-limit, vmax=limit)
+        ax.set_title(f"real - {name} (rms {resid.std() / (hi - lo):.3f})", fontsize=9)
+        spectra[name] = _radial_log_power(a * np.asarray(deg(pair.hr, pair.hr_pixel_um,
+                                                              rng=np.random.default_rng(0)), np.float64)[inner] + b)
+    for ax in axes[:-1]:
+        ax.axis("off")
+    freq = (np.arange(len(spectra["real"])) + 0.5) / len(spectra["real"]) * 0.5
+    for name, curve in spectra.items():
+        axes[-1].plot(freq, curve, color="k" if name == "real" else None, lw=2 if name == "real" else 1, label=name)
+    axes[-1].set_xlabel("spatial frequency (cycles / LR px)")
+    axes[-1].set_ylabel("log10 power")
+    axes[-1].legend(fontsize=8)
+    fig.suptitle("what the degradations miss: residual of the expected synthetic LR (same colour scale), spectra")
+    fig.tight_layout()
+    fig.savefig(png, dpi=90)
     plt.close(fig)

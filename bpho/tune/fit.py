@@ -26,7 +26,7 @@ import torch
 
 from bpho import paths, tracking
 from bpho.config import MIN_BATCH, FitConfig, TrainConfig, TrainPrecision
-from bpho.datasets import builder
+from bpho import datasets
 from bpho.errors import BphoError
 from bpho.inference import pick_device
 from bpho.train import forward_backward, loss_fn, optimizer_step, setup_model
@@ -69,7 +69,7 @@ class Attempt:
 def _steps(a: Attempt, device: torch.device, warmed=lambda: None) -> float:
     """Build the model, run 1 + `steps` training steps on real tiles; returns tiles/s of the timed
     ones. `warmed()` is called after the first step (code loaded, optimizer state allocated)."""
-    lr, hr = builder.open(a.dataset).tiles(a.tile_size, "train")
+    lr, hr = datasets.open(a.dataset).tiles(a.tile_size, "train")
     idx = np.resize(np.arange(len(lr)), a.batch_size)
     x = torch.from_numpy(np.asarray(lr[idx])).to(device)
     y = torch.from_numpy(np.asarray(hr[idx])).to(device)
@@ -207,7 +207,7 @@ def fit_search(cfg: FitConfig, track: bool = True, progress: bool = True) -> Fit
 
     dataset = cfg.dataset
     dev = pick_device(str(cfg.device))
-    ds = builder.open(dataset)
+    ds = datasets.open(dataset)
     sizes = sorted(cfg.tile_sizes or ds.tile_sizes)
     missing = [s for s in sizes if s not in ds.tile_sizes]
     if missing:
@@ -327,7 +327,7 @@ def _fit_plot(png: Path, result: FitResult) -> None:
 def _track_fit(result: FitResult, study) -> None:
     with tracking.run(tracking.TUNE_EXPERIMENT, run_name=f"fit-{result.dataset}",
                       tags={"bpho.dataset": result.dataset, "bpho.tune": "fit"}) as active:
-        ds = builder.open(result.dataset)
+        ds = datasets.open(result.dataset)
         tracking.log_params({"fit.dataset": result.dataset, "fit.device": result.device,
                              "fit.budget_mb": round(result.budget_bytes / MB), **{f"fit.{k}": v for k, v in result.model.items()}})
         tracking.log_dataset_input(ds.name, ds.digest, ds.path, context="tuning")

@@ -17,7 +17,7 @@ import torch
 
 from bpho import tracking
 from bpho.config import MIN_BATCH, HparamsConfig, TrainConfig, TrainPrecision
-from bpho.datasets import builder
+from bpho import datasets
 from bpho.errors import BphoError
 from bpho.tune.fit import fit_cap, is_out_of_memory
 from bpho.tune.study import (StudyResult, default_storage, end_trial_run, load_optuna, open_study, pruner, safe_url,
@@ -46,7 +46,7 @@ def hparams(cfg: HparamsConfig, progress: bool = True) -> StudyResult:
     from optuna.trial import TrialState
 
     space = cfg.space
-    ds = builder.open(cfg.dataset)
+    ds = datasets.open(cfg.dataset)
     sizes = sorted(space.tile_sizes or ds.tile_sizes)
     if any(s not in ds.tile_sizes for s in sizes):
         raise BphoError(f"tune hparams: dataset {cfg.dataset!r} has tile sizes {ds.tile_sizes}, not {sizes}")
