@@ -109,7 +109,7 @@ def _base(hint):
     return args[0] if typing.get_origin(hint) is typing.Union and len(args) == 1 else hint
 
 
-def ints(text: str) -> Tuple[int, ...]:
+def _ints(text: str) -> Tuple[int, ...]:
     """``"128,64,64"`` -> (128, 64, 64)."""
     try:
         return tuple(int(w) for w in text.split(","))
@@ -132,8 +132,8 @@ def _value_kw(kind) -> dict:
     return {"type": kind}
 
 
-def add_fields(parser: argparse.ArgumentParser, cls: type, skip: Tuple[str, ...] = ()) -> None:
-    """Add a ``--flag`` per field of dataclass `cls` (not in `skip`, not ``cli=False``).
+def add_fields(parser: argparse.ArgumentParser, cls: type) -> None:
+    """Add a ``--flag`` per field of dataclass `cls` (but those with ``cli=False``).
 
     Every flag defaults to None, so an absent flag leaves the config's own default; the
     help shows that default. Fields without a default become required flags.
@@ -141,7 +141,7 @@ def add_fields(parser: argparse.ArgumentParser, cls: type, skip: Tuple[str, ...]
     hints = typing.get_type_hints(cls)
     groups = {}
     for f in dataclasses.fields(cls):
-        if f.name in skip or not f.metadata.get("cli", True):
+        if not f.metadata.get("cli", True):
             continue
         kind = _base(hints[f.name])
         default = None if f.default is dataclasses.MISSING else f.default
@@ -160,7 +160,7 @@ def add_fields(parser: argparse.ArgumentParser, cls: type, skip: Tuple[str, ...]
         elif f.metadata.get("nargs"):
             kw.update(nargs="+", **_value_kw(typing.get_args(kind)[0]))
         elif typing.get_origin(kind) is tuple:
-            kw["type"] = ints
+            kw["type"] = _ints
         else:
             kw.update(_value_kw(kind))
         if "metavar" in f.metadata:

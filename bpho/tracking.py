@@ -71,9 +71,11 @@ def experiment_id(mlflow, name: str) -> str:
     if exp is not None:
         return exp.experiment_id
     location = None
-    if "MLFLOW_TRACKING_URI" not in os.environ:  # embedded: artifacts beside the store, not in the cwd
-        location = (paths.root() / "mlartifacts" / name).as_uri()
-    paths.root().mkdir(parents=True, exist_ok=True)
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///"):  # a local store (the embedded one, or a user's): artifacts beside it,
+        store = Path(uri[len("sqlite:///"):]).absolute()  # never in ./mlruns of wherever a command was started
+        location = (store.parent / "mlartifacts" / name).as_uri()
+        store.parent.mkdir(parents=True, exist_ok=True)
     return mlflow.create_experiment(name, artifact_location=location)
 
 

@@ -288,3 +288,13 @@ def test_embedded_store_keeps_artifacts_under_bpho_root_whatever_the_working_fol
     exp = client.get_experiment_by_name("bpho-datasets")
     assert exp.artifact_location == (root / "mlartifacts" / "bpho-datasets").as_uri()
     assert list((root / "mlartifacts" / "bpho-datasets").rglob("manifest.json"))
+    # a SQLite store of the user's own keeps its artifacts beside it too
+    store = tmp_path / "group" / "runs.db"
+    store.parent.mkdir()
+    proc = subprocess.run([sys.executable, "-m", "bpho.cli", "dataset", "make", "paired_001", "--datasource", "pairs",
+                           "--set", "tile_sizes=64", "--name", "own_store"], cwd=elsewhere, capture_output=True,
+                          text=True, env={**os.environ, "BPHO_ROOT": str(root), "MLFLOW_TRACKING_URI": f"sqlite:///{store}"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not (elsewhere / "mlruns").exists()
+    exp = MlflowClient(f"sqlite:///{store}").get_experiment_by_name("bpho-datasets")
+    assert exp.artifact_location == (store.parent / "mlartifacts" / "bpho-datasets").as_uri()
