@@ -93,14 +93,26 @@ def choice(enum: type, value, what: str) -> Enum:
         raise BphoError(f"{what} {value!r}: use one of {', '.join(m.value for m in enum)}") from None
 
 
-def _enums(cfg) -> None:
-    """Turn the string values of a frozen dataclass's enum fields into members (checked)."""
+def _enums(cfg, what: str = "") -> None:
+    """Normalise a frozen dataclass by its type hints: an enum field's value becomes a member
+    (checked), a tuple field's sequence a tuple (of members, for a tuple of enums). `what`
+    prefixes the error ("tune fit: precision 'x': use one of ...")."""
     hints = typing.get_type_hints(type(cfg))
     for f in dataclasses.fields(cfg):
-        kind = _base(hints[f.name])
-        value = getattr(cfg, f.name)
-        if isinstance(kind, type) and issubclass(kind, Enum) and value is not None:
-            object.__setattr__(cfg, f.name, choice(kind, value, f.name))
+        kind, value = _base(hints[f.name]), getattr(cfg, f.name)
+        name = f"{what}: {f.name}" if what else f.name
+        if value is None:
+            continue
+        if _is_enum(kind):
+            object.__setattr__(cfg, f.name, choice(kind, value, name))
+        elif typing.get_origin(kind) is tuple:
+            item = typing.get_args(kind)[0]
+            object.__setattr__(cfg, f.name, tuple(choice(item, v, name) for v in value) if _is_enum(item) else
+                               tuple(value))
+
+
+def _is_enum(kind) -> bool:
+    return isinstance(kind, type) and issubclass(kind, Enum)
 
 
 def _base(hint):
@@ -125,7 +137,7 @@ def _on(text: str) -> bool:
 
 def _value_kw(kind) -> dict:
     """argparse's type / choices for one value of type `kind`."""
-    if isinstance(kind, type) and issubclass(kind, Enum):
+    if _is_enum(kind):
         return {"choices": [m.value for m in kind]}
     if kind is bool:
         return {"type": _on, "metavar": "{off,on}"}
@@ -272,8 +284,6 @@ class TrainConfig:
 
     def __post_init__(self):
         _enums(self)
-        object.__setattr__(self, "decoder_widths", tuple(self.decoder_widths))
-        object.__setattr__(self, "mix", tuple(self.mix))
         problems = []
         for name in ("batch_size", "epochs", "accumulate", "panel_every"):
             if getattr(self, name) < 1:
@@ -355,19 +365,6 @@ class TrainPrecision(StrEnum):
     AMP = "amp"
 
 
-def _tuples(cfg, *names: str) -> None:
-    """Sequence fields as tuples (a frozen config stays hashable and compares equal)."""
-    for name in names:
-        if getattr(cfg, name) is not None:
-            object.__setattr__(cfg, name, tuple(getattr(cfg, name)))
-
-
-def _members(cfg, name: str, enum: type, what: str) -> None:
-    """A tuple field's values as members of `enum` (checked)."""
-    if getattr(cfg, name) is not None:
-        object.__setattr__(cfg, name, tuple(choice(enum, v, what) for v in getattr(cfg, name)))
-
-
 @dataclass(frozen=True)
 class FitConfig:
     """What `bpho tune fit` measures: per tile size, the largest batch that trains (forward,
@@ -390,9 +387,7 @@ class FitConfig:
     steps: int = field(default=2, metadata={"cli": False, "help": "timed steps per attempt, after a first one"})
 
     def __post_init__(self):
-        _enums(self)
-        _tuples(self, "tile_sizes", "decoder_widths", "checkpointing")
-        _members(self, "precision", TrainPrecision, "tune fit: precision")
+        _enums(self, "tune fit")
         if self.max_batch < MIN_BATCH:
             raise BphoError(f"tune fit: --max-batch {self.max_batch} (>= {MIN_BATCH})")
 
@@ -413,9 +408,7 @@ class SearchSpace:
         "help": "comma-separated, deepest first (default: train's)"})
 
     def __post_init__(self):
-        _tuples(self, "encoders", "tile_sizes", "decoder_widths")
-        _members(self, "modes", Mode, "tune hparams: mode")
-        _members(self, "losses", Loss, "tune hparams: loss")
+        _enums(self, "tune hparams")
 
 
 @dataclass(frozen=True)
@@ -461,7 +454,6 @@ class DegradationStudyConfig:
 
     def __post_init__(self):
         _enums(self)
-        _tuples(self, "recipe_settings")
         if self.degradation is Degradation.FITTED:
             raise BphoError("tune degradation: 'fitted' (search classic or physical; fitted is estimated, not searched)")
 
@@ -487,7 +479,7 @@ class DegradationReportConfig:
     prefix: str = field(default="synth-report", metadata={"cli": False, "help": "of the datasets' names"})
 
     def __post_init__(self):
-        _tuples(self, "decoder_widths", "recipe_settings")
+        _enums(self)
 
     def train_settings(self) -> dict:
         """The TrainConfig fields given here; the others keep TrainConfig's defaults."""

@@ -7,6 +7,6 @@ from bpho.config import DemoConfig, mlproject_argv
 
 if __name__ == "__main__":
     args = sys.argv[1:]
-    out = args[args.index("--out") + 1]
-    rest = [a for i, a in enumerate(args) if i not in (args.index("--out"), args.index("--out") + 1)]
+    i = args.index("--out")
+    out, rest = args[i + 1], args[:i] + args[i + 2:]
     sys.exit(main(["demo-data", out, *mlproject_argv(DemoConfig, rest, switches=("--force",))]))

@@ -47,6 +47,19 @@ def _noise_curve(mean: np.ndarray, resid: np.ndarray, edges: np.ndarray) -> np.n
     return np.asarray(out)
 
 
+def _synthetic_beside_real(deg: Degradation, p: RegisteredPair, rng) -> tuple:
+    """(real, expected, sample) LR of a pair's interior, float64: the real LR, and the
+    degradation's expected (noise-free) and noisy LR of the registered HR, both mapped linearly
+    onto the real intensities (least squares on the expected LR)."""
+    m = int(np.ceil(p.margin / deg.params.scale)) + 2
+    inner = (slice(m, -m), slice(m, -m))
+    real = p.lr.astype(np.float64)[inner]
+    mean = np.asarray(deg(p.hr, p.hr_pixel_um, expected=True), np.float64)[inner]
+    sample = np.asarray(deg(p.hr, p.hr_pixel_um, rng=rng), np.float64)[inner]
+    a, b = np.polyfit(mean.ravel(), real.ravel(), 1)
+    return real, a * mean + b, a * sample + b
+
+
 def similarity(deg: Degradation, pairs: Sequence[RegisteredPair], seed: int = 0) -> Dict[str, float]:
     """Distance of synthetic LR from real LR (lower is closer), on registered pairs.
 
@@ -73,13 +86,7 @@ def similarity(deg: Degradation, pairs: Sequence[RegisteredPair], seed: int = 0)
     rng = np.random.default_rng(seed)
     pixel, noise, spectrum = [], [], []
     for p in pairs:
-        m = int(np.ceil(p.margin / deg.params.scale)) + 2
-        inner = (slice(m, -m), slice(m, -m))
-        real = p.lr.astype(np.float64)[inner]
-        mean = np.asarray(deg(p.hr, p.hr_pixel_um, expected=True), np.float64)[inner]
-        sample = np.asarray(deg(p.hr, p.hr_pixel_um, rng=rng), np.float64)[inner]
-        a, b = np.polyfit(mean.ravel(), real.ravel(), 1)
-        mean, sample = a * mean + b, a * sample + b
+        real, mean, sample = _synthetic_beside_real(deg, p, rng)
         pixel.append(np.mean((mean - real) ** 2) / max(real.var(), 1e-12))
         edges = np.unique(np.percentile(mean, np.linspace(1, 99, 11)))
         ratio = _noise_curve(mean.ravel(), (sample - mean).ravel(), edges) / _noise_curve(mean.ravel(), (real - mean).ravel(), edges)
@@ -328,24 +335,19 @@ def _missed_figure(png: Path, degradations: Dict[str, Degradation], pair: Regist
     from bpho.plots import pyplot
 
     plt = pyplot()
-    real = pair.lr.astype(np.float64)
-    m = int(np.ceil(pair.margin / next(iter(degradations.values())).params.scale)) + 2
-    inner = (slice(m, -m), slice(m, -m))
-    real = real[inner]
+    mapped = {name: _synthetic_beside_real(deg, pair, np.random.default_rng(0)) for name, deg in degradations.items()}
+    real = next(iter(mapped.values()))[0]
     lo, hi = np.percentile(real, (0.5, 99.8))
     fig, axes = plt.subplots(1, len(degradations) + 2, figsize=(3.2 * (len(degradations) + 2), 3.4))
     axes[0].imshow(real, cmap="magma", vmin=lo, vmax=hi)
     axes[0].set_title(f"real LR ({pair.name})", fontsize=9)
     spectra = {"real": _radial_log_power(real)}
     limit = 0.25 * (hi - lo)
-    for ax, (name, deg) in zip(axes[1:], degradations.items()):
-        mean = np.asarray(deg(pair.hr, pair.hr_pixel_um, expected=True), np.float64)[inner]
-        a, b = np.polyfit(mean.ravel(), real.ravel(), 1)
-        resid = real - (a * mean + b)
+    for ax, (name, (_, mean, sample)) in zip(axes[1:], mapped.items()):
+        resid = real - mean
         ax.imshow(resid, cmap="RdBu_r", vmin=-limit, vmax=limit)
         ax.set_title(f"real - {name} (rms {resid.std() / (hi - lo):.3f})", fontsize=9)
-        spectra[name] = _radial_log_power(a * np.asarray(deg(pair.hr, pair.hr_pixel_um,
-                                                              rng=np.random.default_rng(0)), np.float64)[inner] + b)
+        spectra[name] = _radial_log_power(sample)
     for ax in axes[:-1]:
         ax.axis("off")
     freq = (np.arange(len(spectra["real"])) + 0.5) / len(spectra["real"]) * 0.5
