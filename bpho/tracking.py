@@ -227,14 +227,26 @@ def log_dataset_input(name: str, digest: str, location: Path, context: str,
 
 
 def unreachable(exc: BaseException) -> bool:
-    """Whether an exception means the tracking server could not be reached (not a bad request)."""
+    """Whether an exception means the tracking server could not be reached (not a bad request).
+
+    MLflow wraps the network error in an MlflowException, so the whole chain is looked at; a
+    server that dies mid-answer ("Connection broken") counts as unreachable too.
+    """
     import requests
 
-    if isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout, ConnectionError)):
-        return True
-    text = str(exc)
-    return any(s in text for s in ("Max retries exceeded", "Connection refused", "Failed to establish",
-                                   "Read timed out", "RemoteDisconnected", "too many 5", "503", "502"))
+    network = (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
+               requests.exceptions.ChunkedEncodingError, ConnectionError)
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, network):
+            return True
+        if any(s in str(exc) for s in ("Max retries exceeded", "Connection refused", "Failed to establish",
+                                       "Connection broken", "Connection aborted", "Read timed out",
+                                       "RemoteDisconnected", "too many 5", "503", "502")):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 class Buffer:

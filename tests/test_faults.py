@@ -87,6 +87,37 @@ def test_training_survives_a_tracking_server_outage(env, tmp_path, monkeypatch):
         stop(server)
 
 
+def test_a_server_dying_mid_answer_counts_as_unreachable(mlflow_server):
+    """A server killed while it answers breaks the connection mid-body (what CI once met in the
+    outage test above): that is an outage to wait out, while a refused request is not."""
+    import socket
+    import threading
+
+    from mlflow.exceptions import MlflowException
+
+    from bpho.tracking import unreachable
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+
+    def answer_half():
+        conn, _ = listener.accept()
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n")
+        conn.close()  # dies before the body
+
+    threading.Thread(target=answer_half, daemon=True).start()
+    with pytest.raises(MlflowException) as broken:
+        MlflowClient(f"http://127.0.0.1:{listener.getsockname()[1]}").get_experiment("0")
+    listener.close()
+    assert "Connection broken" in str(broken.value) and unreachable(broken.value)
+
+    with pytest.raises(MlflowException) as refused:
+        MlflowClient(mlflow_server).get_run("no-such-run")
+    assert not unreachable(refused.value)
+
+
 def test_a_killed_dataset_build_leaves_no_dataset(env):
     folder = env / "datasets"
     proc = subprocess.Popen([sys.executable, "-m", "bpho.cli", "dataset", "make", "paired_001", "--datasource", "pairs",
