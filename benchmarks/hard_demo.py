@@ -1,6 +1,6 @@
 """Realism: registration and synthesis on demo pairs with effects no degradation model contains.
 
-    python benchmarks/hard_demo.py [--fields 12] [--size 512] [--minutes 2] [--root DIR] [--skip-training]
+    python benchmarks/hard_demo.py [--fields 12] [--size 512] [--minutes 2] [--seed 0] [--root DIR] [--skip-training]
 
 Writes the hard demo (`bpho demo-data --realism hard`: the sample turns, grows and deforms
 between the acquisitions; aberrated anisotropic LR PSF, bleaching, scan-line jitter, saturation,
@@ -129,6 +129,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--minutes", type=float, default=2.0)
     ap.add_argument("--root", help="scratch BPHO_ROOT (default: a temporary folder)")
+    ap.add_argument("--seed", type=int, default=0, help="the demo generator's seed (1: a second hard demo)")
     ap.add_argument("--skip-training", action="store_true")
     args = ap.parse_args()
     root = Path(args.root or tempfile.mkdtemp(prefix="bpho-bench-hard-"))
@@ -139,7 +140,7 @@ def main() -> None:
 
     demo = root / "demo"
     if not demo.exists():
-        make_demo_data(demo, DemoConfig(realism="hard", paired_fields=args.fields, paired_size=args.size, movies=0,
+        make_demo_data(demo, DemoConfig(seed=args.seed, realism="hard", paired_fields=args.fields, paired_size=args.size, movies=0,
                                         hr_only_fields=6, denoise_fields=0), progress=False)
     truth = json.loads((demo / "demo_truth.json").read_text())
     registration_table(demo, truth["config"]["scale"])
