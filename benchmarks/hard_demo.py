@@ -47,7 +47,7 @@ def registration_table(demo: Path, scale: int) -> None:
     print(f"{'transform':22s} {'median':>6s} {'p90':>5s} {'corrected':>9s} {'structure':>9s} {'worst pair':>10s} "
           f"{'residual':>8s} {f'kept (<= {limit})':>14s} {'worst kept':>10s}")
     files = sorted((demo / "paired/lr").glob("*.czi"))
-    rows = [(t, t, False) for t in ("translation", "similarity", "flow")] + [("flow, jitter undone *", "flow", True)]
+    rows = [(t, t, False) for t in ("translation", "similarity", "flow", "auto")] + [("flow, jitter undone *", "flow", True)]
     for label, transform, dejitter in rows:
         errors, corrected, structure, medians, residuals = [], [], [], [], []
         for lr_path in files:

@@ -49,6 +49,7 @@ class Transform(StrEnum):
     TRANSLATION = "translation"
     SIMILARITY = "similarity"
     FLOW = "flow"
+    AUTO = "auto"
 
 
 class Degradation(StrEnum):

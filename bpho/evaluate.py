@@ -49,7 +49,7 @@ def validation_pairs(dataset: str) -> List[Pair]:
     return ds.validation_images()
 
 
-def _pairs_from_datasource(source: datasources.Datasource, scale: int, transform: str = "translation") -> List[Pair]:
+def _pairs_from_datasource(source: datasources.Datasource, scale: int, transform: str = "auto") -> List[Pair]:
     name = source.name
     if not source.pairs:
         raise BphoError(f"datasource {name!r} has no LR/HR pairs to evaluate on")
@@ -152,7 +152,7 @@ class Evaluation:
 
 def evaluate(model_uri: str, dataset: Optional[str] = None, datasource: Optional[str] = None,
              out_dir: Optional[Path] = None, device: str = "auto", progress: bool = True, track: bool = True,
-             transform: str = "translation") -> Evaluation:
+             transform: str = "auto") -> Evaluation:
     """Score a model on whole held-out images against nearest, bilinear and bicubic upsampling.
 
     Parameters

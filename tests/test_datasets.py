@@ -41,6 +41,7 @@ def test_registration_recovers_planted_shifts(root, planted, tmp_path):
     for rec in ds.manifest["sources"]:
         expected = -np.asarray(truth[Path(rec["lr"]).stem]["lr_offset_hr_px"])  # moves LR content back onto HR
         assert np.abs(np.asarray(rec["shift_hr_px"]) - expected).max() < 0.25, (rec, expected)
+        assert rec["transform"] == "translation"  # the default `auto` keeps a pair that only shifted as it was
         assert rec["score"] > rec["score_before"] and rec["score"] > 0.9
         assert (ds.path / "qc" / f"{rec['source'].replace('/', '__')}.png").read_bytes().startswith(b"\x89PNG")
     # the held-out images are kept whole, the LR as acquired and the HR moved onto it

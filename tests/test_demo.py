@@ -454,7 +454,8 @@ def test_hard_movie_drifts_along_the_recorded_path_bleaches_and_has_the_lr_effec
 
 def test_hard_pairs_need_more_than_translation_and_are_never_used_silently(twins, root, tmp_path):
     """Registered by translation, a pair turned by more than a degree leaves a residual over
-    max_residual_hr_px and is left out with that reason; similarity keeps it, close to the truth."""
+    max_residual_hr_px and is left out with that reason; similarity keeps it, close to the truth;
+    the default `auto` escalates the turned pairs by itself and keeps them."""
     import warnings
 
     from bpho.datasets import builder
@@ -468,7 +469,7 @@ def test_hard_pairs_need_more_than_translation_and_are_never_used_silently(twins
     turned = {name for name, rec in truth.items() if abs(rec["rotation_deg"]) > 1.2}
     assert turned
     kept = {}
-    for transform in ("translation", "similarity"):
+    for transform in ("translation", "similarity", "auto"):
         with warnings.catch_warnings(record=True) as seen:
             warnings.simplefilter("always")
             try:
@@ -485,7 +486,9 @@ def test_hard_pairs_need_more_than_translation_and_are_never_used_silently(twins
             assert "residual misregistration" in recs[name]["reason"], recs[name]
         for name in kept[transform]:
             assert recs[name]["residual"]["median_hr_px"] <= 0.75
-    assert not turned & kept["translation"] and kept["similarity"] == set(truth)
+    assert not turned & kept["translation"] and kept["similarity"] == set(truth) == kept["auto"]
+    for name in turned:
+        assert recs[name]["transform"] in ("similarity", "flow"), recs[name]  # recs: the auto build's
     for name, rec in truth.items():  # and the estimated mapping is close to the planted one
         lr, hr = (normalize(a, *percentile_range(a, 2, 99.8)) for a in (
             _lr(hard, name), io.read(hard / "paired/hr" / f"{name}.czi").data[0, 0, 0].astype(np.float64)))

@@ -59,8 +59,9 @@ def add_to(sub) -> None:
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--dataset", help="its validation images")
     where.add_argument("--datasource", help="a paired datasource of full images never used in training")
-    p.add_argument("--transform", default=Transform.TRANSLATION, choices=list(Transform),
-                   help="how --datasource pairs are registered (a dataset was registered when it was built)")
+    p.add_argument("--transform", default=Transform.AUTO, choices=list(Transform),
+                   help="how --datasource pairs are registered (default auto: the simplest transform that leaves "
+                        "a small residual; a dataset was registered when it was built)")
     p.add_argument("--out", help="folder for evaluation.csv and the figures (default: a temporary folder)")
     p.add_argument("--device", default=Device.AUTO, choices=list(Device))
     p.set_defaults(func=_evaluate)

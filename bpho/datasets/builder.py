@@ -255,7 +255,8 @@ def _prepare(src: Source, r: Recipe, tmp: Path, split: str, lr_of: LRProvider = 
         except BphoError as exc:
             record.update(included=False, reason=str(exc))
             return record, None, None, 0
-        record.update(shift_hr_px=list(reg.shift), score=reg.score, score_before=reg.score_before)
+        record.update(transform=reg.transform, shift_hr_px=list(reg.shift), score=reg.score,
+                      score_before=reg.score_before)
         if reg.transform != "translation":
             record.update(rotation_deg=reg.rotation_deg, zoom=reg.zoom, flow_reach_hr_px=reg.reach)
         qc = tmp / "qc" / f"{_file_name(src.key)}.png"

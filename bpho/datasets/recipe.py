@@ -31,10 +31,12 @@ class Recipe:
     percentile_low, percentile_high: per-image normalisation x -> (x - p_low) / (p_high - p_low),
         CARE-style; the values used are kept in the manifest.
     register: estimate the LR->HR transform and align the pair.
-    transform: what registration estimates: "translation" (phase cross-correlation, the
-        default), "similarity" (plus rotation and zoom: the sample turned between acquisitions)
-        or "flow" (plus a smooth local deformation: living cells; optical flow). align must be
-        "hr" for the last two.
+    transform: what registration estimates: "translation" (phase cross-correlation),
+        "similarity" (plus rotation and zoom: the sample turned between acquisitions), "flow"
+        (plus a smooth local deformation: living cells; optical flow), or "auto" (the default:
+        translation, escalated per pair to similarity, then flow, while the residual below stays
+        over 0.5 HR px and the next one cuts it by a fifth; the manifest records which). align
+        must be "hr" for all but translation.
     align: which side is moved to apply it: "hr" (default: the oversampled HR is interpolated,
         the LR keeps its raw noise, as the model will see at prediction time) or "lr".
     min_registration_score: pairs whose normalised cross-correlation after registration is
@@ -61,7 +63,7 @@ class Recipe:
     percentile_low: float = 2.0
     percentile_high: float = 99.8
     register: bool = True
-    transform: str = "translation"
+    transform: str = "auto"
     align: str = "hr"
     min_registration_score: float = 0.5
     max_residual_hr_px: float = 0.75
@@ -83,10 +85,11 @@ class Recipe:
             problems.append(f"percentiles {self.percentile_low}/{self.percentile_high} (0 <= low < high <= 100)")
         if self.align not in ("hr", "lr"):
             problems.append(f"align={self.align!r} (hr or lr)")
-        if self.transform not in ("translation", "similarity", "flow"):
-            problems.append(f"transform={self.transform!r} (translation, similarity or flow)")
+        if self.transform not in ("translation", "similarity", "flow", "auto"):
+            problems.append(f"transform={self.transform!r} (translation, similarity, flow or auto)")
         elif self.transform != "translation" and self.align != "hr":
-            problems.append(f"transform={self.transform} with align={self.align} (a warp moves the HR: align=hr)")
+            problems.append(f"transform={self.transform} with align={self.align} "
+                            "(a warp moves the HR: align=hr, or transform=translation)")
         if not self.tile_sizes or any(s <= 0 or s % self.scale for s in self.tile_sizes):
             problems.append(f"tile_sizes={self.tile_sizes} (positive multiples of scale={self.scale})")
         if self.tiles_per_image < 1:

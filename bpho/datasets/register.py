@@ -2,14 +2,18 @@
 
 Axes: 2D images are (Y, X); stacks are (T, Y, X). Shifts are (dy, dx) in HR pixels.
 
-Three transforms, each refining the one before (`register_pair(..., transform=)`):
+Three transforms, each refining the one before (`register_pair(..., transform=)`), and ``auto``
+(the recipes' default), which picks among them per pair:
 
-- ``translation``: phase cross-correlation, refined to 1/100 LR px (the default);
+- ``translation``: phase cross-correlation, refined to 1/100 LR px (`register_pair`'s default);
 - ``similarity``: plus a rotation and a zoom about the image centre (the sample turned or the
   objective refocused between the acquisitions), by maximising the normalised cross-correlation;
 - ``flow``: plus a smooth local deformation (living cells move): Lucas-Kanade optical flow
   (scikit-image's ``optical_flow_ilk``) on the LR grid, trusted where the image has structure
-  and smoothed.
+  and smoothed;
+- ``auto``: translation, then similarity, then flow, each tried only while the truth-free
+  residual (see `residual`) of the best so far exceeds AUTO_ESCALATE_HR_PX, and kept only when it
+  cuts that residual by a fifth: a pair that only shifted keeps its plain translation.
 
 `Registration.hr_map` gives, for every HR pixel of the LR's frame, where to sample the HR
 image; `apply_registration` moves an HR stack onto the LR with it. `residual` measures what is
@@ -31,6 +35,9 @@ from bpho.errors import BphoError
 
 MIN_INTERIOR = 4  # LR pixels per side that registration compares after leaving out the shifted border
 TRANSFORMS = ("translation", "similarity", "flow")
+AUTO = "auto"
+AUTO_ESCALATE_HR_PX = 0.5  # residual (HR px) above which `auto` tries the next transform: over the demo's noise floor
+AUTO_GAIN = 0.8  # the next transform is kept when it leaves at most this fraction of the residual
 FLOW_SMOOTH = 8.0  # LR px: Gaussian sigma the optical flow is smoothed with (deformations are smooth, noise is not)
 MAX_FLOW = 1.0  # LR px: the largest local deformation believed (a few HR px)
 FLOW_RADIUS = 20  # LR px: Lucas-Kanade window (Gaussian); smaller windows follow the noise
@@ -129,8 +136,10 @@ def register_pair(lr: np.ndarray, hr: np.ndarray, scale: int, transform: str = "
     Fourier shift). On the 8 default demo pairs the refinement cut the worst error from
     0.28 to 0.21 HR pixels (mean 0.08 -> 0.06).
     """
+    if transform == AUTO:
+        return _auto(lr, hr, scale)
     if transform not in TRANSFORMS:
-        raise BphoError(f"registration transform {transform!r}: use one of {', '.join(TRANSFORMS)}")
+        raise BphoError(f"registration transform {transform!r}: use one of {', '.join(TRANSFORMS + (AUTO,))}")
     hr_on_lr = downsample(hr, scale)
     coarse, _, _ = phase_cross_correlation(hr_on_lr, lr, upsample_factor=100, normalization=None)
     coarse = np.asarray(coarse, dtype=float) * scale
@@ -161,6 +170,19 @@ def register_pair(lr: np.ndarray, hr: np.ndarray, scale: int, transform: str = "
     plain = Registration(shift=reg.shift, score=0, score_before=0, scale=scale).lr_map(lr.shape)
     reach = float(np.abs(reg.lr_map(lr.shape) - plain).max()) * scale
     return replace(reg, score=ncc(moved[inner], lr[inner]), reach=reach)
+
+
+def _auto(lr: np.ndarray, hr: np.ndarray, scale: int) -> Registration:
+    """The simplest transform that leaves a small residual (the module's ``auto``)."""
+    best, best_left = None, None
+    for transform in TRANSFORMS:
+        reg = register_pair(lr, hr, scale, transform)
+        left = residual(lr, apply_registration(hr[None], reg)[0], scale)["median_hr_px"]
+        if best is None or (left is not None and left < AUTO_GAIN * best_left):
+            best, best_left = reg, left
+        if best_left is None or best_left <= AUTO_ESCALATE_HR_PX:
+            break  # nothing to measure a residual on, or small enough
+    return best
 
 
 def _similarity(reg: Registration, lr: np.ndarray, hr_on_lr: np.ndarray, inner) -> Registration:
