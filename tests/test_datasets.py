@@ -33,6 +33,14 @@ def planted(tmp_path_factory):
     return make_demo_data(tmp_path_factory.mktemp("planted") / "demo", cfg, progress=False)
 
 
+def test_every_registration_transform_name_is_one_register_pair_takes():
+    """The CLI choices and the recipe check (config.Transform) and register_pair agree."""
+    from bpho.config import Transform
+    from bpho.datasets.register import AUTO, TRANSFORMS
+
+    assert [t.value for t in Transform] == [*TRANSFORMS, AUTO]
+
+
 def test_registration_recovers_planted_shifts(root, planted, tmp_path):
     add_demo(planted, tmp_path, "paired", "pairs", "paired")
     ds = builder.make("paired_001", datasource="pairs", settings=["tiles_per_image=2"], progress=False, track=False)

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Dict, Iterable, Tuple, Union
 
+from bpho.config import Transform
 from bpho.errors import BphoError, NotFoundError
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
@@ -85,8 +86,9 @@ class Recipe:
             problems.append(f"percentiles {self.percentile_low}/{self.percentile_high} (0 <= low < high <= 100)")
         if self.align not in ("hr", "lr"):
             problems.append(f"align={self.align!r} (hr or lr)")
-        if self.transform not in ("translation", "similarity", "flow", "auto"):
-            problems.append(f"transform={self.transform!r} (translation, similarity, flow or auto)")
+        transforms = [t.value for t in Transform]
+        if self.transform not in transforms:
+            problems.append(f"transform={self.transform!r} ({', '.join(transforms[:-1])} or {transforms[-1]})")
         elif self.transform != "translation" and self.align != "hr":
             problems.append(f"transform={self.transform} with align={self.align} "
                             "(a warp moves the HR: align=hr, or transform=translation)")
