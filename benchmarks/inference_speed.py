@@ -88,8 +88,7 @@ def main() -> None:
 
     from bpho import io
     from bpho.inference import PRECISIONS, load_model, save_model
-    from bpho.models.unet import build_model
-    from bpho.models.unet_config import UNetConfig
+    from bpho.models import UNetConfig, build_model
     from bpho.predict import _predict_image
 
     work = Path(tempfile.mkdtemp(prefix="bpho-bench-infer-"))

@@ -68,7 +68,7 @@ def main() -> None:
 
     start = time.time()
     result = tune.report(tune.DegradationReportConfig("demo_pairs", epochs=args.epochs, tile_size=args.tile_size,
-                                                      trials=args.trials, encoder=args.encoder,
+                                                      trials=args.trials, model={"encoder": args.encoder},
                                                       out=str(root / "report")), progress=False)
     print(f"\ntrained 4 models x {args.epochs} epochs ({args.encoder}, tile {args.tile_size}) in "
           f"{time.time() - start:.0f} s; evaluated on the held-out real pairs:")

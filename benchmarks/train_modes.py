@@ -24,12 +24,13 @@ import torch
 
 def step_time(cfg, ds, device, steps: int = 5) -> float:
     """Seconds per training step (forward, backward, optimizer) at the config's batch and tile size."""
-    from bpho.models.unet import build_model
-    from bpho.models.unet_config import UNetConfig
+    from dataclasses import replace
+
+    from bpho.models import build_model
 
     lr, hr = ds.tiles(cfg.tile_size, "train")
     scale = hr.shape[-1] // lr.shape[-1]
-    net = build_model(UNetConfig(encoder=cfg.encoder, scale=scale, frames=lr.shape[1], mode=cfg.mode)).to(device)
+    net = build_model(replace(cfg.model, scale=scale, frames=lr.shape[1])).to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
     x = torch.from_numpy(np.array(lr[: cfg.batch_size])).to(device)
     y = torch.from_numpy(np.array(hr[: cfg.batch_size])).to(device)
@@ -48,8 +49,7 @@ def step_time(cfg, ds, device, steps: int = 5) -> float:
 
 
 def peak_memory(encoder: str, mode: str, tile: int, batch: int, scale: int = 4) -> str:
-    from bpho.models.unet import build_model
-    from bpho.models.unet_config import UNetConfig
+    from bpho.models import UNetConfig, build_model
 
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
@@ -100,8 +100,8 @@ def main() -> None:
     n_train = len(ds.tiles(a.tile_size, "train")[0])
     rows = []
     for mode in ("pre", "lr"):
-        cfg = TrainConfig(dataset="bench", tile_size=a.tile_size, batch_size=a.batch_size, encoder=a.encoder,
-                          mode=mode, model_name=f"bench-{mode}", panel_every=1000)
+        cfg = TrainConfig(dataset="bench", tile_size=a.tile_size, batch_size=a.batch_size,
+                          model={"encoder": a.encoder, "mode": mode}, model_name=f"bench-{mode}", panel_every=1000)
         per_step = step_time(cfg, ds, device)
         epochs = max(1, math.floor(a.budget / (per_step * math.ceil(n_train / a.batch_size))))
         t = time.perf_counter()

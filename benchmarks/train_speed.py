@@ -109,7 +109,7 @@ def main() -> None:
                              "of_peak": tflops / peak if peak else None})
                 del net, opt
     print(f"\ntraining speed on {name} (dense bf16 peak {peak or '?'} TFLOP/s), {a.dataset}, "
-          f"{TrainConfig.encoder} {TrainConfig.mode}, batch from `bpho tune fit` "
+          f"{TrainConfig(dataset=a.dataset).model.label()}, batch from `bpho tune fit` "
           f"({fit.get('budget_bytes', 0) / 2 ** 30:.0f} GB budget), {a.steps} steps")
     print(f"{'HR tile':>7} {'precision':>9} {'ch-last':>7} {'batch':>5} {'tiles/s':>8} {'HR MP/s':>8} {'peak MB':>8} "
           f"{'GFLOP/tile':>10} {'TFLOP/s':>8} {'of peak':>8}")

@@ -21,13 +21,11 @@ import dataclasses
 import typing
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum
-from typing import Dict, Iterable, Optional, Tuple
+from typing import Dict, Iterable, Literal, Optional, Tuple
 
 from bpho.errors import BphoError
-from bpho.models.unet_config import MODES, PADDINGS, UNetConfig
+from bpho.models import ARCHITECTURES, ModelConfig, UNetConfig, architecture, model_config
 
-
-Mode = StrEnum("Mode", [(m.upper(), m) for m in MODES])  # the network's: see unet_config.py
 
 class Loss(StrEnum):
     L1 = "l1"
@@ -40,8 +38,6 @@ class Device(StrEnum):
     CPU = "cpu"
     CUDA = "cuda"
 
-
-Padding = StrEnum("Padding", [(p.upper(), p) for p in PADDINGS])
 
 class Transform(StrEnum):
     """How LR is registered onto HR."""
@@ -96,15 +92,18 @@ def choice(enum: type, value, what: str) -> Enum:
 
 def _enums(cfg, what: str = "") -> None:
     """Normalise a frozen dataclass by its type hints: an enum field's value becomes a member
-    (checked), a tuple field's sequence a tuple (of members, for a tuple of enums). `what`
-    prefixes the error ("tune fit: precision 'x': use one of ...")."""
+    (checked), a tuple field's sequence a tuple (of members, for a tuple of enums), a model
+    field's dict a registered architecture's config. `what` prefixes the error ("tune fit:
+    precision 'x': use one of ...")."""
     hints = typing.get_type_hints(type(cfg))
     for f in dataclasses.fields(cfg):
         kind, value = _base(hints[f.name]), getattr(cfg, f.name)
         name = f"{what}: {f.name}" if what else f.name
         if value is None:
             continue
-        if _is_enum(kind):
+        if f.metadata.get("model"):
+            object.__setattr__(cfg, f.name, model_config(value))
+        elif _is_enum(kind):
             object.__setattr__(cfg, f.name, choice(kind, value, name))
         elif typing.get_origin(kind) is tuple:
             item = typing.get_args(kind)[0]
@@ -140,13 +139,61 @@ def _value_kw(kind) -> dict:
     """argparse's type / choices for one value of type `kind`."""
     if _is_enum(kind):
         return {"choices": [m.value for m in kind]}
+    if typing.get_origin(kind) is Literal:
+        return {"choices": list(typing.get_args(kind))}
     if kind is bool:
         return {"type": _on, "metavar": "{off,on}"}
     return {"type": kind}
 
 
+MODEL_PREFIX = "model-"  # the flags of a model config's fields: --model-encoder, --model-blocks, ...
+FROM_DATA = ("scale", "frames")  # model fields that the dataset sets, not the user
+
+
+def model_flags() -> Dict[str, dict]:
+    """The ``--model-*`` flags: every registered architecture's fields but FROM_DATA, by name,
+    with their type, help and each architecture's default ({"kind", "help", "defaults"})."""
+    out: Dict[str, dict] = {}
+    for arch in ARCHITECTURES.values():
+        hints = typing.get_type_hints(arch.config)
+        for f in dataclasses.fields(arch.config):
+            if f.name not in FROM_DATA:
+                entry = out.setdefault(f.name, {"kind": _base(hints[f.name]), "help": arch.config.HELP.get(f.name, ""),
+                                                "defaults": {}})
+                entry["defaults"][arch.name] = f.default
+    return out
+
+
+def _add_model(parser: argparse.ArgumentParser, default) -> None:
+    parser.add_argument("--arch", choices=list(ARCHITECTURES), default=None,
+                        help=f"the network, by name (default {default.arch}); its settings are the --{MODEL_PREFIX}* "
+                             "flags")
+    for name, flag in model_flags().items():
+        shown = "; ".join(f"{arch} {','.join(map(str, v)) if isinstance(v, tuple) else v}"
+                          for arch, v in flag["defaults"].items())
+        kind = flag["kind"]
+        kw = {"type": _ints, "metavar": "N,N,..."} if typing.get_origin(kind) is tuple else _value_kw(kind)
+        kw.setdefault("metavar", kw.get("metavar") or (None if "choices" in kw else name.upper()))
+        parser.add_argument(f"--{MODEL_PREFIX}{name.replace('_', '-')}", dest=f"model.{name}", default=None,
+                            help=f"{flag['help']} (default: {shown})", **kw)
+
+
+def _model_from_args(args: argparse.Namespace, default):
+    """The model config the flags ask for: --arch's (default `default`'s) with the --model-* values."""
+    arch = architecture(getattr(args, "arch", None) or default.arch)
+    given = {k.split(".", 1)[1]: v for k, v in vars(args).items() if k.startswith("model.") and v is not None}
+    names = [f.name for f in dataclasses.fields(arch.config) if f.name not in FROM_DATA]
+    wrong = [k for k in given if k not in names]
+    if wrong:
+        raise BphoError(f"--{MODEL_PREFIX}{wrong[0].replace('_', '-')} is not a setting of architecture {arch.name} "
+                        f"(its settings: {', '.join(names)})")
+    base = default if default.arch == arch.name else arch.config()
+    return dataclasses.replace(base, **{k: tuple(v) if isinstance(v, list) else v for k, v in given.items()})
+
+
 def add_fields(parser: argparse.ArgumentParser, cls: type) -> None:
-    """Add a ``--flag`` per field of dataclass `cls` (but those with ``cli=False``).
+    """Add a ``--flag`` per field of dataclass `cls` (but those with ``cli=False``); a model
+    field (metadata ``model``) adds ``--arch`` and the ``--model-*`` flags.
 
     Every flag defaults to None, so an absent flag leaves the config's own default; the
     help shows that default. Fields without a default become required flags.
@@ -155,6 +202,9 @@ def add_fields(parser: argparse.ArgumentParser, cls: type) -> None:
     groups = {}
     for f in dataclasses.fields(cls):
         if not f.metadata.get("cli", True):
+            continue
+        if f.metadata.get("model"):
+            _add_model(parser, f.default_factory())
             continue
         kind = _base(hints[f.name])
         default = None if f.default is dataclasses.MISSING else f.default
@@ -190,7 +240,33 @@ def from_args(cls: type, args: argparse.Namespace, **extra):
     names = {f.name for f in dataclasses.fields(cls)}
     values = {k: v for k, v in vars(args).items() if k in names and v is not None}
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("model") and f.metadata.get("cli", True) and f.name not in extra:
+            values[f.name] = _model_from_args(args, f.default_factory())
     return cls(**values, **extra)
+
+
+def flag_defaults(cls: type) -> Dict[str, object]:
+    """Each flag of `cls` as a parameter name (``tile_size``, ``arch``, ``model_encoder``) and its
+    default (dataclasses.MISSING where it has none): what an MLproject entry point may declare."""
+    out: Dict[str, object] = {}
+    for f in dataclasses.fields(cls):
+        if not f.metadata.get("cli", True):
+            continue
+        if f.metadata.get("model"):
+            model = f.default_factory()
+            out["arch"] = model.arch
+            for name in model_flags():
+                out[f"model_{name}"] = getattr(model, name, dataclasses.MISSING)
+        else:
+            out[f.name] = f.default
+    return out
+
+
+def model_field(help: str = "the network: an architecture's config (`--arch`, `--model-*` flags)"):
+    """A config's `model` field: any registered architecture's config, default the U-Net's
+    (a plain dict with ``arch`` is accepted and converted)."""
+    return field(default_factory=UNetConfig, metadata={"model": True, "help": help})
 
 
 @dataclass(frozen=True)
@@ -251,31 +327,20 @@ class TrainConfig:
     minutes: Optional[float] = field(default=None, metadata={
         "group": "how_long",
         "help": "a wall-clock budget instead of epochs: the epochs are planned from the pace of the first batches"})
-    encoder: str = field(default=UNetConfig.encoder, metadata={"help": "any timm model with features_only"})
-    depth: Optional[int] = field(default=UNetConfig.depth, metadata={"help": "encoder stages used (3: stride 8 "
-                                                                             "for a resnet)"})
-    mode: Mode = field(default=Mode(UNetConfig.mode), metadata={"help": "pre: upsample LR first; lr: pixel-shuffle "
-                                                                        "at the end"})
+    model: ModelConfig = model_field()
     frames: Optional[int] = field(default=None, metadata={"help": "LR frames in (checked against the dataset)"})
     loss: Loss = Loss.L1
     lr: float = field(default=2e-3, metadata={"help": "peak learning rate of the one-cycle schedule"})
     weight_decay: float = 1e-4
     amp: bool = field(default=False, metadata={"help": "mixed precision (bf16, or fp16 with scaling)"})
     channels_last: bool = False
-    grad_checkpointing: bool = field(default=False, metadata={"help": "recompute encoder activations"})
+    grad_checkpointing: bool = field(default=False, metadata={"help": "recompute activations in the backward pass "
+                                                                     "(encoder stages, residual groups)"})
     accumulate: int = field(default=1, metadata={"help": "gradient accumulation steps (effective batch = batch x "
                                                          "steps)"})
     seed: int = 0
     device: Device = Device.AUTO
     panel_every: int = field(default=1, metadata={"help": "log an LR|bicubic|model|HR panel every N epochs"})
-    decoder_widths: Tuple[int, ...] = field(default=UNetConfig.decoder_widths, metadata={
-        "help": "comma-separated decoder widths, deepest first"})
-    head_channels: Optional[int] = field(default=UNetConfig.head_channels, metadata={
-        "help": "HR channels after the pixel shuffle (mode lr)"})
-    padding: Padding = field(default=Padding(UNetConfig.padding), metadata={
-        "help": "of every convolution (zeros lets the network find tile borders)"})
-    encoder_weights: Optional[str] = field(default=None, metadata={
-        "help": "a local weights file for the encoder (nothing is downloaded)"})
     mix: Tuple[str, ...] = field(default=(), metadata={
         "append": True, "metavar": "DATASET[=W]",
         "help": "also train on another dataset's tiles (e.g. synthetic pairs), W of them per real tile each epoch "
@@ -374,10 +439,7 @@ class FitConfig:
     dataset: str = field(metadata={"help": "the dataset whose training tiles are stepped on"})
     tile_sizes: Optional[Tuple[int, ...]] = field(default=None, metadata={"nargs": "+", "help": "default: the dataset's"})
     memory_gb: Optional[float] = field(default=None, metadata={"help": "budget (default: the device's free memory)"})
-    encoder: str = UNetConfig.encoder
-    mode: Mode = Mode(UNetConfig.mode)
-    decoder_widths: Tuple[int, ...] = field(default=UNetConfig.decoder_widths, metadata={
-        "help": "comma-separated, deepest first"})
+    model: ModelConfig = model_field()
     precision: Optional[Tuple[TrainPrecision, ...]] = field(default=None, metadata={
         "nargs": "+", "help": "default: fp32 amp on CUDA, fp32 on CPU"})
     checkpointing: Optional[Tuple[bool, ...]] = field(default=None, metadata={
@@ -397,20 +459,39 @@ class FitConfig:
 class SearchSpace:
     """What the trials of a hyperparameter study choose from."""
 
-    encoders: Tuple[str, ...] = field(default=("resnet18", "resnet34"), metadata={"nargs": "+"})
-    modes: Tuple[Mode, ...] = field(default=(Mode.LR, Mode.PRE), metadata={"nargs": "+"})
+    choices: Tuple[str, ...] = field(default=(), metadata={
+        "append": True, "metavar": "FIELD=A,B",
+        "help": "the values a model setting is searched over (default: the architecture's SEARCH, e.g. unet "
+                "encoder=resnet18,resnet34 mode=lr,pre); FIELD=A alone fixes it; repeatable"})
     losses: Tuple[Loss, ...] = field(default=tuple(Loss), metadata={"nargs": "+"})
     tile_sizes: Optional[Tuple[int, ...]] = field(default=None, metadata={"nargs": "+", "help": "default: the dataset's"})
     lr_min: float = 1e-4
     lr_max: float = 3e-3
     max_batch: int = field(default=16, metadata={"help": "batch cap where no fit table exists"})
     amp: bool = False
-    decoder_widths: Optional[Tuple[int, ...]] = field(default=None, metadata={
-        "help": "comma-separated, deepest first (default: train's)"})
 
     def __post_init__(self):
         _enums(self, "tune hparams")
+        for item in self.choices:
+            key_value(item, "--choices")
 
+    def searched(self, model) -> Dict[str, tuple]:
+        """What the trials choose among, per field of `model`'s architecture: its SEARCH, with
+        `choices` over it (each value converted to the field's type)."""
+        hints = typing.get_type_hints(type(model))
+        names = [f.name for f in dataclasses.fields(model) if f.name not in FROM_DATA]
+        out = dict(type(model).SEARCH)
+        for key, text in key_values(self.choices, "--choices").items():
+            if key not in names:
+                raise BphoError(f"tune hparams: --choices {key}: not a setting of architecture {model.arch} (its "
+                                f"settings: {', '.join(names)})")
+            kind = _base(hints[key])
+            convert = kind if kind in (int, float) else str
+            try:
+                out[key] = tuple(convert(v) for v in text.split(","))
+            except ValueError:
+                raise BphoError(f"tune hparams: --choices {key}={text}: {kind.__name__} values") from None
+        return out
 
 @dataclass(frozen=True)
 class HparamsConfig:
@@ -429,6 +510,7 @@ class HparamsConfig:
     seed: Optional[int] = None
     timeout: Optional[float] = field(default=None, metadata={"help": "seconds this worker runs at most"})
     device: Device = Device.AUTO
+    model: ModelConfig = model_field("the network's fixed settings; the space searches its architecture's SEARCH")
     space: SearchSpace = field(default_factory=SearchSpace, metadata={"cli": False})
 
     def __post_init__(self):
@@ -470,9 +552,7 @@ class DegradationReportConfig:
                                                        "(0: their default parameters)"})
     tile_size: Optional[int] = field(default=None, metadata={"help": "HR tile size (default: the dataset's smallest)"})
     batch_size: Optional[int] = field(default=None, metadata={"help": f"default {TrainConfig.batch_size}"})
-    encoder: Optional[str] = field(default=None, metadata={"help": f"default {TrainConfig.encoder}"})
-    decoder_widths: Optional[Tuple[int, ...]] = field(default=None, metadata={
-        "help": "comma-separated, deepest first (default: train's)"})
+    model: ModelConfig = model_field()
     recipe_settings: Tuple[str, ...] = field(default=(), metadata={"cli": False,
                                                                    "help": "recipe fields for all four datasets"})
     out: Optional[str] = field(default=None, metadata={"help": "folder for the table and figure"})
@@ -484,4 +564,4 @@ class DegradationReportConfig:
 
     def train_settings(self) -> dict:
         """The TrainConfig fields given here; the others keep TrainConfig's defaults."""
-        return {k: getattr(self, k) for k in ("encoder", "batch_size", "decoder_widths") if getattr(self, k) is not None}
+        return {"model": self.model, **({"batch_size": self.batch_size} if self.batch_size is not None else {})}

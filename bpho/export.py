@@ -50,9 +50,7 @@ ONNX_OPSET = 17
 TEST_SIDE = 64  # LR pixels of the test tensor's y and x
 TOLERANCE = 1e-4  # largest |difference| of a converted format from the state dict (normalised units)
 CITE = [("Fang L. et al. (2021) Deep learning-based point-scanning super-resolution imaging. Nature Methods 18, 406-416",
-         "10.1038/s41592-021-01080-z"),
-        ("Ronneberger O., Fischer P., Brox T. (2015) U-Net: convolutional networks for biomedical image segmentation. "
-         "MICCAI 2015", "10.1007/978-3-319-24574-4_28")]
+         "10.1038/s41592-021-01080-z")]  # and the network's (its config's CITE)
 
 
 @dataclass
@@ -196,7 +194,7 @@ def _sample(model: SuperResolver, sample: Optional[Path]):
 
 
 def _min_side(model: SuperResolver) -> int:
-    """Smallest LR y/x the package accepts: a multiple of the encoder's stride wider than both halos."""
+    """Smallest LR y/x the package accepts: a multiple of the network's stride wider than both halos."""
     step = model.net.stride
     return step * (2 * model.context // step + 1)
 
@@ -209,7 +207,7 @@ def _normalised(model: SuperResolver, lr: np.ndarray) -> np.ndarray:
 
 
 def _files(model: SuperResolver, lr: np.ndarray, hr: Optional[np.ndarray], tmp: Path) -> dict:
-    from bpho.models import architecture_source
+    from bpho.models import architecture
     from bpho.plots import save_grid
 
     x = torch.from_numpy(_normalised(model, lr))[None]
@@ -217,17 +215,23 @@ def _files(model: SuperResolver, lr: np.ndarray, hr: Optional[np.ndarray], tmp: 
         y = model.net(x).numpy()
     files = {"input": tmp / "test_input.npy", "output": tmp / "test_output.npy", "cover": tmp / "cover.png",
              "sample_input": tmp / "sample_input.tif", "sample_output": tmp / "sample_output.tif",
-             "state_dict": tmp / "weights.pt", "architecture": tmp / "unet.py", "example": x}
+             "state_dict": tmp / "weights.pt", "architecture": tmp / f"{_arch(model).name}.py", "example": x}
     np.save(files["input"], lr[None])
     np.save(files["output"], y)
     tifffile.imwrite(files["sample_input"], lr.squeeze())  # the same, for people and imageio
     tifffile.imwrite(files["sample_output"], y.squeeze())
     torch.save({k: v.detach().cpu() for k, v in model.net.state_dict().items()}, files["state_dict"])
-    files["architecture"].write_text(architecture_source())
+    files["architecture"].write_text(_arch(model).source())
     s = model.scale
     panels = [np.kron(lr[lr.shape[0] // 2], np.ones((s, s), np.float32)), y[0, 0]] + ([hr] if hr is not None else [])
     save_grid(files["cover"], [[_display(p) for p in panels]], labels=["LR", "bpho", "HR"][:len(panels)])
     return files
+
+
+def _arch(model: SuperResolver):
+    from bpho.models import DEFAULT_ARCH, architecture
+
+    return architecture(model.meta["model"].get("arch", DEFAULT_ARCH))
 
 
 def _display(img: np.ndarray) -> np.ndarray:
@@ -299,6 +303,7 @@ def _lineage(meta: dict, tags: dict, model_uri: str, source: str) -> dict:
 
 def _readme(name: str, model: SuperResolver, lineage: dict, weights: Dict[str, dict]) -> str:
     cfg, norm, val = lineage["model"], lineage["normalization"], lineage["validation"]
+    settings = ", ".join(f"{k} `{v}`" for k, v in cfg.items() if k not in ("arch", "scale", "frames", "encoder_weights"))
     s = model.scale
     kind = "one LR image" if model.frames == 1 else f"{model.frames} consecutive LR frames (t-{model.frames // 2} .. t+{model.frames // 2})"
     rows = "\n".join(f"| {k} | {v if v is not None else '-'} |" for k, v in (
@@ -321,8 +326,7 @@ def _readme(name: str, model: SuperResolver, lineage: dict, weights: Dict[str, d
     return f"""# {name}
 
 Point-scanning super-resolution trained with bpho {lineage['bpho_version']}:
-{kind} in, one HR image {s} times larger on each side out. U-Net whose encoder is timm's
-`{cfg['encoder']}` ({cfg.get('depth') or 'all'} stages, mode `{cfg['mode']}`, {cfg['padding']} padding);
+{kind} in, one HR image {s} times larger on each side out. {_arch(model).config.TITLE} ({settings});
 it predicts a residual over the bilinear upsampling of the centre frame.
 
 ## Input and output
@@ -398,8 +402,9 @@ def _description(model: SuperResolver, name: str, authors: List[str], license: s
     version = spec.Version(torch.__version__.split("+")[0])
     entries = {"pytorch_state_dict": spec.PytorchStateDictWeightsDescr(
         source=files["state_dict"], pytorch_version=version,
-        architecture=spec.ArchitectureFromFileDescr(source=files["architecture"], callable="unet",
-                                                    kwargs={**lineage["model"], "encoder_weights": None}))}
+        architecture=spec.ArchitectureFromFileDescr(
+            source=files["architecture"], callable=_arch(model).network.split(":")[1],
+            kwargs={**lineage["model"], **({"encoder_weights": None} if "encoder_weights" in lineage["model"] else {})}))}
     if weights["torchscript"]["path"]:
         entries["torchscript"] = spec.TorchscriptWeightsDescr(source=weights["torchscript"]["path"],
                                                               pytorch_version=version, parent="pytorch_state_dict",
@@ -421,15 +426,18 @@ def _description(model: SuperResolver, name: str, authors: List[str], license: s
 
 
 def _model_descr(spec, inputs, outputs, entries, name, description, authors, license, files, lineage, tmp):
+    from bpho.models import model_config
+
+    net = model_config(lineage["model"])
     return spec.ModelDescr(
         name=name, description=description, authors=[spec.Author(name=a) for a in authors],
-        cite=[spec.CiteEntry(text=text, doi=spec.Doi(doi)) for text, doi in CITE],
+        cite=[spec.CiteEntry(text=text, doi=spec.Doi(doi)) for text, doi in CITE + [net.CITE]],
         license=license, documentation=spec.FileDescr(source=tmp / "README.md"),
         covers=[spec.FileDescr(source=files["cover"])],
-        tags=["super-resolution", "denoising", "fluorescence-light-microscopy", "2d", "pytorch", "unet", "bpho"],
+        tags=["super-resolution", "denoising", "fluorescence-light-microscopy", "2d", "pytorch", net.arch, "bpho"],
         inputs=[inputs], outputs=[outputs], weights=spec.WeightsDescr(**entries),
         config=spec.Config(bioimageio=spec.BioimageioConfig(
-            task="super-resolution", architecture_type="U-Net",
+            task="super-resolution", architecture_type=net.TITLE,
             reproducibility_tolerance=[spec.ReproducibilityTolerance(absolute_tolerance=TOLERANCE * 10,
                                                                      relative_tolerance=1e-3)]),
             bpho=json.loads(json.dumps(lineage))))

@@ -22,7 +22,7 @@ import torch
 
 from bpho.config import InferenceConfig
 from bpho.errors import BphoError, BphoWarning
-from bpho.models.unet import build_model
+from bpho.models import build_model
 
 WEIGHTS, META = "weights.safetensors", "bpho_model.json"
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}

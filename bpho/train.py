@@ -16,6 +16,7 @@ metrics have neither gaps nor repeated steps.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -36,8 +37,7 @@ from bpho import datasets, evaluate, paths, tracking
 from bpho.config import Loss, TrainConfig, choice, mix_item
 from bpho.errors import BphoError, BphoWarning, NotFoundError
 from bpho.inference import SuperResolver, pick_device, save_model
-from bpho.models.unet import build_model
-from bpho.models.unet_config import UNetConfig
+from bpho.models import ModelConfig, build_model
 
 @dataclass
 class TrainResult:
@@ -168,10 +168,7 @@ PROBE_BATCHES = 12  # a time budget times this many batches to plan its epochs
 def setup_model(cfg: TrainConfig, scale: int, frames: int, device: torch.device):
     """The network on `device` as `cfg` asks (checkpointing, channels-last), its AMP dtype
     (bf16 where supported, else fp16) and, for fp16, a gradient scaler."""
-    model_cfg = UNetConfig(encoder=cfg.encoder, scale=scale, frames=frames, mode=str(cfg.mode),  # plain values:
-                           decoder_widths=cfg.decoder_widths, depth=cfg.depth,  # saved beside the weights
-                           head_channels=cfg.head_channels, padding=str(cfg.padding),
-                           encoder_weights=cfg.encoder_weights)
+    model_cfg = dataclasses.replace(cfg.model, scale=scale, frames=frames)  # saved beside the weights
     torch.manual_seed(cfg.seed)
     net = build_model(model_cfg).to(device)
     if cfg.grad_checkpointing:
@@ -221,15 +218,40 @@ def _save_checkpoint(path: Path, net, opt, sched, scaler, epoch: int, metrics: d
         torch.save(state, tmp)
 
 
-def _plan_epochs(d: Dist, budget_s: float, started: float, valid_s: float, done: int, batches: int) -> int:
-    """Epochs that fit a time budget, at the pace of the first `done` batches plus one validation
-    per epoch (rank 0 decides, every rank follows)."""
-    per_batch = (time.monotonic() - started - valid_s) / done
-    epochs = max(1, int((budget_s - valid_s) // (per_batch * batches + valid_s)))
-    if d.main:
-        print(f"{budget_s / 60:g} min at {per_batch * batches + valid_s:.1f} s an epoch (validation "
-              f"{valid_s:.1f} s): {epochs} epochs", flush=True)
-    return int(_broadcast_str(d, str(epochs)))
+@dataclass
+class EpochPlan:
+    """How many epochs a run trains, and its one-cycle learning-rate schedule over them.
+
+    With a time budget (`deadline`, in `time.time()` seconds: the budget counts from the call of
+    `train`, reading the data and setting up included) the epochs are unknown at first: they are
+    planned from the pace of the first PROBE_BATCHES batches plus one timed validation
+    (`probe`), then planned again after every epoch from the epochs' measured length (steps,
+    validation, checkpoints and panels), longer or shorter, so that the last epoch ends just
+    before the deadline (`replan`). A resumed run keeps the plan its checkpoint holds.
+    """
+
+    epochs: Optional[int]  # None until a time budget is first planned
+    opt_steps: int  # optimizer steps per epoch
+    deadline: Optional[float] = None
+
+    def lr_factor(self, step: int) -> float:
+        return lr_factor(step, self.epochs * self.opt_steps if self.epochs else None)
+
+    def probe(self, d: Dist, done: int, batches: int, steps_s: float, valid_s: float) -> None:
+        """The first plan: `done` batches took `steps_s` seconds, a validation `valid_s`."""
+        epoch_s = steps_s / done * batches + valid_s
+        self.epochs = max(1, int((self.deadline - time.time()) // epoch_s))
+        if d.main:
+            print(f"{(self.deadline - time.time()) / 60:.2f} min left at {epoch_s:.1f} s an epoch (validation "
+                  f"{valid_s:.1f} s): {self.epochs} epochs", flush=True)
+        self.epochs = int(_broadcast_str(d, str(self.epochs)))
+
+    def replan(self, d: Dist, done: int, epochs_s: float) -> None:
+        """After `done` epochs of this run that took `epochs_s` seconds in all: as many more as
+        fit before the deadline at their mean length (none when the next would not end in time)."""
+        if d.main:
+            self.epochs = done + max(0, int((self.deadline - time.time()) // (epochs_s / done)))
+        self.epochs = int(_broadcast_str(d, str(self.epochs)))
 
 
 def _save_best(path: Path, net, epoch: int, metrics: dict) -> None:
@@ -324,7 +346,7 @@ class Session:
     baselines: list  # their bicubic/bilinear scores
     net: torch.nn.Module
     model: torch.nn.Module  # `net`, wrapped for DDP
-    model_cfg: UNetConfig
+    model_cfg: ModelConfig
     amp_dtype: Optional[torch.dtype]
     scaler: object
     lr_tr: np.ndarray
@@ -335,7 +357,7 @@ class Session:
     opt: torch.optim.Optimizer
     sched: object
     loss: Callable
-    plan: dict  # {"epochs": N, or None until a time budget is planned}
+    plan: EpochPlan
     config: dict  # logged as train.* parameters and kept in the checkpoint
     meta: dict  # saved with the model
     name: str  # registered model name
@@ -367,7 +389,7 @@ def keep_checkpoints(s: Session, epoch: int, metrics: dict, pred: np.ndarray) ->
 
 def log_panel(s: Session, epoch: int, metrics: dict, pred: np.ndarray) -> None:
     """LR | bicubic | model | HR of the first validation image, every `panel_every` epochs and the last."""
-    if (epoch + 1) % s.cfg.panel_every and epoch != s.plan["epochs"] - 1:
+    if (epoch + 1) % s.cfg.panel_every and epoch != s.plan.epochs - 1:
         return
     png = s.folder() / "panels" / f"epoch_{epoch + 1:03d}.png"
     png.parent.mkdir(parents=True, exist_ok=True)
@@ -379,7 +401,7 @@ def log_panel(s: Session, epoch: int, metrics: dict, pred: np.ndarray) -> None:
 
 
 def print_epoch(s: Session, epoch: int, metrics: dict, pred: np.ndarray) -> None:
-    print(f"epoch {epoch + 1}/{s.plan['epochs']}: train loss {metrics['train_loss']:.4f}, valid PSNR "
+    print(f"epoch {epoch + 1}/{s.plan.epochs}: train loss {metrics['train_loss']:.4f}, valid PSNR "
           f"{metrics['valid_psnr']:.2f} dB (bicubic {metrics['bicubic_psnr']:.2f}, bilinear "
           f"{metrics['bilinear_psnr']:.2f}), SSIM {metrics['valid_ssim']:.3f} (bicubic {metrics['bicubic_ssim']:.3f})",
           flush=True)
@@ -388,7 +410,7 @@ def print_epoch(s: Session, epoch: int, metrics: dict, pred: np.ndarray) -> None
 # --- the run ----------------------------------------------------------------------------------
 
 
-def _setup(cfg: TrainConfig, resume: Optional[str]) -> Session:
+def _setup(cfg: TrainConfig, resume: Optional[str], called: float) -> Session:
     """Device, data, network, optimiser and schedule; a resumed run's checkpoint loaded."""
     device = pick_device(cfg.device)
     d = _init_distributed(device)
@@ -403,10 +425,9 @@ def _setup(cfg: TrainConfig, resume: Optional[str]) -> Session:
     batches = math.ceil(per_rank / cfg.batch_size)
     opt_steps = math.ceil(batches / cfg.accumulate)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    # a time budget sets the epochs from the first batches' pace (see `_plan_epochs`)
-    plan = {"epochs": None if cfg.minutes else cfg.epochs}
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda step: lr_factor(step, plan["epochs"] * opt_steps if plan["epochs"] else None))
+    plan = EpochPlan(epochs=None if cfg.minutes else cfg.epochs, opt_steps=opt_steps,
+                     deadline=called + cfg.minutes * 60 if cfg.minutes else None)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, plan.lr_factor)
     norm = ds.manifest["parameters"]
     s = Session(
         cfg=cfg, d=d, device=device, ds=ds, size=size, scale=scale, pairs=pairs,
@@ -414,7 +435,7 @@ def _setup(cfg: TrainConfig, resume: Optional[str]) -> Session:
         model=torch.nn.parallel.DistributedDataParallel(net) if d.group else net, model_cfg=model_cfg,
         amp_dtype=amp_dtype, scaler=scaler, lr_tr=lr_tr, hr_tr=hr_tr, parts=parts, per_rank=per_rank,
         batches=batches, opt=opt, sched=sched, loss=loss_fn(cfg.loss), plan=plan,
-        config={**asdict(cfg), "epochs": plan["epochs"], "tile_size": size, "scale": scale,
+        config={**{k: v for k, v in asdict(cfg).items() if k != "model"}, "arch": model_cfg.arch, "epochs": plan.epochs, "tile_size": size, "scale": scale,
                 "frames": model_cfg.frames, "world_size": d.world},
         meta={"model": model_cfg.to_dict(),
               "normalization": {"percentile_low": norm["percentile_low"], "percentile_high": norm["percentile_high"]},
@@ -433,9 +454,10 @@ def _setup(cfg: TrainConfig, resume: Optional[str]) -> Session:
             scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["torch_rng"])
         s.start, s.last_metrics = int(state["epoch"]) + 1, state["metrics"]
-        plan["epochs"] = s.config["epochs"] = json.loads(state["config"])["epochs"]  # the run's own plan
-        if s.start >= plan["epochs"] and tracking.run_finished(resume):
-            raise BphoError(f"run {resume} already finished its {plan['epochs']} epochs and logged its model; "
+        plan.epochs = s.config["epochs"] = json.loads(state["config"])["epochs"]  # the run's own plan
+        plan.deadline = None
+        if s.start >= plan.epochs and tracking.run_finished(resume):
+            raise BphoError(f"run {resume} already finished its {plan.epochs} epochs and logged its model; "
                             "nothing to resume")
         if checkpoint_path(resume, "best").is_file():
             kept = _load_checkpoint(resume, "best")
@@ -467,13 +489,13 @@ def _log_start(s: Session, resume: Optional[str]) -> None:
         other = datasets.open(name)
         tracking.log_dataset_input(other.name, other.digest, other.path, context="training",
                                    tags={"tile_size": str(s.size), "mix_weight": f"{weight:g}"})
-    tracking.describe_run(f"bpho training: a {cfg.encoder} U-Net ({cfg.mode}) on dataset {ds.name} "
+    tracking.describe_run(f"bpho training: a {s.model_cfg.label()} network on dataset {ds.name} "
                           f"({ds.digest[:12]}), {s.size} px HR tiles; validated every epoch on "
                           f"{len(s.pairs)} whole image(s), split `{ds.validation_split}`.\n\n"
                           + tracking.METRIC_UNITS)
 
 
-def _epoch(s: Session, epoch: int, started: float, valid_s: float, progress: bool) -> dict:
+def _epoch(s: Session, epoch: int, valid_s: float, progress: bool) -> dict:
     """One pass over this epoch's tiles (this rank's share); returns its mean training loss."""
     cfg, d = s.cfg, s.d
     order = _epoch_order(s.parts, cfg.seed, epoch)
@@ -482,7 +504,7 @@ def _epoch(s: Session, epoch: int, started: float, valid_s: float, progress: boo
     order = np.resize(order, s.per_rank * d.world)[d.rank::d.world]
     gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch * 101 + d.rank)
     running, seen = 0.0, 0
-    bar = tqdm(range(s.batches), desc=f"epoch {epoch + 1}/{s.plan['epochs'] or '?'}", unit="batch",
+    bar = tqdm(range(s.batches), desc=f"epoch {epoch + 1}/{s.plan.epochs or '?'}", unit="batch",
                disable=not (progress and d.main), leave=False)
     s.opt.zero_grad(set_to_none=True)
     tick = time.monotonic()
@@ -499,11 +521,10 @@ def _epoch(s: Session, epoch: int, started: float, valid_s: float, progress: boo
         running += float(value.detach()) * len(idx)
         seen += len(idx)
         bar.set_postfix(loss=f"{running / seen:.4f}")
-        if s.plan["epochs"] is None and b + 1 == min(PROBE_BATCHES, s.batches):
-            # kept in the checkpoint's config: --resume follows the same plan
-            s.plan["epochs"] = s.config["epochs"] = _plan_epochs(d, cfg.minutes * 60, started, valid_s, b + 1,
-                                                                 s.batches)
-            bar.set_description(f"epoch {epoch + 1}/{s.plan['epochs']}")
+        if s.plan.epochs is None and b + 1 == min(PROBE_BATCHES, s.batches):
+            s.plan.probe(d, b + 1, s.batches, time.monotonic() - tick, valid_s)
+            s.config["epochs"] = s.plan.epochs  # kept in the checkpoint's config: --resume follows the same plan
+            bar.set_description(f"epoch {epoch + 1}/{s.plan.epochs}")
     if s.device.type == "cuda":
         torch.cuda.synchronize(s.device)
     s.clock["steps"] += time.monotonic() - tick
@@ -515,7 +536,7 @@ def _finish(s: Session, register: bool) -> TrainResult:
     finishing = time.monotonic()
     result = TrainResult(run_id=s.run_id, model_uri=f"runs:/{s.run_id}/model", registered_name=None,
                          registered_version=None, metrics=s.last_metrics)
-    epochs = s.plan["epochs"]
+    epochs = s.plan.epochs
     if not s.best:  # a run resumed from a checkpoint of bpho 0.1, which kept no best.pt
         s.best = {"epoch": epochs - 1, "metrics": s.last_metrics}
         _save_best(checkpoint_path(s.run_id, "best"), s.net, epochs - 1, s.last_metrics)
@@ -580,13 +601,14 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, progress: bool = True,
     stop training; what could not be logged is logged when the server is back.
     """
     global _FIRST_RUN
-    entered, _FIRST_RUN = (_process_start() if _FIRST_RUN else time.time()), False
-    s = _setup(cfg, resume)
+    called = time.time()
+    entered, _FIRST_RUN = (_process_start() if _FIRST_RUN else called), False
+    s = _setup(cfg, resume, called)
     d = s.d
     hook = [lambda s_, epoch, metrics, pred: on_epoch(epoch, metrics, s_.run_id)] if on_epoch else []
     callbacks = [keep_checkpoints, log_panel, *hook, print_epoch]
     length = f"{cfg.minutes:g}min" if cfg.minutes else f"{cfg.epochs}ep"
-    run_name = f"{cfg.dataset}-{cfg.encoder}-{cfg.mode}-{s.size}px-{length}-{time.strftime('%m%d-%H%M%S')}"
+    run_name = f"{cfg.dataset}-{cfg.model.label()}-{s.size}px-{length}-{time.strftime('%m%d-%H%M%S')}"
     run_ctx = tracking.run(tracking.TRAIN_EXPERIMENT, run_name=run_name, tags=_run_tags(s, tags),
                            run_id=resume, parent_run_id=parent_run_id) if d.main else nullcontext()
     with run_ctx as active:
@@ -598,13 +620,14 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, progress: bool = True,
         started = time.monotonic()
         s.clock["setup"] = time.time() - entered
         valid_s = 0.0
-        if s.plan["epochs"] is None and d.main:  # a time budget counts validation too: time one
+        if s.plan.epochs is None and d.main:  # a time budget counts validation too: time one
             validate(s.net, s.meta, s.device, s.pairs, s.baselines)
             valid_s = time.monotonic() - started
             s.clock["validation"] += valid_s
         epoch = s.start
-        while s.plan["epochs"] is None or epoch < s.plan["epochs"]:
-            trained = _epoch(s, epoch, started, valid_s, progress)
+        looping = time.monotonic()
+        while s.plan.epochs is None or epoch < s.plan.epochs:
+            trained = _epoch(s, epoch, valid_s, progress)
             if d.main:
                 tick = time.monotonic()
                 valid, pred = validate(s.net, s.meta, s.device, s.pairs, s.baselines)
@@ -616,13 +639,11 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, progress: bool = True,
                 s.clock["checkpoints"] += time.monotonic() - tick
             _barrier(d)
             epoch += 1
-            if cfg.minutes and epoch == 1 and s.start == 0:  # the whole first epoch (validation, checkpoints,
-                if d.main:                                   # panel) may shorten the plan, never lengthen it
-                    epoch_s = time.monotonic() - started - valid_s
-                    left = cfg.minutes * 60 - (time.monotonic() - started)
-                    s.plan["epochs"] = min(s.plan["epochs"], 1 + int(max(0.0, left) // epoch_s))
-                    s.buffer.metrics({"epochs_planned": s.plan["epochs"]}, 0)
-                s.plan["epochs"] = s.config["epochs"] = int(_broadcast_str(d, str(s.plan["epochs"])))
+            if s.plan.deadline is not None:  # whole epochs measured: plan the rest again
+                s.plan.replan(d, epoch - s.start, time.monotonic() - looping)
+                s.config["epochs"] = s.plan.epochs
+                if d.main:
+                    s.buffer.metrics({"epochs_planned": s.plan.epochs}, epoch - 1)
         result = _finish(s, register) if d.main else TrainResult(
             run_id=s.run_id, model_uri=f"runs:/{s.run_id}/model", registered_name=None, registered_version=None,
             metrics=s.last_metrics)

@@ -4,9 +4,9 @@ import sys
 
 from bpho.cli import main
 
-ONLY = {"fit": {"--dataset", "--memory-gb", "--tile-sizes", "--encoder", "--max-batch", "--device"},
+ONLY = {"fit": {"--dataset", "--memory-gb", "--tile-sizes", "--arch", "--model-encoder", "--max-batch", "--device"},
         "hparams": {"--dataset", "--trials", "--epochs", "--storage", "--study", "--tile-sizes", "--max-batch",
-                    "--device"},
+                    "--device", "--arch", "--model-encoder"},
         "degradation": {"--datasource", "--degradation", "--trials", "--storage", "--study"}}
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ def world(demo, tmp_path_factory):
                        datasets=[("paired_001", "pairs", "tiny", ["tile_sizes=64", "tiles_per_image=8"])])
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
-        run_bpho("train", "--dataset", "tiny", "--epochs", "1", "--encoder", "test_resnet", "--decoder-widths",
+        run_bpho("train", "--dataset", "tiny", "--epochs", "1", "--model-encoder", "test_resnet", "--model-decoder-widths",
                  "16,8,8,8,8", "--model-name", "tiny", root=root, check=True)
     return root
 
@@ -95,7 +95,7 @@ def unknown_recipe(d, demo):
 
 
 def unknown_encoder(d, demo):
-    return ["train", "--dataset", "tiny", "--encoder", "resnet_9000"], ["resnet_9000", "timm"]
+    return ["train", "--dataset", "tiny", "--model-encoder", "resnet_9000"], ["resnet_9000", "timm"]
 
 
 def tile_larger_than_image(d, demo):

@@ -193,7 +193,7 @@ def test_degradation_study_logs_nested_trials(env, tracked):
 
 def test_report_trains_on_real_and_synthetic_pairs(env, tracked, tmp_path):
     cfg = DegradationReportConfig("pairs", epochs=1, tile_size=64, recipe_settings=("tile_sizes=64", "tiles_per_image=8"),
-                                  encoder="resnet18", decoder_widths=(32, 16, 16, 8, 8), batch_size=4, trials=3,
+                                  model={"encoder": "resnet18", "decoder_widths": (32, 16, 16, 8, 8)}, batch_size=4, trials=3,
                                   out=str(tmp_path / "report"))
     result = tune.report(cfg, progress=False)
     assert [r.training_pairs for r in result.rows] == ["real", "classic", "physical", "fitted"]

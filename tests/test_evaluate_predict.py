@@ -27,7 +27,7 @@ from bpho.train import train
 
 from conftest import assert_one_line_error, add_demo, run_bpho
 
-NET = dict(encoder="resnet18", decoder_widths=(32, 16, 16, 8, 8), batch_size=8)
+NET = dict(model={"encoder": "resnet18", "decoder_widths": (32, 16, 16, 8, 8)}, batch_size=8)
 
 
 @pytest.fixture(scope="module")

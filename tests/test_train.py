@@ -20,7 +20,7 @@ from bpho import datasets
 from bpho.datasets import builder
 from bpho.errors import BphoError
 from bpho.inference import load_model, save_model
-from bpho.models.unet import build_model
+from bpho.models import architecture, build_model
 from bpho.config import DemoConfig
 from bpho.demo import make_demo_data
 from bpho.config import TrainConfig
@@ -29,7 +29,7 @@ from bpho.train import train
 from conftest import assert_one_line_error, build_world, run_bpho, use_world
 
 REPO = Path(__file__).resolve().parents[1]
-SMALL_NET = dict(encoder="resnet18", decoder_widths=(64, 32, 16, 16, 8))
+SMALL_NET = dict(model={"encoder": "resnet18", "decoder_widths": (64, 32, 16, 16, 8)})
 WIDTHS = "64,32,16,16,8"
 
 
@@ -80,22 +80,23 @@ def test_unet_any_size(mode, frames):
         build_model({"encoder": "resnet_does_not_exist"})
 
 
-def test_unet_source_runs_without_bpho(tmp_path):
-    """unet.py is the architecture file of exported BioImage Model Zoo packages: it must import
-    and build with torch and timm alone (bpho not installed), and say what is wrong in its errors."""
-    from bpho.models import architecture_source
-
-    (tmp_path / "arch.py").write_text(architecture_source())
+@pytest.mark.parametrize("arch, build, error", [
+    ("unet", "m.unet(encoder='resnet18', decoder_widths=[16, 8, 8])", "m.unet(encoder='no_such_net')"),
+    ("rcan", "m.rcan(features=8, groups=1, blocks=1)", "m.rcan(blocks=0)")])
+def test_architecture_source_runs_without_bpho(tmp_path, arch, build, error):
+    """The architecture file of exported BioImage Model Zoo packages: it must import and build
+    with torch and timm alone (bpho not installed), and say what is wrong in its errors."""
+    (tmp_path / "arch.py").write_text(architecture(arch).source())
     code = ("import sys, importlib.util as u; sys.modules['bpho'] = None\n"  # `import bpho...` fails here
             "spec = u.spec_from_file_location('arch', 'arch.py'); m = u.module_from_spec(spec)\n"
-            "sys.modules['arch'] = m; spec.loader.exec_module(m)\n"
-            "import torch; net = m.unet(encoder='resnet18', decoder_widths=[16, 8, 8]).eval()\n"
+            f"sys.modules['arch'] = m; spec.loader.exec_module(m)\nimport torch; net = {build}.eval()\n"
             "print(tuple(net(torch.rand(1, 1, 20, 24)).shape))\n"
-            "try: m.unet(encoder='no_such_net')\nexcept ValueError as e: print(e)\n")
+            f"try: {error}\nexcept ValueError as e: print(e)\n")
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.splitlines() == ["(1, 1, 80, 96)", "encoder 'no_such_net' is not a timm model; e.g. resnet18, "
-                                        "resnet34, efficientnet_b0"]
+    assert proc.stdout.splitlines() == ["(1, 1, 80, 96)", {
+        "unet": "encoder 'no_such_net' is not a timm model; e.g. resnet18, resnet34, efficientnet_b0",
+        "rcan": "rcan blocks=0: use 1 or more"}[arch]]
 
 
 def test_untrained_pixel_shuffle_has_no_checkerboard_and_borders_are_not_zeros():
@@ -157,7 +158,7 @@ def test_output_does_not_depend_on_the_inference_tiles(wide, monkeypatch, tmp_pa
     then spread 0.05 dB between tile sizes, and on the demo an 80-epoch run lost 13 dB at tile 128."""
     use_world(monkeypatch, wide, tmp_path)
     result = train(TrainConfig(dataset="wide", tile_size=64, batch_size=8, epochs=12, panel_every=12,
-                               **{**SMALL_NET, "depth": None}), progress=False, register=False)
+                               model={**SMALL_NET["model"], "depth": None}), progress=False, register=False)
     psnr = {t: full_image_psnr(result.model_uri, "wide", t) for t in (32, 64, 128, 256)}
     assert max(psnr.values()) - min(psnr.values()) < 0.025, psnr  # issue #13 asks < 0.2
     assert psnr[128] == pytest.approx(result.metrics["valid_psnr"], abs=0.05)  # what training reported
@@ -182,8 +183,10 @@ def test_time_budget_sets_the_epochs(env):
     result = train(TrainConfig(dataset="tiny", batch_size=16, minutes=0.3, **SMALL_NET), progress=False,
                    register=False)
     client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
-    planned = client.get_metric_history(result.run_id, "epochs_planned")[0].value
+    plans = sorted(client.get_metric_history(result.run_id, "epochs_planned"), key=lambda m: m.step)
+    planned = plans[-1].value  # planned again after every epoch: the last plan is what ran
     steps = [m.step for m in client.get_metric_history(result.run_id, "valid_psnr")]
+    assert [m.step for m in plans] == steps  # one plan per epoch
     assert planned >= 2 and steps == list(range(int(planned))) and result.metrics["epochs"] == planned
     lrs = [m.value for m in client.get_metric_history(result.run_id, "lr")]
     assert len(lrs) == planned and lrs[-1] < 0.01 * TrainConfig.lr  # one cycle over the planned epochs
@@ -212,7 +215,7 @@ def test_mlflow_run_train_on_server_registers_a_loadable_model(env, tracked, tmp
     env_vars = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     proc = subprocess.run(
         [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "train", "--env-manager", "local",
-         "-P", "dataset=tiny", "-P", "epochs=1", "-P", "encoder=resnet18", "-P", f"decoder_widths={WIDTHS}",
+         "-P", "dataset=tiny", "-P", "epochs=1", "-P", "model_encoder=resnet18", "-P", f"model_decoder_widths={WIDTHS}",
          "-P", "batch_size=16", "-P", "model_name=served"],
         capture_output=True, text=True, env=env_vars, cwd=tmp_path,
     )
@@ -224,7 +227,7 @@ def test_mlflow_run_train_on_server_registers_a_loadable_model(env, tracked, tmp
     assert run.data.tags["bpho.dataset"] == "tiny" and run.data.tags["bpho.dataset_digest"] == ds.digest
     assert run.data.tags["bpho.datasource_digest"] == ds.manifest["datasource"]["digest"]
     assert run.data.tags["bpho.recipe"] == "paired_001" and "bpho.git_commit" in run.data.tags
-    assert run.data.params["train.encoder"] == "resnet18" and run.data.params["train.tile_size"] == "64"
+    assert run.data.params["model.encoder"] == "resnet18" and run.data.params["train.tile_size"] == "64"
     assert {"train_loss", "valid_psnr", "valid_ssim", "valid_psnr_gain", "bicubic_psnr",
             "bilinear_psnr", "valid_frc_nm", "best_valid_psnr"} <= set(run.data.metrics)
     times = {k: v for k, v in run.data.metrics.items() if k.startswith("time_")}  # where the run's time went
@@ -252,7 +255,7 @@ def test_mlflow_run_train_on_server_registers_a_loadable_model(env, tracked, tmp
 
 
 def test_resume_after_sigkill_continues_the_same_run(env, tmp_path):
-    args = ["train", "--dataset", "tiny", "--epochs", "3", "--encoder", "resnet18", "--decoder-widths", WIDTHS,
+    args = ["train", "--dataset", "tiny", "--epochs", "3", "--model-encoder", "resnet18", "--model-decoder-widths", WIDTHS,
             "--batch-size", "16", "--model-name", "resumed"]
     checkpoints = env / "checkpoints"
     before = set(checkpoints.glob("*/last.pt"))
@@ -289,8 +292,8 @@ def test_torchrun_two_cpu_processes(env, tmp_path):
 
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
-         "-m", "bpho.cli", "train", "--dataset", "tiny", "--epochs", "1", "--encoder", "resnet18",
-         "--decoder-widths", WIDTHS, "--batch-size", "8", "--model-name", "ddp", "--device", "cpu"],
+         "-m", "bpho.cli", "train", "--dataset", "tiny", "--epochs", "1", "--model-encoder", "resnet18",
+         "--model-decoder-widths", WIDTHS, "--batch-size", "8", "--model-name", "ddp", "--device", "cpu"],
         capture_output=True, text=True, env=os.environ.copy(), cwd=tmp_path, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -346,10 +349,12 @@ def test_mix_draws_each_dataset_as_weighted_and_logs_both(env):
     (["--dataset", "tiny", "--mix", "nope"], "nope"),
     (["--dataset", "nope"], "nope"),
     (["--dataset", "tiny", "--tile-size", "256"], "no tile size 256"),
-    (["--dataset", "tiny", "--encoder", "resnet_does_not_exist"], "resnet_does_not_exist"),
+    (["--dataset", "tiny", "--model-encoder", "resnet_does_not_exist"], "resnet_does_not_exist"),
     (["--dataset", "tiny", "--frames", "5"], "--frames 5"),
-    (["--dataset", "tiny", "--depth", "0"], "depth 0"),
-    (["--dataset", "tiny", "--encoder", "resnet18", "--depth", "9"], "9 feature stages"),
+    (["--dataset", "tiny", "--model-depth", "0"], "depth 0"),
+    (["--dataset", "tiny", "--model-encoder", "resnet18", "--model-depth", "9"], "9 feature stages"),
+    (["--dataset", "tiny", "--arch", "rcan", "--model-encoder", "resnet18"], "--model-encoder is not a setting of "
+                                                                             "architecture rcan"),
 ])
 def test_train_bad_input_one_line(env, args, needle):
     assert_one_line_error(run_bpho("train", *args), needle)

@@ -17,8 +17,9 @@ from bpho import tracking, tune
 
 from conftest import assert_one_line_error, build_world, run_bpho, use_world
 
-SMALL_NET = ["--encoders", "resnet18", "--decoder-widths", "32,16,16,8,8"]
-SPACE = tune.SearchSpace(encoders=("resnet18",), decoder_widths=(32, 16, 16, 8, 8), max_batch=8)
+SMALL_NET = ["--choices", "encoder=resnet18", "--model-decoder-widths", "32,16,16,8,8"]
+SPACE = tune.SearchSpace(choices=("encoder=resnet18",), max_batch=8)
+SMALL_MODEL = {"encoder": "resnet18", "decoder_widths": (32, 16, 16, 8, 8)}
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +36,8 @@ def env(world, monkeypatch, tmp_path):
 
 
 def test_fit_search_finds_feasible_monotone_batches_on_cpu(env):
-    proc = run_bpho("tune", "fit", "--dataset", "tiny", "--memory-gb", "0.3", "--encoder", "resnet18", "--mode", "pre",
-                    "--decoder-widths", "64,32,16,16,8", "--max-batch", "128", "--device", "cpu", "--refine",
+    proc = run_bpho("tune", "fit", "--dataset", "tiny", "--memory-gb", "0.3", "--model-encoder", "resnet18", "--model-mode", "pre",
+                    "--model-decoder-widths", "64,32,16,16,8", "--max-batch", "128", "--device", "cpu", "--refine",
                     check=True)
     assert "recommended" in proc.stdout and "tiles/s" in proc.stdout
     fit = json.loads(tune.fit_path("tiny").read_text())
@@ -89,7 +90,7 @@ def test_hparams_study_nested_runs_and_out_of_memory(env, tracked, monkeypatch):
         return real_train(cfg, **kwargs)
 
     monkeypatch.setattr(bpho.train, "train", counting_train)
-    result = tune.hparams(tune.HparamsConfig("tiny", trials=3, epochs=2, space=SPACE, pruner="median", seed=1),
+    result = tune.hparams(tune.HparamsConfig("tiny", trials=3, epochs=2, space=SPACE, model=SMALL_MODEL, pruner="median", seed=1),
                           progress=False)
     assert result.trials == 3
 
@@ -155,7 +156,7 @@ def test_mlflow_run_tune_fit_entry_point(env, tmp_path):
     repo = Path(__file__).resolve().parents[1]
     proc = subprocess.run(
         [sys.executable, "-m", "mlflow", "run", str(repo), "-e", "tune", "--env-manager", "local",
-         "-P", "mode=fit", "-P", "dataset=tiny", "-P", "memory_gb=2", "-P", "encoder=resnet18",
+         "-P", "mode=fit", "-P", "dataset=tiny", "-P", "memory_gb=2", "-P", "model_encoder=resnet18",
          "-P", "max_batch=4", "-P", "tile_sizes=32 64", "-P", "device=cpu"],
         capture_output=True, text=True, cwd=tmp_path,
         env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})

@@ -19,8 +19,9 @@ from torch import nn
 
 try:
     from bpho.errors import BphoError
+    from bpho.models.layers import bilinear_base, icnr, set_padding
     from bpho.models.unet_config import MODES, PADDINGS, UNetConfig
-except ImportError:  # an exported package's architecture file: export.py writes unet_config.py above this
+except ImportError:  # an exported package's architecture file: export.py writes those above this
     BphoError = ValueError
 
 
@@ -73,13 +74,10 @@ class UNet(nn.Module):
             self.head = nn.Sequential(nn.Conv2d(cin, hr_ch * config.scale**2, 3, padding=1),
                                       nn.PixelShuffle(config.scale), nn.ReLU(inplace=True),
                                       nn.Conv2d(hr_ch, 1, 3, padding=1))
-            _icnr(self.head[0], config.scale)
+            icnr(self.head[0], config.scale)
         else:
             self.head = nn.Conv2d(cin, 1, 3, padding=1)
-        if config.padding != "zeros":
-            for m in self.modules():
-                if isinstance(m, nn.Conv2d) and max(m.padding) > 0:
-                    m.padding_mode = config.padding
+        set_padding(self, config.padding)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.encoder.set_grad_checkpointing(enable)
@@ -92,8 +90,7 @@ class UNet(nn.Module):
     def forward(self, lr: torch.Tensor) -> torch.Tensor:
         """(N, frames, h, w) normalised LR -> (N, 1, h*scale, w*scale) normalised HR."""
         s = self.config.scale
-        centre = lr[:, lr.shape[1] // 2: lr.shape[1] // 2 + 1]
-        base = F.interpolate(centre, scale_factor=s, mode="bilinear", align_corners=False) if s > 1 else centre
+        base = bilinear_base(lr, s)
         x = F.interpolate(lr, scale_factor=s, mode="bilinear", align_corners=False) \
             if self.config.mode == "pre" and s > 1 else lr
         h, w = x.shape[-2:]
@@ -108,16 +105,6 @@ class UNet(nn.Module):
         out = self.head(y)
         grow = s if self.config.mode == "lr" else 1
         return out[..., : h * grow, : w * grow] + base
-
-
-def _icnr(conv: nn.Conv2d, scale: int) -> None:
-    """ICNR initialisation (Aitken et al. 2017) of the convolution before a pixel shuffle: the
-    `scale`**2 sub-pixel filters of each output channel start equal, so the untrained shuffle
-    is a nearest-neighbour upsampling and no checkerboard is built in."""
-    with torch.no_grad():
-        conv.weight.copy_(conv.weight[:: scale**2].repeat_interleave(scale**2, dim=0))  # PyTorch's init, shared
-        if conv.bias is not None:
-            conv.bias.copy_(conv.bias[:: scale**2].repeat_interleave(scale**2))
 
 
 def _load_encoder_weights(encoder: nn.Module, path: str) -> None:
@@ -140,7 +127,3 @@ def unet(**config) -> UNet:
     """The network from UNetConfig's fields as keywords (a BioImage Model Zoo package's callable)."""
     return UNet(UNetConfig.from_dict(config))
 
-
-def build_model(config: dict | UNetConfig) -> nn.Module:
-    """The network from a plain config dict (saved beside the weights) or a UNetConfig."""
-    return UNet(config if isinstance(config, UNetConfig) else UNetConfig.from_dict(config))

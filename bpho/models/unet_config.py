@@ -4,8 +4,8 @@ Torch-free, so that `bpho.config` (and the command line) can read the network's 
 without importing PyTorch; an exported package's architecture file holds it above unet.py.
 """
 
-from dataclasses import asdict, dataclass
-from typing import Optional, Tuple
+from dataclasses import asdict, dataclass, fields
+from typing import ClassVar, Literal, Optional, Tuple
 
 MODES = ("pre", "lr")  # pre: upsample LR first; lr: pixel-shuffle at the end
 PADDINGS = ("replicate", "reflect", "zeros")
@@ -13,23 +13,39 @@ PADDINGS = ("replicate", "reflect", "zeros")
 
 @dataclass(frozen=True)
 class UNetConfig:
-    """Everything needed to rebuild the network; saved next to the weights."""
+    """A U-Net whose encoder is any timm model with ``features_only`` (unet.py)."""
+
+    arch: ClassVar[str] = "unet"
+    TITLE: ClassVar[str] = "U-Net"
+    CITE: ClassVar[tuple] = ("Ronneberger O., Fischer P., Brox T. (2015) U-Net: convolutional networks for biomedical "
+                          "image segmentation. MICCAI 2015", "10.1007/978-3-319-24574-4_28")
+    SEARCH: ClassVar[dict] = {"encoder": ("resnet18", "resnet34"), "mode": ("lr", "pre")}  # `bpho tune hparams`
+    HELP: ClassVar[dict] = {
+        "encoder": "any timm model with features_only", "depth": "encoder stages used (3: stride 8 for a resnet)",
+        "mode": "pre: upsample LR first; lr: pixel-shuffle at the end",
+        "decoder_widths": "decoder widths, deepest first", "head_channels": "HR channels after the pixel shuffle (mode lr)",
+        "padding": "of every convolution (zeros lets the network find tile borders)",
+        "encoder_weights": "a local weights file for the encoder (nothing is downloaded)"}
 
     encoder: str = "resnet34"
-    scale: int = 4
-    frames: int = 1
-    mode: str = "lr"
+    scale: int = 4  # set from the dataset
+    frames: int = 1  # set from the dataset
+    mode: Literal["pre", "lr"] = "lr"
     decoder_widths: Tuple[int, ...] = (128, 64, 64)  # deepest first, one per stage (extra ones are unused)
     depth: Optional[int] = 3  # encoder stages used (None: all); 3 of a resnet: stride 8
     head_channels: Optional[int] = 8  # lr mode: HR channels after the pixel shuffle (None: the last width)
-    padding: str = "replicate"  # of every convolution; "zeros" (bpho 0.1 models) lets borders be measured
+    padding: Literal["replicate", "reflect", "zeros"] = "replicate"  # "zeros" (bpho 0.1 models) shows borders
     encoder_weights: Optional[str] = None  # a local timm checkpoint file; never downloaded
 
+    def label(self) -> str:
+        """For run names: ``unet-resnet34-lr``."""
+        return f"unet-{self.encoder}-{self.mode}"
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {"arch": self.arch, **asdict(self)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "UNetConfig":
         d = dict(d)
         d["decoder_widths"] = tuple(d.get("decoder_widths", cls.decoder_widths))
-        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+        return cls(**{k: v for k, v in d.items() if k in {f.name for f in fields(cls)}})

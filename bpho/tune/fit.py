@@ -25,10 +25,11 @@ import numpy as np
 import torch
 
 from bpho import paths, tracking
-from bpho.config import MIN_BATCH, FitConfig, TrainConfig, TrainPrecision
+from bpho.config import FROM_DATA, MIN_BATCH, FitConfig, TrainConfig, TrainPrecision
 from bpho import datasets
 from bpho.errors import BphoError
 from bpho.inference import pick_device
+from bpho.models import ModelConfig, model_config
 from bpho.train import forward_backward, loss_fn, optimizer_step, setup_model
 from bpho.tune.study import load_optuna
 
@@ -60,9 +61,7 @@ class Attempt:
     batch_size: int
     precision: str
     checkpointing: bool
-    encoder: str
-    mode: str
-    decoder_widths: tuple
+    model: ModelConfig
     steps: int
 
 
@@ -73,8 +72,8 @@ def _steps(a: Attempt, device: torch.device, warmed=lambda: None) -> float:
     idx = np.resize(np.arange(len(lr)), a.batch_size)
     x = torch.from_numpy(np.asarray(lr[idx])).to(device)
     y = torch.from_numpy(np.asarray(hr[idx])).to(device)
-    cfg = TrainConfig(dataset=a.dataset, tile_size=a.tile_size, batch_size=a.batch_size, encoder=a.encoder,
-                      mode=a.mode, decoder_widths=a.decoder_widths, amp=a.precision == TrainPrecision.AMP,
+    cfg = TrainConfig(dataset=a.dataset, tile_size=a.tile_size, batch_size=a.batch_size, model=a.model,
+                      amp=a.precision == TrainPrecision.AMP,
                       grad_checkpointing=a.checkpointing, device=device.type)
     net, _, amp_dtype, scaler = setup_model(cfg, hr.shape[-1] // lr.shape[-1], lr.shape[1], device)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
@@ -161,7 +160,7 @@ class FitResult:
 
     def table(self) -> str:
         lines = [f"fit search on {self.device}, budget {self.budget_bytes / MB:,.0f} MB, "
-                 f"{self.model['encoder']} ({self.model['mode']})",
+                 f"{model_config(self.model).label()}",
                  f"{'tile':>5} {'precision':>9} {'ckpt':>5} {'batch':>6} {'fits':>5} {'peak MB':>9} {'tiles/s':>8}"]
         for p in sorted(self.points, key=lambda p: (p["precision"], p["checkpointing"], p["tile_size"], p["batch_size"])):
             peak = f"{p['peak_bytes'] / MB:9.0f}" if p["peak_bytes"] is not None else f"{'-':>9}"
@@ -234,7 +233,7 @@ def fit_search(cfg: FitConfig, track: bool = True, progress: bool = True) -> Fit
         pool = ProcessPoolExecutor(max_workers=1, mp_context=ctx, max_tasks_per_child=1)
 
     def attempt(size: int, batch: int, precision: str, ckpt: bool) -> dict:
-        a = Attempt(dataset, size, batch, precision, ckpt, cfg.encoder, str(cfg.mode), cfg.decoder_widths, cfg.steps)
+        a = Attempt(dataset, size, batch, precision, ckpt, cfg.model, cfg.steps)
         # the search is ordered (doubling), so the trial's values are given, not sampled
         study.enqueue_trial({"tile_size": size, "batch_size": batch, "precision": precision, "checkpointing": ckpt})
         trial = study.ask(space)
@@ -292,7 +291,7 @@ def fit_search(cfg: FitConfig, track: bool = True, progress: bool = True) -> Fit
             torch.cuda.set_per_process_memory_fraction(1.0, dev)
 
     result = FitResult(dataset=dataset, device=str(dev), budget_bytes=budget, points=points, recommended=recommended,
-                       model={"encoder": cfg.encoder, "mode": str(cfg.mode), "decoder_widths": list(cfg.decoder_widths)})
+                       model=model_settings(cfg.model))
     result.path = fit_path(dataset)
     with paths.atomic_file(result.path, suffix=".json") as tmp:
         tmp.write_text(json.dumps({k: v for k, v in asdict(result).items() if k not in ("path",)}, indent=2))
@@ -317,7 +316,7 @@ def _fit_plot(png: Path, result: FitResult) -> None:
     ax.set_xscale("log", base=2)
     ax.set_xlabel("batch size")
     ax.set_ylabel("peak memory (MB)")
-    ax.set_title(f"{result.dataset}: {result.model['encoder']} on {result.device}")
+    ax.set_title(f"{result.dataset}: {model_config(result.model).label()} on {result.device}")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(png, dpi=100)
@@ -344,14 +343,19 @@ def _track_fit(result: FitResult, study) -> None:
         result.run_id = active.info.run_id
 
 
-def fit_cap(dataset: str, tile_size: int, encoder: str, mode: str, precision: str = "fp32") -> Optional[int]:
+def model_settings(model: ModelConfig) -> dict:
+    """The model's settings as the fit table keeps them (JSON values; the dataset sets scale and frames)."""
+    return json.loads(json.dumps({k: v for k, v in model.to_dict().items() if k not in FROM_DATA}))
+
+
+def fit_cap(dataset: str, tile_size: int, model: ModelConfig, precision: str = "fp32") -> Optional[int]:
     """The fit table's largest batch for this tile size and model (no checkpointing), if a fit
     search was run for that model; 0 where no batch fits."""
     path = fit_path(dataset)
     if not path.is_file():
         return None
     fit = json.loads(path.read_text())
-    if (fit["model"]["encoder"], fit["model"]["mode"]) != (encoder, mode):
+    if fit["model"] != model_settings(model):
         return None
     for r in fit["recommended"]:
         if r["tile_size"] == tile_size and r["precision"] == precision and not r["checkpointing"]:

@@ -1,5 +1,6 @@
-"""The hyperparameter study: learning rate, loss, encoder, mode, tile and batch size (capped by
-the fit table), maximising the validation PSNR gain over bicubic, pruned on the per-epoch value.
+"""The hyperparameter study: learning rate, loss, the network's searched settings (its
+architecture's SEARCH, e.g. the U-Net's encoder and mode; `SearchSpace.choices` over them), tile
+and batch size (capped by the fit table), maximising the validation PSNR gain over bicubic, pruned on the per-epoch value.
 
 Each trial is a child MLflow run of one parent run per study; the parent gets the best value,
 best parameters, the trial table and Optuna's plots. The study lives in SQLite under
@@ -9,6 +10,7 @@ machines share; naming the study resumes or joins it.
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
@@ -46,6 +48,7 @@ def hparams(cfg: HparamsConfig, progress: bool = True) -> StudyResult:
     from optuna.trial import TrialState
 
     space = cfg.space
+    searched = space.searched(cfg.model)
     ds = datasets.open(cfg.dataset)
     sizes = sorted(space.tile_sizes or ds.tile_sizes)
     if any(s not in ds.tile_sizes for s in sizes):
@@ -59,19 +62,17 @@ def hparams(cfg: HparamsConfig, progress: bool = True) -> StudyResult:
 
     def objective(trial) -> float:
         size = trial.suggest_categorical("tile_size", sizes)
-        encoder = trial.suggest_categorical("encoder", list(space.encoders))
-        mode = trial.suggest_categorical("mode", [str(m) for m in space.modes])
+        model = dataclasses.replace(cfg.model, **{k: trial.suggest_categorical(k, list(v)) for k, v in searched.items()})
         loss = trial.suggest_categorical("loss", [str(x) for x in space.losses])
         lr = trial.suggest_float("lr", space.lr_min, space.lr_max, log=True)
-        cap = fit_cap(cfg.dataset, size, encoder, mode, str(TrainPrecision.AMP if space.amp else TrainPrecision.FP32))
+        cap = fit_cap(cfg.dataset, size, model, str(TrainPrecision.AMP if space.amp else TrainPrecision.FP32))
         cap = space.max_batch if cap is None else min(cap, space.max_batch)
         if cap < MIN_BATCH:
-            raise optuna.TrialPruned(f"no batch of tile {size} fits ({encoder}, {mode}) in the fit table")
+            raise optuna.TrialPruned(f"no batch of tile {size} fits ({model.label()}) in the fit table")
         batch = trial.suggest_int("batch_size", MIN_BATCH, cap, log=True)
         train_cfg = TrainConfig(dataset=cfg.dataset, tile_size=size, batch_size=batch, epochs=cfg.epochs,
-                                encoder=encoder, mode=mode, loss=loss, lr=lr, amp=space.amp, device=cfg.device,
-                                panel_every=cfg.epochs,
-                                **({"decoder_widths": space.decoder_widths} if space.decoder_widths else {}))
+                                model=model, loss=loss, lr=lr, amp=space.amp, device=cfg.device,
+                                panel_every=cfg.epochs)
         tags = {"bpho.study": name, "bpho.optuna_trial": str(trial.number)}
 
         def report(epoch: int, metrics: dict, run_id: str) -> None:
