@@ -227,18 +227,25 @@ class EpochPlan:
     planned from the pace of the first PROBE_BATCHES batches plus one timed validation
     (`probe`), then planned again after every epoch from the epochs' measured length (steps,
     validation, checkpoints and panels), longer or shorter, so that the last epoch ends just
-    before the deadline (`replan`). A resumed run keeps the plan its checkpoint holds.
+    before the deadline (`replan`); an epoch that would run past it (a budget shorter than one
+    epoch) stops its steps early, leaving time for its validation (`out_of_time`; one process,
+    not under DDP). A resumed run keeps the plan its checkpoint holds.
     """
 
     epochs: Optional[int]  # None until a time budget is first planned
     opt_steps: int  # optimizer steps per epoch
     deadline: Optional[float] = None
+    valid_s: float = 0.0  # one validation's seconds, timed before the first epoch
+
+    def out_of_time(self) -> bool:
+        return self.deadline is not None and time.time() + self.valid_s >= self.deadline
 
     def lr_factor(self, step: int) -> float:
         return lr_factor(step, self.epochs * self.opt_steps if self.epochs else None)
 
-    def probe(self, d: Dist, done: int, batches: int, steps_s: float, valid_s: float) -> None:
-        """The first plan: `done` batches took `steps_s` seconds, a validation `valid_s`."""
+    def probe(self, d: Dist, done: int, batches: int, steps_s: float) -> None:
+        """The first plan: `done` batches took `steps_s` seconds."""
+        valid_s = self.valid_s
         epoch_s = steps_s / done * batches + valid_s
         self.epochs = max(1, int((self.deadline - time.time()) // epoch_s))
         if d.main:
@@ -495,7 +502,7 @@ def _log_start(s: Session, resume: Optional[str]) -> None:
                           + tracking.METRIC_UNITS)
 
 
-def _epoch(s: Session, epoch: int, valid_s: float, progress: bool) -> dict:
+def _epoch(s: Session, epoch: int, progress: bool) -> dict:
     """One pass over this epoch's tiles (this rank's share); returns its mean training loss."""
     cfg, d = s.cfg, s.d
     order = _epoch_order(s.parts, cfg.seed, epoch)
@@ -509,6 +516,8 @@ def _epoch(s: Session, epoch: int, valid_s: float, progress: bool) -> dict:
     s.opt.zero_grad(set_to_none=True)
     tick = time.monotonic()
     for b in bar:
+        if b and not d.group and s.plan.out_of_time():
+            break
         idx = np.sort(order[b * cfg.batch_size:(b + 1) * cfg.batch_size])
         if idx.size == 0:
             continue
@@ -522,7 +531,7 @@ def _epoch(s: Session, epoch: int, valid_s: float, progress: bool) -> dict:
         seen += len(idx)
         bar.set_postfix(loss=f"{running / seen:.4f}")
         if s.plan.epochs is None and b + 1 == min(PROBE_BATCHES, s.batches):
-            s.plan.probe(d, b + 1, s.batches, time.monotonic() - tick, valid_s)
+            s.plan.probe(d, b + 1, s.batches, time.monotonic() - tick)
             s.config["epochs"] = s.plan.epochs  # kept in the checkpoint's config: --resume follows the same plan
             bar.set_description(f"epoch {epoch + 1}/{s.plan.epochs}")
     if s.device.type == "cuda":
@@ -622,12 +631,12 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, progress: bool = True,
         valid_s = 0.0
         if s.plan.epochs is None and d.main:  # a time budget counts validation too: time one
             validate(s.net, s.meta, s.device, s.pairs, s.baselines)
-            valid_s = time.monotonic() - started
+            s.plan.valid_s = valid_s = time.monotonic() - started
             s.clock["validation"] += valid_s
         epoch = s.start
         looping = time.monotonic()
         while s.plan.epochs is None or epoch < s.plan.epochs:
-            trained = _epoch(s, epoch, valid_s, progress)
+            trained = _epoch(s, epoch, progress)
             if d.main:
                 tick = time.monotonic()
                 valid, pred = validate(s.net, s.meta, s.device, s.pairs, s.baselines)

@@ -180,7 +180,7 @@ def test_longer_training_never_registers_a_worse_model(env):
 
 
 def test_time_budget_sets_the_epochs(env):
-    result = train(TrainConfig(dataset="tiny", batch_size=16, minutes=0.3, **SMALL_NET), progress=False,
+    result = train(TrainConfig(dataset="tiny", batch_size=16, minutes=0.5, **SMALL_NET), progress=False,
                    register=False)
     client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
     plans = sorted(client.get_metric_history(result.run_id, "epochs_planned"), key=lambda m: m.step)
