@@ -203,13 +203,16 @@ def score_baselines(pairs: List[Pair], scale: int) -> List[dict]:
             for pair in pairs for t in range(pair.lr.shape[0]) for name, order in BASELINES.items()]
 
 
+_SCORING_CODE = (score, score_baselines, _interior)  # what baseline scores are computed by (baseline_protocol)
+
+
 def baseline_protocol(pairs: List[Pair], scale: int) -> dict:
     """What baseline scores depend on besides the images' pixels: the methods, the metrics, the
     scale, the images (by name and shape), the code that computes the scores (its source text:
     a change to it is a new protocol, no version number to forget) and the numeric libraries."""
     from bpho.datasets import register
 
-    code = "".join(inspect.getsource(f) for f in (score, score_baselines, _interior, register.upsample))
+    code = "".join(inspect.getsource(f) for f in (*_SCORING_CODE, register.upsample))
     code += Path(metrics.__file__).read_text()
     libs = {}
     for lib in ("numpy", "scipy", "scikit-image", "piq", "torch"):
