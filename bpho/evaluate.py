@@ -47,7 +47,7 @@ from bpho.inference import SuperResolver, load_model
 BASELINES = {"nearest": 0, "bilinear": 1, "bicubic": 3}
 METRICS = ("psnr", "ssim", "ms_ssim", "nrmse", "frc_px", "frc_nm")
 SPLITS = ("test", "valid")  # what `--split` takes
-SPLIT_WORDS = {"test": "test", "valid": "validation", "train": "training"}
+SPLIT_WORDS = {"test": "test", "valid": "validation"}
 
 
 Pair = datasets.ImagePair
@@ -84,10 +84,10 @@ def dataset_pairs(dataset: str, split: Optional[str] = None) -> Tuple[List[Pair]
 class Provenance:
     """Which images an evaluation scored and what had seen them before.
 
-    where: ``dataset:NAME`` or ``datasource:NAME``; split: test, valid (or train: a dataset
-    without held-out images validates on a training image), None for a datasource; images: their
-    names; selected_on: those the model's epoch selection scored (its training's validation
-    images); trained_on: those the model was trained on (None: unknown, its dataset is not here);
+    where: ``dataset:NAME`` or ``datasource:NAME``; split: test or valid, None for a datasource;
+    images: their names; selected_on: those the model's epoch selection scored (its training's
+    validation images); trained_on: those among the training images of the model's dataset
+    (None: unknown, that dataset is not under this BPHO_ROOT; `--mix` datasets are not checked);
     selection_known: False for a model saved without the names of its validation images.
     """
 
