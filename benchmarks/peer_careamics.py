@@ -1,17 +1,20 @@
 """CAREamics 0.3.5 runner for benchmarks/peers.py: CARE (its default configuration, depth-2
 U-Net) trained on bicubic-upsampled LR tiles -> HR tiles for a wall-clock budget, then
-predicting the bicubic-upsampled whole validation LR images.
+predicting the bicubic-upsampled whole test LR images with the weights of its last epoch.
 
 Runs in the CAREamics virtual environment that peers.py makes, not in bpho's:
 
     python peer_careamics.py --data DIR --budget SECONDS --out DIR [--batch-size 16]
 
 DIR (written by peers.py) holds train_lr_up.npy (N, 1, H, W), train_hr.npy (N, 1, H, W) and
-valid_lr_up_NN.npy (Y, X), all float32 and normalised as bpho normalises. Writes
+test_lr_up_NN.npy (Y, X), all float32 and normalised as bpho normalises. Writes
 pred_NN.npy (Y, X) and result.json (training seconds, samples, samples/s, prediction seconds).
 
 Budget: Lightning's own `max_time` (trainer_params), with `num_epochs` large enough not to
 stop first; CARE's default early stopping (val_loss, patience 3) stays on, as a user gets it.
+Its validation data is its own default split of the training tiles. `careamist.predict` uses
+the weights in memory, those of the last epoch trained (early stopping does not restore the
+best ones): every method in peers.py reports its last epoch.
 """
 
 from __future__ import annotations
@@ -61,12 +64,12 @@ def main() -> None:
     train_s = time.perf_counter() - start
     epochs = int(careamist.trainer.current_epoch)
 
-    files = sorted(data.glob("valid_lr_up_*.npy"))
+    files = sorted(data.glob("test_lr_up_*.npy"))
     start = time.perf_counter()
     for f in files:
         image = np.load(f)
-        pred, _ = careamist.predict(image[None])  # axes SYX as trained; whole image, best checkpoint
-        np.save(out / f.name.replace("valid_lr_up_", "pred_"), np.asarray(pred[0], np.float32).reshape(image.shape))
+        pred, _ = careamist.predict(image[None])  # axes SYX as trained; whole image, the weights in memory
+        np.save(out / f.name.replace("test_lr_up_", "pred_"), np.asarray(pred[0], np.float32).reshape(image.shape))
     predict_s = time.perf_counter() - start
     result = {"train_s": train_s, "samples": count.samples, "samples_per_s": count.samples / train_s,
               "epochs": epochs, "predict_s": predict_s, "batch_size": a.batch_size, "patch_size": size}

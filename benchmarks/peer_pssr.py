@@ -1,12 +1,13 @@
 """PSSR2 2.4.0 runner for benchmarks/peers.py: its default ResUNet and default loss trained on
-the LR -> HR tile pairs for a wall-clock budget, then predicting the whole validation LR images.
+the LR -> HR tile pairs for a wall-clock budget, then predicting the whole test LR images with
+the weights of its last epoch (PSSR2 selects none).
 
 Runs in the PSSR2 virtual environment that peers.py makes, not in bpho's:
 
     python peer_pssr.py --data DIR --budget SECONDS --out DIR [--batch-size 16]
 
 DIR (written by peers.py) holds train_lr.npy (N, 1, h, w), train_hr.npy (N, 1, H, W) and
-valid_lr_NN.npy (y, x), float32, normalised as bpho normalises (about 0..1). Writes pred_NN.npy
+test_lr_NN.npy (y, x), float32, normalised as bpho normalises (about 0..1). Writes pred_NN.npy
 (y*scale, x*scale) float32 and result.json (training seconds, samples, samples/s, prediction seconds).
 
 What PSSR2 gets, as its CLI (`pssr -t`) sets it up: `PairedImageDataset` over one TIFF file
@@ -89,26 +90,26 @@ def main() -> None:
     # whole images: reflect-padded squares, side divisible by 16, written x255 as TIFF
     # (one folder per image: LR mode needs hr_res = that image's side x scale)
     shapes = {}
-    for f in sorted(data.glob("valid_lr_[0-9]*.npy")):
+    for f in sorted(data.glob("test_lr_[0-9]*.npy")):
         image = np.load(f)
         side = -(-max(image.shape) // 16) * 16
         padded = np.pad(image, [(0, side - image.shape[0]), (0, side - image.shape[1])], mode="reflect")
-        (out / "valid" / f.stem).mkdir(parents=True, exist_ok=True)
-        tifffile.imwrite(out / "valid" / f.stem / f"{f.stem}.tif", (padded * RANGE).astype(np.float32))
+        (out / "test" / f.stem).mkdir(parents=True, exist_ok=True)
+        tifffile.imwrite(out / "test" / f.stem / f"{f.stem}.tif", (padded * RANGE).astype(np.float32))
         shapes[f.stem] = (image.shape, side)
     start = time.perf_counter()
     preds = {}
     for stem, (shape, side) in shapes.items():
-        ds = ImageDataset(out / "valid" / stem, hr_res=side * scale, lr_scale=scale, val_split=1, rotation=False)
+        ds = ImageDataset(out / "test" / stem, hr_res=side * scale, lr_scale=scale, val_split=1, rotation=False)
         preds.update(predict_images(model, ds, device, out_dir=None))
     predict_s = time.perf_counter() - start
     for stem, (shape, _) in shapes.items():
         pred = np.asarray(preds[stem], np.float32).reshape(preds[stem].shape[-2:])
-        np.save(out / f"{stem.replace('valid_lr_', 'pred_')}.npy", pred[:shape[0] * scale, :shape[1] * scale] / RANGE)
+        np.save(out / f"{stem.replace('test_lr_', 'pred_')}.npy", pred[:shape[0] * scale, :shape[1] * scale] / RANGE)
     result = {"train_s": train_s, "samples": samples, "samples_per_s": samples / train_s, "epochs": epochs,
               "predict_s": predict_s, "batch_size": a.batch_size, "tile_size": hr_res}
     (out / "result.json").write_text(json.dumps(result, indent=1))
-    for folder in ("tiles", "valid"):
+    for folder in ("tiles", "test"):
         shutil.rmtree(out / folder, ignore_errors=True)
     print(json.dumps(result))
 

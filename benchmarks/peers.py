@@ -5,26 +5,39 @@
                                [--venvs ~/.cache/bpho-peers] [--work DIR] [--peer-batch 16]
 
 Same data for every method: the dataset's training tiles (default its smallest size) and its
-whole validation images (`bpho.evaluate.validation_pairs`), frame 0; every prediction scored
-by `bpho.evaluate.score` (least-squares fit of scale and offset to the HR, so output units do
-not matter), and nearest / bilinear / bicubic by `bpho.evaluate.score_baselines`.
+whole **test** images (`bpho.evaluate.dataset_pairs(NAME, "test")`: held out by the recipe's
+`test_fraction`, never tiled, seen by no method's training or choice), frame 0; every
+prediction scored by `bpho.evaluate.score` (least-squares fit of scale and offset to the HR,
+so output units do not matter), and nearest / bilinear / bicubic by
+`bpho.evaluate.score_baselines`. The default data: the demo with 10 paired fields, split 6
+train / 2 validation / 2 test (`--root/--dataset`: a dataset that has test images).
+
+Fair selection: **every method reports the weights of its last epoch**. CAREamics predicts
+with the weights in memory (its early stopping does not restore the best ones) and PSSR2 has
+no selection, so bpho's row uses the run's `last.pt`, not the registered best-validation epoch
+(that one was chosen on the dataset's validation images, which no peer gets); its test score
+is printed beside it for information (`registered`), never in the comparison. What steers
+training stays each tool's default: CARE's early stopping and ReduceLROnPlateau watch its own
+10% of the training tiles, PSSR2's exponential decay is per epoch, bpho's epochs are planned
+from its pace (it still validates every epoch, inside its budget). No method sees a test image
+before it predicts it.
 
 - bpho: `train(TrainConfig(dataset=NAME, minutes=budget / 60))`, its defaults and nothing else
   (`bpho train --minutes`: the epochs are planned from the pace of the first batches). Predicts
-  through `load_model(...).predict` on the raw LR, as a user does.
+  through `load_model(...).predict` on the raw LR, as a user does, with the last epoch's weights.
 - CAREamics 0.3.5 (benchmarks/peer_careamics.py): CARE, `create_care_config` defaults
   (depth-2 U-Net, MAE, Adam, ReduceLROnPlateau, early stopping), patch = the HR tile, trained
   on bicubic-upsampled LR -> HR (CARE works at HR size), stopped by Lightning's `max_time`;
-  predicts the bicubic-upsampled whole validation images.
+  predicts the bicubic-upsampled whole test images.
 - PSSR2 2.4.0 (benchmarks/peer_pssr.py): default `ResUNet` and default loss (MS-SSIM + L1
   mix, as its CLI), trained on the LR -> HR tile pairs, stopped at the budget; predicts the
-  whole validation LR images.
+  whole test LR images.
 
 Peers get the tiles exactly as the bpho dataset holds them (percentile-normalised) and the
-validation LR normalised the same way (the manifest's `percentile_low/high` over each image).
+test LR normalised the same way (the manifest's `percentile_low/high` over each image).
 "train s" is the wall clock of the training call; "samples/s" is training samples (tiles) seen
 per second of it, validation and setup included; "pred s" is the whole-image prediction time
-for all validation images.
+for all test images.
 
 Peer environments: each peer runs as a subprocess in its own virtual environment under
 --venvs (made once, reused): `python3.11 -m venv`, then bpho's own torch and torchvision
@@ -55,6 +68,8 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+DEMO_FIELDS = 10  # 6 to train on (as the default demo's paired_001), 2 to validate on, 2 to test on
+DEMO_SPLIT = ["valid_fraction=0.2", "test_fraction=0.2"]
 PEERS = {
     "careamics": {"spec": "careamics==0.3.5", "runner": "peer_careamics.py", "no_deps": [
         "bioimageio-core>=0.9.0,<=0.11.0", "lightning>=2.2,<=2.6.6,!=2.6.2,!=2.6.3", "matplotlib<=3.11.2",
@@ -97,9 +112,15 @@ def ensure_venv(name: str, base: Path) -> Path:
 
 
 def setup_data(a) -> str:
-    """BPHO_ROOT and the dataset: --root/--dataset as given, or the demo pairs in a scratch root."""
+    """BPHO_ROOT and the dataset: --root/--dataset as given (it must have test images), or the
+    demo pairs (10 fields) in a scratch root, built with a test split."""
     if a.root:
         os.environ["BPHO_ROOT"] = str(Path(a.root).resolve())
+        from bpho import datasets
+
+        if not datasets.open(a.dataset).has_test_images:
+            sys.exit(f"dataset {a.dataset!r} has no test images: rebuild it with --set test_fraction=0.2 (the "
+                     "benchmark scores images that no method trained or chose on)")
         return a.dataset
     root = Path(a.work) / "root"
     os.environ["BPHO_ROOT"] = str(root)
@@ -108,19 +129,21 @@ def setup_data(a) -> str:
     from bpho.config import DemoConfig
     from bpho.demo import make_demo_data
 
-    if not (root / "demo").exists():
+    demo = root / f"demo_{DEMO_FIELDS}"
+    if not demo.exists():
         print("making the demo pairs ...", flush=True)
-        make_demo_data(root / "demo", DemoConfig(movies=0, hr_only_fields=0, denoise_fields=0), progress=False)
-    if "demo_pairs" not in datasources.names():
-        datasources.add("demo_pairs", [root / "demo" / "paired"], kind="paired", progress=False)
-    if a.dataset not in datasets.names():
-        builder.make("paired_001", datasource="demo_pairs", name=a.dataset)
+        make_demo_data(demo, DemoConfig(paired_fields=DEMO_FIELDS, movies=0, hr_only_fields=0, denoise_fields=0),
+                       progress=False)
+    if "demo_pairs_10" not in datasources.names():
+        datasources.add("demo_pairs_10", [demo / "paired"], kind="paired", progress=False)
+    if a.dataset not in datasets.names() or not datasets.open(a.dataset).has_test_images:
+        builder.make("paired_001", datasource="demo_pairs_10", name=a.dataset, settings=DEMO_SPLIT, force=True)
     return a.dataset
 
 
 def export(ds, size: int, pairs, folder: Path) -> None:
     """What the peers read: training tiles (and their bicubic upsampling, for CARE) and the whole
-    validation LR images (frame 0), normalised as the dataset normalised its tiles."""
+    test LR images (frame 0), normalised as the dataset normalised its tiles."""
     from bpho.datasets.register import upsample
 
     lr, hr = ds.tiles(size, "train")
@@ -135,8 +158,8 @@ def export(ds, size: int, pairs, folder: Path) -> None:
     for i, pair in enumerate(pairs):
         lo, hi = np.percentile(pair.lr, (p["percentile_low"], p["percentile_high"]))
         image = ((pair.lr[0] - lo) / max(hi - lo, 1e-12)).astype(np.float32)
-        np.save(folder / f"valid_lr_{i:02d}.npy", image)
-        np.save(folder / f"valid_lr_up_{i:02d}.npy", upsample(image, scale, 3))
+        np.save(folder / f"test_lr_{i:02d}.npy", image)
+        np.save(folder / f"test_lr_up_{i:02d}.npy", upsample(image, scale, 3))
 
 
 def run_peer(name: str, py: Path, data: Path, budget: float, out: Path, n: int, batch: int):
@@ -156,22 +179,31 @@ def run_peer(name: str, py: Path, data: Path, budget: float, out: Path, n: int, 
 
 def run_bpho(dataset: str, size: int, budget: float, pairs, n_train: int):
     """bpho's defaults with a time budget (`bpho train --minutes`: epochs planned from the pace
-    of the first batches, one-cycle schedule over them), predicted as a user does."""
-    from bpho import tracking
+    of the first batches, one-cycle schedule over them), predicted as a user does, with the
+    weights of the last epoch (as the peers report theirs); the registered model (the best
+    validation epoch) is scored too, for information: `registered`."""
+    import torch
+
+    from bpho import evaluate, tracking
     from bpho.inference import load_model
     from bpho.config import TrainConfig
-    from bpho.train import train
+    from bpho.train import checkpoint_path, train
 
     start = time.perf_counter()
     result = train(TrainConfig(dataset=dataset, tile_size=size, minutes=budget / 60), progress=False, register=False)
     train_s = time.perf_counter() - start
     model = load_model(tracking.download_model(result.model_uri), device="auto")
+    registered = [evaluate.score(model.predict(pair.lr[0]), pair, t=0) for pair in pairs]
+    last = torch.load(checkpoint_path(result.run_id, "last"), map_location="cpu", weights_only=True)
+    model.net.load_state_dict(last["model"])
     start = time.perf_counter()
     preds = [model.predict(pair.lr[0]) for pair in pairs]
     predict_s = time.perf_counter() - start
     epochs = int(result.metrics["epochs"])
     return preds, {"train_s": train_s, "samples": epochs * n_train, "samples_per_s": epochs * n_train / train_s,
-                   "epochs": epochs, "predict_s": predict_s}
+                   "epochs": epochs, "reported_epoch": int(last["epoch"]) + 1, "predict_s": predict_s,
+                   "registered": {"epoch": int(result.metrics["best_epoch"]) + 1,
+                                  **{k: mean(registered, k) for k in ("psnr", "ssim", "frc_nm")}}}
 
 
 def mean(rows, key):
@@ -210,7 +242,7 @@ def plot(rows, base, budgets, methods, png: Path) -> None:
         ax.axhline(base[name]["psnr"], color="k", ls=style, lw=1, label=name)
     ax.set_xticks(range(len(budgets)), [f"{b:g} s" for b in budgets])
     ax.set_xlabel("training budget (wall clock)")
-    ax.set_ylabel("PSNR (dB), validation images")
+    ax.set_ylabel("PSNR (dB), test images")
     lo = min([base["bilinear"]["psnr"], base["bicubic"]["psnr"]] + [r["psnr"] for r in rows if r["psnr"] is not None])
     hi = max([base["bicubic"]["psnr"]] + [r["psnr"] for r in rows if r["psnr"] is not None])
     ax.set_ylim(lo - 1, hi + 0.5)
@@ -244,11 +276,11 @@ def main() -> None:
     pythons = {m: ensure_venv(m, Path(a.venvs)) for m in methods if m in PEERS}
     name = setup_data(a)
     from bpho import datasets
-    from bpho.evaluate import score, score_baselines, validation_pairs
+    from bpho.evaluate import dataset_pairs, score, score_baselines
 
     ds = datasets.open(name)
     size = a.tile_size or min(ds.tile_sizes)
-    pairs = validation_pairs(name)
+    pairs, _ = dataset_pairs(name, "test")
     exchange = Path(tempfile.mkdtemp(prefix="bpho-peers-data-"))
     export(ds, size, pairs, exchange)
     lr, hr = ds.tiles(size, "train")
@@ -256,7 +288,9 @@ def main() -> None:
     base_rows = [r for r in score_baselines(pairs, scale) if r["t"] == 0]
     base = {m: {k: mean([r for r in base_rows if r["method"] == m], k) for k in ("psnr", "ssim", "frc_nm")}
             for m in ("nearest", "bilinear", "bicubic")}
-    print(f"dataset {name}: {n_train} training tiles of {size} px (HR, x{scale}), {len(pairs)} validation images; "
+    print(f"dataset {name}: {n_train} training tiles of {size} px (HR, x{scale}), {len(pairs)} test images "
+          f"({', '.join(p.name for p in pairs)}: no method trains or chooses on them); every method reports its "
+          "last epoch; "
           f"methods {', '.join(methods)}; budgets {', '.join(f'{b:g}' for b in budgets)} s", flush=True)
 
     rows = []
@@ -275,12 +309,18 @@ def main() -> None:
                 row["gain_db"] = row["psnr"] - base["bicubic"]["psnr"]
                 print(f"[{m}] train {info['train_s']:.1f} s, PSNR {row['psnr']:.2f} dB "
                       f"({row['gain_db']:+.2f} over bicubic), SSIM {row['ssim']:.3f}", flush=True)
+                if "registered" in info:
+                    reg = info["registered"]
+                    print(f"[{m}] for information, not compared: the registered model (best validation epoch "
+                          f"{reg['epoch']} of {info['epochs']}) scores {reg['psnr']:.2f} dB on the same test images",
+                          flush=True)
             rows.append(row)
-        print(f"\nbudget {budget:g} s ({name}, tile {size}, {len(pairs)} validation images):")
+        print(f"\nbudget {budget:g} s ({name}, tile {size}, {len(pairs)} test images, last epochs):")
         print(table([r for r in rows if r["budget_s"] == budget], base) + "\n", flush=True)
 
     report = {"dataset": name, "digest": ds.digest, "tile_size": size, "scale": scale, "train_tiles": n_train,
-              "validation_images": [pair.name for pair in pairs], "budgets_s": budgets, "methods": methods,
+              "test_images": [pair.name for pair in pairs], "reported": "last epoch of every method",
+              "budgets_s": budgets, "methods": methods,
               "peer_batch": a.peer_batch, "baselines": base, "rows": rows}
     (out / "peers.json").write_text(json.dumps(report, indent=1, default=float))
     plot(rows, base, budgets, methods, out / "peers.png")

@@ -1,14 +1,21 @@
 """Evaluate a model on full held-out images against nearest / bilinear / bicubic upsampling.
 
-Images: a dataset's validation source images (kept whole in the dataset, the HR moved onto
-the LR by the dataset's registration), or every pair of a paired datasource never used in
-training (registered here). Each LR image is super-resolved whole (tiled and blended); every
-method is compared with the HR image by `bpho.metrics.compare` (PSNR, SSIM, MS-SSIM, NRMSE)
-and by FRC against the HR (two independent acquisitions), on the interior the registration
-shift did not invent.
+Images: a dataset's test source images (held out by the recipe's ``test_fraction``: never
+tiled, never seen by training or by any choice), else its validation images (they chose the
+registered epoch, so their scores flatter the model; said so), or either split by name
+(``split``); or every pair of a paired datasource never used in training (registered here).
+Dataset images are kept whole in the dataset, the HR moved onto the LR by the dataset's
+registration. Each LR image is super-resolved whole (tiled and blended); every method is
+compared with the HR image by `bpho.metrics.compare` (PSNR, SSIM, MS-SSIM, NRMSE) and by FRC
+against the HR (two independent acquisitions), on the interior the registration shift did
+not invent. Every evaluation says which images it scored, from which split, and whether the
+model's epoch selection (or its training) used any of them (`Provenance`).
 
 Training validates every epoch with the same functions (`score_model`, `score_baselines`,
-`summarize`) on the same images, so its `valid_psnr` is this module's model PSNR.
+`summarize`) on the validation images, so its `valid_psnr` is this module's model PSNR with
+``split="valid"``. Baseline scores depend only on the (immutable) dataset and the scoring
+protocol, so `dataset_baselines` computes them once and keeps them under
+``$BPHO_ROOT/cache/baselines/``.
 
 Results: ``evaluation.csv`` (one row per image and method), a summary (means, and the
 model's gain over bicubic with a 95% bootstrap interval over images), and figures
@@ -19,15 +26,19 @@ logged to an MLflow evaluation run tagged with the model's training run and data
 from __future__ import annotations
 
 import csv
+import hashlib
+import inspect
+import json
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 from tqdm import tqdm
 
-from bpho import datasets, datasources, io, metrics, tracking
+from bpho import datasets, datasources, io, metrics, paths, tracking
 from bpho.datasets.register import apply_registration, register_pair, upsample
 from bpho.datasets.sources import plane_stack
 from bpho.errors import BphoError
@@ -35,18 +46,108 @@ from bpho.inference import SuperResolver, load_model
 
 BASELINES = {"nearest": 0, "bilinear": 1, "bicubic": 3}
 METRICS = ("psnr", "ssim", "ms_ssim", "nrmse", "frc_px", "frc_nm")
+SPLITS = ("test", "valid")  # what `--split` takes
+SPLIT_WORDS = {"test": "test", "valid": "validation"}
 
 
 Pair = datasets.ImagePair
 
 
 def validation_pairs(dataset: str) -> List[Pair]:
-    """The dataset's held-out source images, whole, as the builder registered and stored them."""
+    """The dataset's validation source images, whole, as the builder registered and stored them
+    (the images training chooses its best epoch on)."""
     ds = datasets.open(dataset)
     if ds.validation_split != "valid":
         raise BphoError(f"dataset {dataset!r} holds no image out (valid_fraction=0); evaluate on a paired "
                         "--datasource never used in training instead")
     return ds.validation_images()
+
+
+def dataset_pairs(dataset: str, split: Optional[str] = None) -> Tuple[List[Pair], str]:
+    """The whole images of `dataset` to score and their split: ``split`` "test" or "valid", or by
+    default the test images when the dataset has any (no choice has seen them), else the
+    validation images. One-line BphoError for a split the dataset does not have."""
+    ds = datasets.open(dataset)
+    if split is None:
+        split = "test" if ds.has_test_images else "valid"
+    if split not in SPLITS:
+        raise BphoError(f"split {split!r}: use test or valid")
+    if split == "valid":
+        return validation_pairs(dataset), split
+    if not ds.has_test_images:
+        raise BphoError(f"dataset {dataset!r} has no test images (built with test_fraction=0); rebuild it with "
+                        "--set test_fraction=0.2 --force, or score its validation images with --split valid")
+    return ds.test_images(), split
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Which images an evaluation scored and what had seen them before.
+
+    where: ``dataset:NAME`` or ``datasource:NAME``; split: test or valid, None for a datasource;
+    images: their names; selected_on: those the model's epoch selection scored (its training's
+    validation images); trained_on: those among the training images of the model's dataset
+    (None: unknown, that dataset is not under this BPHO_ROOT; `--mix` datasets are not checked);
+    selection_known: False for a model saved without the names of its validation images.
+    """
+
+    where: str
+    split: Optional[str]
+    images: List[str]
+    selected_on: List[str] = field(default_factory=list)
+    trained_on: Optional[List[str]] = None
+    selection_known: bool = True
+
+    @property
+    def selection_used(self) -> Optional[bool]:
+        """Whether any choice (the epoch selection) used the scored images (None: unknown)."""
+        return bool(self.selected_on) if self.selection_known else None
+
+    def describe(self) -> str:
+        """One sentence for people: which images, from which split, and what saw them."""
+        kind = f"{SPLIT_WORDS[self.split]} " if self.split else ""
+        names = ", ".join(self.images[:6]) + (", ..." if len(self.images) > 6 else "")
+        text = f"scored {len(self.images)} {kind}image(s) of {self.where.replace(':', ' ', 1)} ({names})"
+        if self.trained_on:
+            text += f"; the model was TRAINED on {len(self.trained_on)} of them: they are not held out"
+        if self.selection_used:
+            text += (f"; {len(self.selected_on)} of them chose the model's epoch (best validation PSNR), so these "
+                     "numbers flatter it: for images no choice has seen, " + (
+                         "build the dataset with a test split (--set test_fraction=0.2)" if self.split == "valid"
+                         else "score images never used in training"))
+        elif self.selection_used is None:
+            text += "; whether they chose the model's epoch is unknown (the model does not record its validation images)"
+        elif not self.trained_on:
+            text += "; neither training nor any choice (epoch selection) saw them"
+        return text
+
+
+def provenance(meta: dict, where: str, split: Optional[str], pairs: List[Pair], datasource_digest: str) -> Provenance:
+    """What had seen `pairs` before: the model's `meta` (as training saved it) names the images its
+    epoch was chosen on and the dataset it was trained on; images are the same images when they come
+    from the same datasource (same content digest) under the same name."""
+    names = [p.name for p in pairs]
+    if meta.get("datasource_digest") != datasource_digest:  # trained on other files altogether
+        return Provenance(where, split, names, [], [])
+    chosen = (meta.get("validation") or {}).get("images")
+    trained = None
+    own = _dataset_if_here(meta.get("dataset"), meta.get("dataset_digest"))
+    if own is not None:
+        train_names = {r["source"] for r in own.manifest["sources"] if r["split"] == "train" and r["included"]}
+        trained = [n for n in names if n in train_names]
+        if chosen is None:  # saved before models recorded it: their dataset's validation images chose
+            chosen = [p.name for p in own.validation_images()] if "validation_images" in own.manifest else None
+    if chosen is None:
+        return Provenance(where, split, names, [], trained, selection_known=False)
+    return Provenance(where, split, names, [n for n in names if n in set(chosen)], trained)
+
+
+def _dataset_if_here(name: Optional[str], digest: Optional[str]):
+    """The dataset `name` when it is under this BPHO_ROOT with that digest, else None."""
+    if not name or name not in datasets.names():
+        return None
+    ds = datasets.open(name)
+    return ds if ds.digest == digest else None
 
 
 def _pairs_from_datasource(source: datasources.Datasource, scale: int, transform: str = "auto") -> List[Pair]:
@@ -102,6 +203,55 @@ def score_baselines(pairs: List[Pair], scale: int) -> List[dict]:
             for pair in pairs for t in range(pair.lr.shape[0]) for name, order in BASELINES.items()]
 
 
+_SCORING_CODE = (score, score_baselines, _interior)  # what baseline scores are computed by (baseline_protocol)
+
+
+def baseline_protocol(pairs: List[Pair], scale: int) -> dict:
+    """What baseline scores depend on besides the images' pixels: the methods, the metrics, the
+    scale, the images (by name and shape), the code that computes the scores (its source text:
+    a change to it is a new protocol, no version number to forget) and the numeric libraries."""
+    from bpho.datasets import register
+
+    code = "".join(inspect.getsource(f) for f in (*_SCORING_CODE, register.upsample))
+    code += Path(metrics.__file__).read_text()
+    libs = {}
+    for lib in ("numpy", "scipy", "scikit-image", "piq", "torch"):
+        try:
+            libs[lib] = version(lib)
+        except PackageNotFoundError:
+            libs[lib] = None
+    return {"methods": BASELINES, "metrics": list(METRICS), "scale": int(scale),
+            "images": [[p.name, list(p.lr.shape), list(p.hr.shape), int(p.margin), p.pixel_um] for p in pairs],
+            "code_sha256": hashlib.sha256(code.encode()).hexdigest(), "libraries": libs}
+
+
+def baselines_cache_path(ds: datasets.Dataset, protocol: dict) -> Path:
+    """``$BPHO_ROOT/cache/baselines/<dataset digest>-<protocol digest>.json``."""
+    key = hashlib.sha256(json.dumps(protocol, sort_keys=True).encode()).hexdigest()[:16]
+    return paths.root() / "cache" / "baselines" / f"{ds.digest}-{key}.json"
+
+
+def dataset_baselines(ds: datasets.Dataset, pairs: List[Pair], scale: int) -> List[dict]:
+    """`score_baselines(pairs, scale)` for whole images of the dataset `ds`, computed once per
+    dataset and scoring protocol (`baseline_protocol`) and read back afterwards: a dataset never
+    changes under its digest, so neither do its baseline scores. The cache file is written
+    atomically; an unreadable one is computed again and replaced."""
+    protocol = baseline_protocol(pairs, scale)
+    path = baselines_cache_path(ds, protocol)
+    try:
+        cached = json.loads(path.read_text())
+        if cached["dataset_digest"] == ds.digest and cached["protocol"] == json.loads(json.dumps(protocol)):
+            return cached["rows"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # absent or unreadable: computed below
+    rows = [{k: (float(v) if isinstance(v, np.floating) else v) for k, v in row.items()}
+            for row in score_baselines(pairs, scale)]
+    with paths.atomic_file(path, suffix=".json") as tmp:
+        tmp.write_text(json.dumps({"dataset": ds.name, "dataset_digest": ds.digest, "protocol": protocol,
+                                   "rows": rows}, indent=1))
+    return rows
+
+
 def summarize(rows: List[dict]) -> Dict[str, float]:
     """Flat means for tracking: ``valid_<metric>`` for the model, ``<baseline>_<metric>``, and
     the model's PSNR / SSIM gains over bicubic and bilinear (NaN-free: uncalibrated FRC is left out)."""
@@ -148,11 +298,12 @@ class Evaluation:
     out: Path  # evaluation.csv and the figures
     images: int
     dataset_digest: Optional[str]  # of the dataset the model was trained on
+    provenance: Optional[Provenance] = None  # which images were scored, from which split, what saw them
 
 
 def evaluate(model_uri: str, dataset: Optional[str] = None, datasource: Optional[str] = None,
              out_dir: Optional[Path] = None, device: str = "auto", progress: bool = True, track: bool = True,
-             transform: str = "auto") -> Evaluation:
+             transform: str = "auto", split: Optional[str] = None) -> Evaluation:
     """Score a model on whole held-out images against nearest, bilinear and bicubic upsampling.
 
     Parameters
@@ -160,8 +311,12 @@ def evaluate(model_uri: str, dataset: Optional[str] = None, datasource: Optional
     model_uri : str
         ``runs:/ID/model``, ``models:/NAME/VERSION`` or ``models:/NAME/latest``.
     dataset, datasource : str, optional
-        Exactly one: a dataset's validation images, or a paired datasource of whole images
-        never used in training (registered here with `transform`).
+        Exactly one: a dataset's held-out images (see `split`), or a paired datasource of whole
+        images never used in training (registered here with `transform`).
+    split : str, optional
+        With `dataset`: "test" or "valid"; by default its test images when it has any (no
+        choice has seen them), else its validation images (they chose the model's epoch: the
+        result says so).
     out_dir : path, optional
         Where evaluation.csv and the figures go (default: a new temporary folder).
     device : str
@@ -175,14 +330,20 @@ def evaluate(model_uri: str, dataset: Optional[str] = None, datasource: Optional
     """
     if (dataset is None) == (datasource is None):
         raise BphoError("evaluate: give exactly one of --dataset or --datasource")
+    if split is not None and dataset is None:
+        raise BphoError("evaluate: --split chooses among a --dataset's images; a --datasource is scored whole")
     source = datasources.open(datasource) if datasource else None  # files verified before anything else
-    pairs = validation_pairs(dataset) if dataset else None
+    pairs, split = dataset_pairs(dataset, split) if dataset else (None, None)
+    ds = datasets.open(dataset) if dataset else None
     folder = tracking.download_model(model_uri)
     model = load_model(folder, device=device)
     s = model.scale
     pairs = pairs or _pairs_from_datasource(source, s, transform)
+    where = f"dataset:{dataset}" if dataset else f"datasource:{datasource}"
+    seen = provenance(model.meta, where, split, pairs,
+                      ds.manifest["datasource"]["digest"] if ds is not None else source.digest)
     rows, figures_input = score_model(model, pairs, progress)
-    rows += score_baselines(pairs, s)
+    rows += dataset_baselines(ds, pairs, s) if ds is not None else score_baselines(pairs, s)
     summary = _summary(rows)
     out = Path(out_dir or tempfile.mkdtemp(prefix="bpho-eval-"))
     out.mkdir(parents=True, exist_ok=True)
@@ -190,16 +351,22 @@ def evaluate(model_uri: str, dataset: Optional[str] = None, datasource: Optional
     _figures(out, pairs[:3], figures_input[:3], s)
     meta = model.meta
     result = Evaluation(model=model_uri, training_run=meta.get("run_id"), summary=summary, out=out, images=len(pairs),
-                        dataset_digest=meta.get("dataset_digest"))
+                        dataset_digest=meta.get("dataset_digest"), provenance=seen)
     if track:
+        used = {True: "true", False: "false", None: "unknown"}[seen.selection_used]
         tags = {"bpho.model_uri": model_uri, "bpho.model_run_id": str(meta.get("run_id")),
                 "bpho.dataset_digest": str(meta.get("dataset_digest")), "bpho.dataset": str(meta.get("dataset")),
-                "bpho.evaluated_on": f"dataset:{dataset}" if dataset else f"datasource:{datasource}"}
+                "bpho.evaluated_on": where, "bpho.evaluated_split": str(split or "none"),
+                "bpho.evaluated_images": ",".join(seen.images)[:4000], "bpho.selection_used": used,
+                "bpho.trained_on_scored": "unknown" if seen.trained_on is None else str(len(seen.trained_on))}
+        if ds is not None:
+            tags["bpho.evaluated_dataset_digest"] = ds.digest
         with tracking.run(tracking.EVALUATE_EXPERIMENT, run_name=f"eval-{dataset or datasource}", tags=tags):
-            tracking.describe_run(f"bpho evaluate: {model_uri} on {len(pairs)} whole image(s) of "
-                                  f"{tags['bpho.evaluated_on']}; `gain_*`: model minus bicubic, with a 95% bootstrap "
-                                  "interval over images (`*_ci95_low/high`).\n\n" + tracking.METRIC_UNITS)
-            tracking.log_params({"model_uri": model_uri, "images": len(pairs), "evaluated_on": tags["bpho.evaluated_on"]})
+            tracking.describe_run(f"bpho evaluate: {model_uri}; {seen.describe()}. `gain_*`: model minus bicubic, "
+                                  "with a 95% bootstrap interval over images (`*_ci95_low/high`).\n\n"
+                                  + tracking.METRIC_UNITS)
+            tracking.log_params({"model_uri": model_uri, "images": len(pairs), "evaluated_on": where,
+                                 "split": str(split or "none"), "selection_used": used})
             tracking.log_metrics({k: v for k, v in _flat(summary).items() if v is not None and np.isfinite(v)})
             tracking.log_artifacts([out / "evaluation.csv"])
             tracking.log_previews(sorted(out.glob("*.png")))

@@ -43,7 +43,7 @@ def registered_pairs(datasource: str, recipe: str = "paired_001", split: Optiona
     if not ds.pairs:
         raise BphoError(f"datasource {datasource!r} (kind {ds.kind}) has no LR/HR pairs; fitting needs real pairs")
     pixel = sources.pixel_sizes(ds)
-    assigned = sources.split_sources([p.stem for p in ds.pairs], r.valid_fraction, r.seed)
+    assigned = sources.split_sources([p.stem for p in ds.pairs], r.valid_fraction, r.seed, r.test_fraction)
     chosen = [p for p in ds.pairs if split is None or assigned[p.stem] == split][:max_pairs]
     out = []
     for pair in tqdm(chosen, desc="register", unit="pair", disable=not progress):

@@ -438,7 +438,7 @@ def _setup(cfg: TrainConfig, resume: Optional[str], called: float) -> Session:
     norm = ds.manifest["parameters"]
     s = Session(
         cfg=cfg, d=d, device=device, ds=ds, size=size, scale=scale, pairs=pairs,
-        baselines=evaluate.score_baselines(pairs, scale) if d.main else [], net=net,
+        baselines=evaluate.dataset_baselines(ds, pairs, scale) if d.main else [], net=net,
         model=torch.nn.parallel.DistributedDataParallel(net) if d.group else net, model_cfg=model_cfg,
         amp_dtype=amp_dtype, scaler=scaler, lr_tr=lr_tr, hr_tr=hr_tr, parts=parts, per_rank=per_rank,
         batches=batches, opt=opt, sched=sched, loss=loss_fn(cfg.loss), plan=plan,

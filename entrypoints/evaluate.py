@@ -1,4 +1,4 @@
-"""MLproject `evaluate`: `bpho evaluate` (-P dataset=NAME or -P datasource=NAME)."""
+"""MLproject `evaluate`: `bpho evaluate` (-P dataset=NAME [-P split=test|valid] or -P datasource=NAME)."""
 
 import sys
 

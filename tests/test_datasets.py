@@ -171,6 +171,76 @@ def test_digest_stable_and_sensitive(root, demo, tmp_path):
     assert m["recipe"]["name"] == "paired_001" and len(m["recipe"]["sha256"]) == 64
     assert m["datasource"] == {"name": "pairs", "kind": "paired", "digest": datasources.open("pairs").digest}
     assert m["parameters"]["tile_sizes"] == [64, 128] and m["bpho_version"]
+    # test_fraction 0 (the default) records nothing new: datasets built before it existed keep their digests
+    assert "test_fraction" not in m["parameters"] and "test_images" not in m and not a.has_test_images
+    assert a.test_images() == []
+
+
+def test_split_sources_three_ways_by_whole_file():
+    """Every file in exactly one split; holding a test split out only moves training files to it,
+    so the validation files (and with test_fraction 0 the whole split) are what they always were."""
+    from bpho.datasets.sources import split_sources
+
+    def old_split(stems, valid_fraction, seed):  # the train/valid split before test_fraction existed
+        order = sorted(stems)
+        np.random.default_rng(seed).shuffle(order)
+        n_valid = int(round(valid_fraction * len(order)))
+        if valid_fraction > 0 and len(order) >= 2:
+            n_valid = min(max(n_valid, 1), len(order) - 1)
+        return {stem: ("valid" if i < n_valid else "train") for i, stem in enumerate(order)}
+
+    for n in (2, 3, 5, 8, 13):
+        stems = [f"f{i:02d}" for i in range(n)][::-1]
+        for vf in (0.0, 0.2, 0.25, 0.34):
+            for seed in (0, 1, 7):
+                before = old_split(stems, vf, seed)
+                assert split_sources(stems, vf, seed) == split_sources(stems, vf, seed, 0.0) == before
+                if n - sum(v == "valid" for v in before.values()) < 2:
+                    continue  # no room for a test file beside a training file
+                for tf in (0.1, 0.25, 0.34):
+                    three = split_sources(stems, vf, seed, tf)
+                    assert sorted(three) == sorted(stems)  # each file once: in exactly one split
+                    counts = {s: sum(v == s for v in three.values()) for s in ("train", "valid", "test")}
+                    assert counts["test"] >= 1 and counts["train"] >= 1
+                    assert counts["test"] == max(1, min(int(round(tf * n)), n - counts["valid"] - 1))
+                    assert {k for k, v in three.items() if v == "valid"} == {k for k, v in before.items() if v == "valid"}
+                    assert all(before[k] == "train" for k, v in three.items() if v == "test")
+    with pytest.raises(BphoError, match="test_fraction=0.3: 2 source image"):
+        split_sources(["a", "b"], 0.5, 0, 0.3)  # one to validate, one to train: none left to test
+
+
+def test_test_fraction_holds_whole_images_out_of_training_and_choice(root, demo, tmp_path):
+    """A recipe with test_fraction splits source images three ways, no image in two splits; test
+    images are kept whole like validation images, never tiled, and the manifest lists them."""
+    add_demo(demo, tmp_path, "paired", "pairs", "paired")
+    ds = builder.make("paired_001", datasource="pairs", settings=SMALL_TILES + ["valid_fraction=0.34",
+                                                                              "test_fraction=0.34"],
+                      progress=False, track=False, pngs=False)
+    split = {rec["source"]: rec["split"] for rec in ds.manifest["sources"]}
+    assert len(split) == len(ds.manifest["sources"]) == 3 and sorted(split.values()) == ["test", "train", "valid"]
+    test, valid = ([k for k, v in split.items() if v == s] for s in ("test", "valid"))
+    assert ds.manifest["parameters"]["test_fraction"] == 0.34
+    assert ds.manifest["test_images"] == {"split": "test", "sources": test}
+    assert ds.manifest["validation_images"] == {"split": "valid", "sources": valid}
+    assert ds.has_test_images and [p.name for p in ds.test_images()] == test
+    assert [p.name for p in ds.validation_images()] == valid
+    for size in ds.tile_sizes:  # tiles: training ones from training images only, none of a test image
+        assert {row["source"] for row in ds.index(size, "train")} == {k for k, v in split.items() if v == "train"}
+        assert {row["source"] for row in ds.index(size, "valid")} == set(valid)
+        info = ds.manifest["tiles"][str(size)]
+        assert info["train"] + info["valid"] == sum(rec["tiles"].get(str(size), 0) for rec in ds.manifest["sources"])
+    rec = next(r for r in ds.manifest["sources"] if r["split"] == "test")
+    assert rec["tiles"] == {} and set(rec["image"]["files"]) == {"lr", "hr"}
+    (pair,) = ds.test_images()  # the LR exactly as acquired, whole
+    assert np.array_equal(pair.lr[0], io.read(demo / "paired/lr" / f"{Path(pair.name).name}.czi").data[0, 0, 0])
+    with pytest.raises(NotFoundError, match="test images have no tiles"):
+        ds.tiles(64, "test")
+    # the recipe check: fractions that leave nothing to train on are refused
+    r = recipe.load("paired_001").recipe
+    with pytest.raises(BphoError, match="test_fraction=1.0"):
+        recipe.with_overrides(r, ["test_fraction=1"]).validated()
+    with pytest.raises(BphoError, match="under 1"):
+        recipe.with_overrides(r, ["test_fraction=0.5", "valid_fraction=0.5"]).validated()
 
 
 def test_movie_and_denoise_recipes(root, demo, tmp_path):

@@ -32,7 +32,8 @@ NET = dict(model={"encoder": "resnet18", "decoder_widths": (32, 16, 16, 8, 8)}, 
 
 @pytest.fixture(scope="module")
 def trained(demo, mlflow_server, tmp_path_factory):
-    """A BPHO_ROOT with demo datasets and two small models registered on the real server."""
+    """A BPHO_ROOT with demo datasets and two small models registered on the real server. `ev`'s three
+    fields are split three ways: one to train on, one to validate on (it chooses the epoch), one to test on."""
     root = tmp_path_factory.mktemp("eval-root")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("BPHO_ROOT", str(root))
@@ -40,7 +41,7 @@ def trained(demo, mlflow_server, tmp_path_factory):
         add_demo(demo, root, "paired", "pairs", "paired")
         add_demo(demo, root, "movie", "demo_movie", "movie")
         builder.make("paired_001", datasource="pairs", name="ev", progress=False, track=False,
-                     settings=["tile_sizes=64", "tiles_per_image=40", "valid_fraction=0.34"])
+                     settings=["tile_sizes=64", "tiles_per_image=40", "valid_fraction=0.34", "test_fraction=0.34"])
         builder.make("movie_001", name="ev_movie", progress=False, track=False,
                      settings=["tile_sizes=32", "tiles_per_image=4", "valid_fraction=0"])
         single = train(TrainConfig(dataset="ev", epochs=2, model_name="ev-single", **NET), progress=False)
@@ -95,16 +96,28 @@ def test_frc_finite_and_worse_after_blurring():
     assert single.resolution_px is not None and np.isfinite(single.curve).all()
 
 
+def _named(client, experiment_id: str, model: str, split: str):
+    runs = client.search_runs([experiment_id], filter_string=f"tags.`bpho.model_uri` = '{model}' and "
+                                                             f"tags.`bpho.evaluated_split` = '{split}'")
+    assert len(runs) == 1, [r.data.tags for r in runs]
+    return runs[0]
+
+
 def test_evaluate_logs_table_figures_and_links(env, tmp_path):
     single = env["single"]
+    splits = {r["source"]: r["split"] for r in datasets.open("ev").manifest["sources"]}
+    test, valid = ([k for k, v in splits.items() if v == s] for s in ("test", "valid"))
+    assert test and valid and not set(test) & set(valid)
     out = tmp_path / "eval"
     proc = run_bpho("evaluate", "--model", "models:/ev-single/latest", "--dataset", "ev", "--out", out)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "gain over bicubic, PSNR" in proc.stdout
+    # by default the test images, which neither training nor the epoch choice saw, and it says so
+    assert (f"scored {len(test)} test image(s) of dataset ev ({', '.join(test)}); neither training nor any "
+            "choice (epoch selection) saw them") in proc.stdout
     with open(out / "evaluation.csv") as fh:
         rows = list(csv.DictReader(fh))
-    valid = [r["source"] for r in datasets.open("ev").manifest["sources"] if r["split"] == "valid"]
-    assert {r["image"] for r in rows} == set(valid)
+    assert {r["image"] for r in rows} == set(test)
     assert {r["method"] for r in rows} == {"model", "nearest", "bilinear", "bicubic"}
     assert all(np.isfinite(float(r["psnr"])) and float(r["frc_nm"]) > 0 for r in rows)
     assert all(float(r["frc_nm"]) == pytest.approx(float(r["frc_px"]) * 35, rel=1e-6) for r in rows)  # 0.035 um HR px
@@ -112,14 +125,25 @@ def test_evaluate_logs_table_figures_and_links(env, tmp_path):
     assert {"crops_00.png", "error_00.png", "frc_00.png"} <= pngs
     client = MlflowClient(env["server"], registry_uri=env["server"])
     exp = client.get_experiment_by_name("bpho-evaluate")
-    run = client.search_runs([exp.experiment_id], filter_string="tags.`bpho.model_uri` = 'models:/ev-single/latest'")[0]
+    run = _named(client, exp.experiment_id, "models:/ev-single/latest", "test")
     assert run.data.tags["bpho.model_run_id"] == single.run_id
     assert run.data.tags["bpho.dataset_digest"] == datasets.open("ev").digest
+    assert run.data.tags["bpho.evaluated_images"] == ",".join(test) and run.data.tags["bpho.selection_used"] == "false"
+    assert run.data.params["split"] == "test" and run.data.tags["bpho.trained_on_scored"] == "0"
     assert "model_psnr" in run.data.metrics and "model_frc_px" in run.data.metrics
-    if len(valid) == 1:  # no interval over one image: said, not faked
+    if len(test) == 1:  # no interval over one image: said, not faked
         assert "95% CI undefined with one image" in proc.stdout and "gain_psnr_ci95_low" not in run.data.metrics
     else:
         assert "gain_psnr_ci95_low" in run.data.metrics
+    # --split valid: the images training chose its epoch on, said to be
+    proc = run_bpho("evaluate", "--model", "models:/ev-single/latest", "--dataset", "ev", "--split", "valid",
+                    "--out", tmp_path / "eval_valid")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (f"scored {len(valid)} validation image(s) of dataset ev ({', '.join(valid)}); {len(valid)} of them chose "
+            "the model's epoch") in proc.stdout
+    run = _named(client, exp.experiment_id, "models:/ev-single/latest", "valid")
+    assert run.data.tags["bpho.selection_used"] == "true" and run.data.params["split"] == "valid"
+    assert run.data.tags["bpho.evaluated_images"] == ",".join(valid)
     # what training logged and registered is what evaluate measures on the same images
     trained = client.get_run(single.run_id)
     history = {m.step: m.value for m in client.get_metric_history(single.run_id, "valid_psnr")}
@@ -132,6 +156,44 @@ def test_evaluate_logs_table_figures_and_links(env, tmp_path):
     for r in (run, trained):  # the run pages say the metrics' units
         assert "| `*psnr*`, `*psnr_gain*` | dB" in r.data.tags["mlflow.note.content"]
     assert {"evaluation.csv", "crops_00.png", "frc_00.png"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+
+
+def _same_rows(a: list, b: list) -> bool:
+    """Equal score rows (NaN equal to NaN: MS-SSIM is undefined on small images)."""
+    def same(x, y):
+        return x == y or (isinstance(x, float) and isinstance(y, float) and np.isnan(x) and np.isnan(y))
+    return len(a) == len(b) and all(r.keys() == q.keys() and all(same(r[k], q[k]) for k in r) for r, q in zip(a, b))
+
+
+def test_baselines_are_scored_once_per_dataset_and_read_back(env, monkeypatch):
+    """Training's start scored the bicubic/bilinear/nearest baselines of `ev`'s validation images and
+    kept them under BPHO_ROOT, keyed by the dataset digest and the scoring protocol; the next start
+    reads them back (nothing scored again), and they equal a fresh computation."""
+    import json
+
+    from bpho import evaluate
+
+    ds = datasets.open("ev")
+    pairs = ds.validation_images()
+    path = evaluate.baselines_cache_path(ds, evaluate.baseline_protocol(pairs, 4))
+    assert path.parent == Path(env["root"]) / "cache" / "baselines" and path.name.startswith(ds.digest)
+    assert path.is_file()  # written by the fixture's training of ev-single
+    fresh = evaluate.score_baselines(pairs, 4)
+    cached = json.loads(path.read_text())
+    assert cached["dataset_digest"] == ds.digest and _same_rows(cached["rows"], fresh)
+    calls = []
+    real = evaluate.score_baselines
+    monkeypatch.setattr(evaluate, "score_baselines", lambda *a: calls.append(a) or real(*a))
+    written = path.stat().st_mtime_ns
+    assert _same_rows(evaluate.dataset_baselines(ds, pairs, 4), fresh)
+    assert calls == [] and path.stat().st_mtime_ns == written  # read back, not scored or written again
+    # another protocol (here: other images) is another entry; an unreadable entry is scored again
+    assert evaluate.baselines_cache_path(ds, evaluate.baseline_protocol(ds.test_images(), 4)) != path
+    path.write_text("{half a file")
+    assert _same_rows(evaluate.dataset_baselines(ds, pairs, 4), fresh) and len(calls) == 1
+    assert _same_rows(json.loads(path.read_text())["rows"], fresh)
+    evaluate.dataset_baselines(ds, pairs, 4)
+    assert len(calls) == 1
 
 
 def _write_movie(path: Path, shape, pixel_um=0.14, scenes=1):
@@ -184,6 +246,8 @@ def test_blending_leaves_no_seams(env, demo):
 
 
 def test_bad_model_uri_and_unreadable_input(env, tmp_path):
+    assert_one_line_error(run_bpho("evaluate", "--model", "models:/ev-movie/latest", "--dataset", "ev_movie", "--split",
+                                   "test"), "ev_movie", "no test images", "--split valid")
     assert_one_line_error(run_bpho("evaluate", "--model", "models:/no-such-model/1", "--dataset", "ev"),
                           "models:/no-such-model/1", "not found")
     bad = tmp_path / "notes.czi"

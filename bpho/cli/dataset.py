@@ -26,6 +26,10 @@ def print_dataset(ds) -> None:
             if "shift_hr_px" in rec else "not registered"
         state = rec["split"] if rec["included"] else f"EXCLUDED ({rec['reason']})"
         print(f"  {rec['source']:36s} {reg:34s} {state}")
+    valid, test = m.get("validation_images", {}), m.get("test_images", {})
+    if valid:
+        print(f"  whole images: {len(valid['sources'])} to validate on (split {valid['split']}; they choose the "
+              f"best epoch), {len(test.get('sources', []))} to test on (never seen by training or any choice)")
 
 
 def _dataset_list(args) -> int:

@@ -9,9 +9,10 @@ def _evaluate(args) -> int:
     from bpho.evaluate import evaluate
 
     result = evaluate(args.model, dataset=args.dataset, datasource=args.datasource, out_dir=args.out,
-                      device=args.device, transform=args.transform)
+                      device=args.device, transform=args.transform, split=args.split)
     s = result.summary
     print(f"evaluated {args.model} on {result.images} image(s); table and figures in {result.out}")
+    print(result.provenance.describe())
     print(f"{'method':10s} {'PSNR':>7s} {'SSIM':>6s} {'MS-SSIM':>8s} {'NRMSE':>7s} {'FRC px':>7s} {'FRC nm':>7s}")
     fmt = lambda v, f: format(v, f) if v is not None else "-"  # noqa: E731
     for method in ("model", "bicubic", "bilinear", "nearest"):
@@ -57,11 +58,15 @@ def add_to(sub) -> None:
     p = sub.add_parser("evaluate", help="PSNR/SSIM/FRC of a model against nearest/bilinear/bicubic on full images")
     p.add_argument("--model", required=True, help="runs:/ID/model, models:/NAME/VERSION or models:/NAME/latest")
     where = p.add_mutually_exclusive_group(required=True)
-    where.add_argument("--dataset", help="its validation images")
+    where.add_argument("--dataset", help="its test images when it has any (no choice has seen them), else its "
+                                         "validation images (they chose the model's epoch; said so)")
     where.add_argument("--datasource", help="a paired datasource of full images never used in training")
     p.add_argument("--transform", default=Transform.AUTO, choices=list(Transform),
                    help="how --datasource pairs are registered (default auto: the simplest transform that leaves "
                         "a small residual; a dataset was registered when it was built)")
+    p.add_argument("--split", choices=("test", "valid"),
+                   help="with --dataset: score its test images (held out by the recipe's test_fraction) or its "
+                        "validation images (those training chose the epoch on); default test when it has any")
     p.add_argument("--out", help="folder for evaluation.csv and the figures (default: a temporary folder)")
     p.add_argument("--device", default=Device.AUTO, choices=list(Device))
     p.set_defaults(func=_evaluate)

@@ -9,14 +9,17 @@ tiling.py, qc.py and tracking; dataset.py reads what it writes.
 - ``tiles/<size>/<split>_hr.npy``  float32 (N, 1, size, size)
 - ``tiles/<size>/<split>_tiles.csv``  where each tile came from: source, scene, t, y, x (HR origin)
 - ``images/<source>_lr.npy``, ``images/<source>_hr.npy``  the held-out source images whole:
-  raw LR (T, y, x) and raw HR (T, Y, X) moved onto the LR by the registration, float32 (the
-  images training validates on and `bpho evaluate --dataset` scores; with no validation
-  split, the first training image, and the manifest says so)
+  raw LR (T, y, x) and raw HR (T, Y, X) moved onto the LR by the registration, float32: the
+  validation images (training scores them every epoch and keeps the best epoch; with no
+  validation split, the first training image, and the manifest says so) and, with the
+  recipe's ``test_fraction``, the test images (never tiled, never seen by training or by any
+  choice: what `bpho evaluate --dataset` scores when there are any)
 - ``qc/<source>.png``  LR over HR (magenta/green) before and after registration
 - ``previews/tiles_<size>.png``  random train tiles, LR | HR
 - ``manifest.json``  recipe (name, file sha256, parameters), datasource (name, digest),
-  per source image the split, normalisation values, shift and score, tile counts and tile
-  file digests, bpho version, git commit, and the dataset digest over all of it (without
+  per source image the split (train, valid or test), normalisation values, shift and score,
+  tile counts and tile file digests, which images are kept whole for validation and for
+  testing (``validation_images``, ``test_images``; the latter only with a test split), bpho version, git commit, and the dataset digest over all of it (without
   the dataset's name, creation time and git commit: the same inputs give the same digest).
 """
 
@@ -102,7 +105,7 @@ def make(recipe_name: str, datasource: Optional[str] = None, settings: Iterable[
     sources = lr.sources(ds)
     if not sources:
         raise BphoError(f"datasource {ds.name!r} has no images to build a dataset from")
-    split = split_sources(sorted({src.pair.stem for src in sources}), r.valid_fraction, r.seed)
+    split = split_sources(sorted({src.pair.stem for src in sources}), r.valid_fraction, r.seed, r.test_fraction)
     # whole images to validate on: every held-out one, or with none held out the first usable training image
     held_split = "valid" if "valid" in split.values() else "train"
     pixel = pixel_sizes(ds)
@@ -113,7 +116,7 @@ def make(recipe_name: str, datasource: Optional[str] = None, settings: Iterable[
         workers = 1  # which image is kept whole (the first one included) is known only in order
     with paths.atomic_dir(dest, replace=force) as tmp:
         writers = {(size, s): TileWriter(tmp / "tiles" / str(size), s) for size in r.tile_sizes for s in SPLITS}
-        jobs = [_Job(src, split[src.pair.stem], split[src.pair.stem] == held_split, pixel.get(src.pair.hr))
+        jobs = [_Job(src, split[src.pair.stem], split[src.pair.stem] in (held_split, "test"), pixel.get(src.pair.hr))
                 for src in sources]
         prepared = _prepare_all(jobs, r, tmp, lr, workers, pngs, kept)
         try:  # workers stop before the temporary folder is removed on an error
@@ -121,8 +124,10 @@ def make(recipe_name: str, datasource: Optional[str] = None, settings: Iterable[
                                                                   desc=f"dataset {out_name}", unit="image",
                                                                   disable=not progress):
                 src = job.src
-                kept.append("image" in record)
-                tiles = cut_tiles(src, r, rng, lr_stack, hr_stack, margin) if record["included"] else {}
+                kept.append("image" in record and job.split != "test")  # whole images to validate on
+                # test images are never tiled: nothing trains or chooses on them
+                tiles = cut_tiles(src, r, rng, lr_stack, hr_stack, margin) if record["included"] and job.split != "test" \
+                    else {}
                 records.append(record)
                 if not record["included"]:
                     lr_name = src.pair.lr.name if src.pair.lr else "synthetic"
@@ -154,6 +159,10 @@ def make(recipe_name: str, datasource: Optional[str] = None, settings: Iterable[
         if not any(kept):
             raise BphoError(f"dataset {out_name}: every {held_split} image was excluded, so there is no whole image "
                             "to validate on; check the pairs (see the warnings) or change seed / valid_fraction")
+        tested = [rec["source"] for rec in records if "image" in rec and rec["split"] == "test"]
+        if "test" in split.values() and not tested:
+            raise BphoError(f"dataset {out_name}: every test image was excluded, so there is no whole image to test "
+                            "on; check the pairs (see the warnings) or change seed / test_fraction")
         if not any(info["train"] for info in tile_info.values()):
             raise BphoError(f"dataset {out_name}: no tile passed the content threshold "
                             f"({r.content_threshold}); lower content_threshold or check the images")
@@ -165,8 +174,9 @@ def make(recipe_name: str, datasource: Optional[str] = None, settings: Iterable[
             **({"degradation": lr.record} if lr.record is not None else {}),
             "sources": records,
             "tiles": tile_info,
-            "validation_images": {"split": held_split,
-                                  "sources": [rec["source"] for rec in records if "image" in rec]},
+            "validation_images": {"split": held_split, "sources": [rec["source"] for rec in records
+                                                                   if "image" in rec and rec["split"] != "test"]},
+            **({"test_images": {"split": "test", "sources": tested}} if r.test_fraction else {}),
             "warnings": warned,
             "bpho_version": bpho.__version__,
             "git_commit": tracking.git_commit(),
@@ -184,7 +194,7 @@ def make(recipe_name: str, datasource: Optional[str] = None, settings: Iterable[
 class _Job:
     src: Source
     split: str
-    held: bool  # in the split whose images are kept whole
+    held: bool  # in a split whose images are kept whole (validation's, or test)
     pixel_um: Optional[float]
 
 
@@ -222,7 +232,7 @@ def _die_with_parent(parent: int) -> None:
 def _prepare_job(i: int) -> tuple:
     job, r = _WORK["jobs"][i], _WORK["r"]
     # with no held-out split, the first training image that is included is kept (workers == 1 there)
-    keep = job.held and (job.split == "valid" or not any(_WORK["kept"]))
+    keep = job.held and (job.split in ("valid", "test") or not any(_WORK["kept"]))
     return _prepare(job.src, r, _WORK["tmp"], job.split, _WORK["lr"], keep_image=keep, pixel_um=job.pixel_um,
                     pngs=_WORK["pngs"])
 

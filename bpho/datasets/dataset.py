@@ -1,4 +1,7 @@
-"""Reading a built dataset: its manifest, memory-mapped tiles and whole validation images.
+"""Reading a built dataset: its manifest, memory-mapped tiles, and its whole held-out images:
+validation images (training scores them every epoch and keeps the best epoch: they take part
+in a choice) and, when the recipe held some out (``test_fraction``), test images (never tiled,
+never seen by training or any choice: what published numbers are scored on).
 
 ``$BPHO_ROOT/datasets/NAME/`` (see builder.py for how it is made)."""
 
@@ -18,7 +21,7 @@ from bpho.datasets.tiling import load_tiles
 from bpho.errors import BphoError, NotFoundError
 
 MANIFEST = "manifest.json"
-SPLITS = ("train", "valid")
+SPLITS = ("train", "valid")  # the splits that have tiles; test images are kept whole only
 
 
 @dataclass(frozen=True)
@@ -55,7 +58,7 @@ class Dataset:
         if str(size) not in self.manifest["tiles"]:
             raise NotFoundError(f"dataset {self.name!r} has no tile size {size}; it has {self.tile_sizes}")
         if split not in SPLITS:
-            raise NotFoundError(f"split {split!r}: use train or valid")
+            raise NotFoundError(f"split {split!r}: use train or valid (test images have no tiles: test_images())")
         return load_tiles(self.path, size, split)
 
     @property
@@ -64,13 +67,27 @@ class Dataset:
         return self.manifest.get("validation_images", {}).get("split", "valid")
 
     def validation_images(self) -> List[ImagePair]:
-        """The whole source images training validates on and `bpho evaluate --dataset` scores."""
+        """The whole source images training validates on (and chooses its best epoch on); `bpho
+        evaluate --dataset` scores them only when the dataset has no test images."""
         if "validation_images" not in self.manifest:
             raise BphoError(f"dataset {self.name!r} was built by bpho 0.1, which kept no whole validation images; "
                             "rebuild it with the command that made it, adding --force")
+        return self._whole_images(lambda split: split != "test")
+
+    @property
+    def has_test_images(self) -> bool:
+        """Whether the recipe held test images out (``test_fraction`` > 0)."""
+        return bool(self.manifest.get("test_images", {}).get("sources"))
+
+    def test_images(self) -> List[ImagePair]:
+        """The whole test source images: never tiled, never seen by training or by any choice (the
+        epoch is chosen on the validation images). Empty for a dataset built with test_fraction 0."""
+        return self._whole_images(lambda split: split == "test") if self.has_test_images else []
+
+    def _whole_images(self, wanted) -> List[ImagePair]:
         out = []
         for rec in self.manifest["sources"]:
-            if "image" not in rec:
+            if "image" not in rec or not wanted(rec["split"]):
                 continue
             img = rec["image"]
             lr, hr = (np.load(self.path / img["files"][side]["path"]) for side in ("lr", "hr"))

@@ -51,7 +51,12 @@ class Recipe:
     tiles_per_image: tiles cut per tile size, per image and time point.
     content_threshold: a tile is kept if at least this fraction of its HR pixels is brighter
         than 0.2 after normalisation (skips background).
-    valid_fraction: fraction of source images (never tiles) held out for validation.
+    valid_fraction: fraction of source images (never tiles) held out for validation: kept whole,
+        training scores them every epoch and keeps the best epoch, so they take part in a choice.
+    test_fraction: fraction of source images (never tiles) held out for testing: kept whole like
+        validation images, never tiled, never seen by training or by any choice; `bpho evaluate
+        --dataset` scores them when there are any. 0 (the default) holds none out, and the dataset
+        (its digest included) is exactly what it was before this field existed.
     seed: seeds the split and the tile positions.
     """
 
@@ -73,6 +78,7 @@ class Recipe:
     content_threshold: float = 0.02
     valid_fraction: float = 0.2
     seed: int = 0
+    test_fraction: float = 0.0  # after seed: fields added later go last (see `params`)
 
     def validated(self) -> "Recipe":
         problems = []
@@ -98,6 +104,11 @@ class Recipe:
             problems.append(f"tiles_per_image={self.tiles_per_image} (>= 1)")
         if not 0 <= self.valid_fraction < 1:
             problems.append(f"valid_fraction={self.valid_fraction} (0 <= f < 1)")
+        if not 0 <= self.test_fraction < 1:
+            problems.append(f"test_fraction={self.test_fraction} (0 <= f < 1)")
+        elif 0 <= self.valid_fraction < 1 and self.valid_fraction + self.test_fraction >= 1:
+            problems.append(f"valid_fraction={self.valid_fraction} + test_fraction={self.test_fraction} (under 1: "
+                            "training needs images too)")
         if not (isinstance(self.z, int) or self.z == "max"):
             problems.append(f"z={self.z!r} (a plane index or 'max')")
         if problems:
@@ -105,7 +116,13 @@ class Recipe:
         return self
 
     def params(self) -> Dict[str, object]:
-        return asdict(self)
+        """The parameters as the manifest records them (and the dataset digest covers). A field added
+        after datasets were built is left out while it has its neutral value, so those datasets keep
+        their digests: test_fraction appears only when it holds images out."""
+        out = asdict(self)
+        if not self.test_fraction:
+            del out["test_fraction"]
+        return out
 
 
 def _parse(field, text: str):

@@ -1,5 +1,5 @@
 """Where a dataset's images come from: the sources of a datasource, reading one plane stack,
-the train/valid split by source file, and the LR of each source (read, or made from the HR).
+the train / valid / test split by source file, and the LR of each source (read, or made from the HR).
 
 An LR provider gives each source's LR and HR stacks: `ReadLR` reads the pair's LR file,
 `DegradedLR` degrades the HR (`bpho synthesize`); the builder is the same for both.
@@ -106,14 +106,31 @@ def hr_sources(ds: datasources.Datasource) -> List[Source]:
     return out
 
 
-def split_sources(stems: List[str], valid_fraction: float, seed: int) -> Dict[str, str]:
-    """Assign whole source files to train or valid (seeded); at least one of each when possible."""
+def split_sources(stems: List[str], valid_fraction: float, seed: int, test_fraction: float = 0.0) -> Dict[str, str]:
+    """Assign whole source files to train, valid or test (seeded; no file in two splits).
+
+    The files are shuffled once by `seed`; the first ``round(valid_fraction * n)`` are valid (at
+    least one, and one left for training, when valid_fraction > 0 and there are two files), the
+    next ``round(test_fraction * n)`` test (at least one when test_fraction > 0), the rest train.
+    The validation files do not depend on `test_fraction`: holding a test split out only moves
+    files from train to test, and with test_fraction 0 the split is what it always was.
+
+    Raises BphoError when test_fraction > 0 leaves no room for a test file beside at least one
+    training file (and the validation files asked for).
+    """
     order = sorted(stems)
     np.random.default_rng(seed).shuffle(order)
     n_valid = int(round(valid_fraction * len(order)))
     if valid_fraction > 0 and len(order) >= 2:
         n_valid = min(max(n_valid, 1), len(order) - 1)
-    return {stem: ("valid" if i < n_valid else "train") for i, stem in enumerate(order)}
+    n_test = 0
+    if test_fraction > 0:
+        n_test = min(max(int(round(test_fraction * len(order))), 1), len(order) - n_valid - 1)
+        if n_test < 1:
+            raise BphoError(f"test_fraction={test_fraction}: {len(order)} source image(s) leave none to test on beside "
+                            f"{n_valid} to validate on and one to train on; add images, or set test_fraction=0")
+    return {stem: ("valid" if i < n_valid else "test" if i < n_valid + n_test else "train")
+            for i, stem in enumerate(order)}
 
 
 def pixel_sizes(ds: datasources.Datasource) -> Dict[Path, Optional[float]]:
