@@ -110,6 +110,79 @@ def test_similarity_and_flow_recover_a_planted_rotation_zoom_and_deformation(pla
     assert left["translation"] > 1.5 > 0.5 > left["flow"], left  # the default limit leaves the first out
 
 
+def _neurites(seed: int, size: int = 512, curves: int = 3, background: float = 2.0, peak: float = 25.0):
+    """An exactly aligned sparse pair in photon counts, as a neurite imaged twice: a few thin
+    curves (smooth random walks blurred over 1.5 HR px) on a dim background; the HR with its own
+    Poisson noise, the LR that clean HR averaged over 4 x 4 pixels with Poisson noise. Most 16 px
+    LR tiles hold only noise. Returns the LR and HR counts and the clean HR."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    lines = np.zeros((size, size))
+    for _ in range(curves):  # quarter-pixel steps, a slowly turning heading
+        heading = rng.uniform(0, 2 * np.pi) + np.cumsum(rng.normal(0, 0.03, 4000))
+        path = rng.uniform(0.2, 0.8, 2) * size + np.cumsum(np.stack([np.sin(heading), np.cos(heading)], 1) / 4, 0)
+        path = np.round(path[((path >= 0) & (path < size - 1)).all(1)]).astype(int)
+        lines[path[:, 0], path[:, 1]] = 1.0
+    lines = ndimage.gaussian_filter(lines, 1.5)
+    clean = background + peak * lines / lines.max()
+    return rng.poisson(downsample(clean, 4)).astype(np.float32), rng.poisson(clean).astype(np.float32), clean
+
+
+def test_the_residual_of_an_aligned_sparse_pair_is_measured_on_its_structure_only():
+    """Exactly aligned, a sparse noisy pair (NCC about 0.7) stays translation under `auto` and
+    its residual is small: tiles of pure noise, which give random shifts of tens of HR px, are
+    never measured (they once made the median 20 px and left such a pair out)."""
+    from bpho.datasets.register import (AUTO_ESCALATE_HR_PX, apply_registration, normalize, percentile_range,
+                                        residual)
+
+    for seed in (1, 3):  # 1: the old residual also sent it to similarity, as on the real pair reported
+        lr, hr, clean = _neurites(seed)
+        lr, hr = (normalize(a, *percentile_range(a, 2, 99.8)) for a in (lr, hr))
+        assert 0.6 < ncc(downsample(hr, 4), lr) < 0.8
+        reg = register_pair(lr, hr, 4, "auto")
+        assert reg.transform == "translation" and np.abs(reg.shift).max() < 0.25, reg
+        left = residual(lr, apply_registration(hr[None], reg)[0], 4)
+        crossed = (downsample(clean, 4) > 2.5).reshape(8, 16, 8, 16).any(axis=(1, 3)).sum()  # tiles a curve crosses
+        assert 8 <= left["tiles"] <= crossed < 32, (left, crossed)
+        assert left["median_hr_px"] < AUTO_ESCALATE_HR_PX, left
+
+
+def test_noise_sigma_is_the_pixel_noise_whatever_sparse_structure_lies_on_it():
+    from bpho.datasets.register import noise_sigma
+
+    rng = np.random.default_rng(0)
+    noise = rng.normal(0, 0.1, (128, 128))
+    _, _, clean = _neurites(0)  # thin curves (peak 25 over 2) on 13 % of this crop
+    assert noise_sigma(noise) == pytest.approx(0.1, rel=0.1)
+    curves = noise + clean[128:256, :128] / 25
+    assert noise_sigma(curves) == pytest.approx(0.1, rel=0.15) and curves.std() > 0.15  # the curves do not count
+    counts = rng.poisson(0.05, (128, 128)).astype(float)  # mostly 0: the MAD is 0, the spread is not
+    assert noise_sigma(counts) > 0.1
+
+
+def test_an_aligned_sparse_pair_is_kept_by_the_build(root, tmp_path):
+    """Through the recipe (transform auto, max_residual_hr_px 0.75), with no warning."""
+    import warnings
+
+    folder = tmp_path / "neurites"
+    for seed in (1, 3):
+        lr, hr, _ = _neurites(seed)
+        for side, image, pixel_um in (("lr", lr, 0.14), ("hr", hr, 0.035)):
+            (folder / side).mkdir(parents=True, exist_ok=True)
+            io.write_czi(folder / side / f"neurite_{seed}.czi", image.astype(np.uint16)[None, None, None],
+                         (None, pixel_um, pixel_um))
+    datasources.add("neurites", [folder], kind="paired", progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", BphoWarning)  # a pair left out warns
+        ds = builder.make("paired_001", datasource="neurites", progress=False, track=False,
+                          settings=["valid_fraction=0", "tile_sizes=64", "tiles_per_image=2"])
+    assert len(ds.manifest["sources"]) == 2
+    for rec in ds.manifest["sources"]:
+        assert rec["included"] and rec["transform"] == "translation", rec
+        assert rec["residual"]["median_hr_px"] < 0.5 and rec["residual"]["tiles"] >= 8, rec
+
+
 def test_unrelated_pair_is_excluded_with_a_warning(root, demo, tmp_path):
     src = tmp_path / "mixed" / "paired"
     shutil.copytree(demo / "paired", src)

@@ -43,10 +43,13 @@ class Recipe:
     min_registration_score: pairs whose normalised cross-correlation after registration is
         below this are excluded, with a warning naming them.
     max_residual_hr_px: pairs whose residual misregistration (median over LR tiles of the shift
-        between LR and registered HR, in HR pixels) exceeds this are excluded (0: no limit). The
-        tile residual has a noise floor (0.25-0.4 on the demo, true error 0.1) and reads about 0.6
-        of the true error on the hard demo: 0.75 kept pairs up to 1.1 px off when registered by
-        flow, 1.4 by similarity, but two translation-registered pairs 1.8 px off passed.
+        between LR and registered HR, in HR pixels) exceeds this are excluded (0: no limit). Only
+        tiles whose registered HR has structure clearly above its noise are measured (see
+        register.residual): on a sparse field (a neurite in noise) the tiles of pure noise, most
+        of them, once made exactly aligned pairs read 17-25 px and left them out; such pairs now
+        read 0.25-0.6. The tile residual has a noise floor (0.25-0.4 on the demo, true error 0.1) and
+        reads about 0.6 of the true error on the hard demo: 0.75 kept pairs up to 1.1 px off when
+        registered by flow, 1.4 by similarity, but two translation-registered pairs 1.8 px off passed.
     tile_sizes: HR tile sides in pixels (multiples of scale); LR tiles are tile / scale.
     tiles_per_image: tiles cut per tile size, per image and time point.
     content_threshold: a tile is kept if at least this fraction of its HR pixels is brighter
