@@ -462,7 +462,8 @@ class SearchSpace:
     choices: Tuple[str, ...] = field(default=(), metadata={
         "append": True, "metavar": "FIELD=A,B",
         "help": "the values a model setting is searched over (default: the architecture's SEARCH, e.g. unet "
-                "encoder=resnet18,resnet34 mode=lr,pre); FIELD=A alone fixes it; repeatable"})
+                "encoder=resnet18,resnet34 mode=lr,pre, but settings fixed with --model-*); FIELD=A alone fixes "
+                "it; repeatable"})
     losses: Tuple[Loss, ...] = field(default=tuple(Loss), metadata={"nargs": "+"})
     tile_sizes: Optional[Tuple[int, ...]] = field(default=None, metadata={"nargs": "+", "help": "default: the dataset's"})
     lr_min: float = 1e-4
@@ -476,11 +477,13 @@ class SearchSpace:
             key_value(item, "--choices")
 
     def searched(self, model) -> Dict[str, tuple]:
-        """What the trials choose among, per field of `model`'s architecture: its SEARCH, with
+        """What the trials choose among, per field of `model`'s architecture: its SEARCH but the
+        settings `model` changed from the architecture's defaults (fixed with ``--model-*``), with
         `choices` over it (each value converted to the field's type)."""
         hints = typing.get_type_hints(type(model))
         names = [f.name for f in dataclasses.fields(model) if f.name not in FROM_DATA]
-        out = dict(type(model).SEARCH)
+        default = type(model)()
+        out = {k: v for k, v in type(model).SEARCH.items() if getattr(model, k) == getattr(default, k)}
         for key, text in key_values(self.choices, "--choices").items():
             if key not in names:
                 raise BphoError(f"tune hparams: --choices {key}: not a setting of architecture {model.arch} (its "

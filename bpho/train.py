@@ -442,7 +442,8 @@ def _setup(cfg: TrainConfig, resume: Optional[str], called: float) -> Session:
         model=torch.nn.parallel.DistributedDataParallel(net) if d.group else net, model_cfg=model_cfg,
         amp_dtype=amp_dtype, scaler=scaler, lr_tr=lr_tr, hr_tr=hr_tr, parts=parts, per_rank=per_rank,
         batches=batches, opt=opt, sched=sched, loss=loss_fn(cfg.loss), plan=plan,
-        config={**{k: v for k, v in asdict(cfg).items() if k != "model"}, "arch": model_cfg.arch, "epochs": plan.epochs, "tile_size": size, "scale": scale,
+        config={**{k: v for k, v in asdict(cfg).items() if k != "model"}, "arch": model_cfg.arch,  # model.*: its own
+                "epochs": plan.epochs, "tile_size": size, "scale": scale,
                 "frames": model_cfg.frames, "world_size": d.world},
         meta={"model": model_cfg.to_dict(),
               "normalization": {"percentile_low": norm["percentile_low"], "percentile_high": norm["percentile_high"]},
