@@ -147,7 +147,9 @@ def test_few_hundred_steps_beat_bicubic(env):
     steps = 4 * int(np.ceil(datasets.open("tiny").manifest["tiles"]["64"]["train"] / 4))
     assert steps >= 200
     m = result.metrics
-    assert m["valid_psnr"] > m["bicubic_psnr"] + 0.5, m
+    # the network adds a residual to bilinear: a model that learned nothing is bilinear, already
+    # +0.9 dB over bicubic here, so the gain over bilinear is what shows learning (+0.62 dB measured)
+    assert m["valid_psnr_gain_bilinear"] > 0.3, m
     assert m["valid_ssim"] > m["bicubic_ssim"], m
 
 
