@@ -629,11 +629,10 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, progress: bool = True,
             _log_start(s, resume)
         started = time.monotonic()
         s.clock["setup"] = time.time() - entered
-        valid_s = 0.0
         if s.plan.epochs is None and d.main:  # a time budget counts validation too: time one
             validate(s.net, s.meta, s.device, s.pairs, s.baselines)
-            s.plan.valid_s = valid_s = time.monotonic() - started
-            s.clock["validation"] += valid_s
+            s.plan.valid_s = time.monotonic() - started
+            s.clock["validation"] += s.plan.valid_s
         epoch = s.start
         looping = time.monotonic()
         while s.plan.epochs is None or epoch < s.plan.epochs:
