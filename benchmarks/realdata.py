@@ -348,7 +348,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     p.add_argument("--field-size", type=int, default=256, help="smallest HR side of a field")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sources", default=",".join(DEFAULT_SOURCES),
-                   help=f"comma-separated: {', '.join(SOURCES)} (default: the tune group, {', '.join(DEFAULT_SOURCES)})")
+                   help=f"comma-separated: {', '.join(SOURCES)} (default: the tune group, "
+                        f"{', '.join(DEFAULT_SOURCES)})")
     p.add_argument("--held-out", action="store_true",
                    help=f"add the held-out sources ({', '.join(HELD_OUT_SOURCES)}), which no default was chosen on")
     p.add_argument("--photons", type=float, default=60.0, help="LR photons at the 99.9th percentile")
