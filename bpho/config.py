@@ -281,6 +281,8 @@ class InferenceConfig:
                                                        "depends on --tile"})
     batch: int = field(default=4, metadata={"help": "tiles per forward pass"})
     precision: Precision = field(default=Precision.FP32, metadata={"help": "of the network"})
+    ensemble: bool = field(default=False, metadata={"help": "average each tile's predictions in its 8 flips and "
+                                                            "90-degree rotations (8 times the compute)"})
 
     def __post_init__(self):
         _enums(self)

@@ -299,11 +299,12 @@ class Evaluation:
     images: int
     dataset_digest: Optional[str]  # of the dataset the model was trained on
     provenance: Optional[Provenance] = None  # which images were scored, from which split, what saw them
+    ensemble: bool = False  # the model's predictions were averaged over 8 flips and rotations
 
 
 def evaluate(model_uri: str, dataset: Optional[str] = None, datasource: Optional[str] = None,
              out_dir: Optional[Path] = None, device: str = "auto", progress: bool = True, track: bool = True,
-             transform: str = "auto", split: Optional[str] = None) -> Evaluation:
+             transform: str = "auto", split: Optional[str] = None, ensemble: bool = False) -> Evaluation:
     """Score a model on whole held-out images against nearest, bilinear and bicubic upsampling.
 
     Parameters
@@ -321,6 +322,8 @@ def evaluate(model_uri: str, dataset: Optional[str] = None, datasource: Optional
         Where evaluation.csv and the figures go (default: a new temporary folder).
     device : str
         auto, cpu or cuda.
+    ensemble : bool
+        Average the model's predictions of each tile in its 8 flips and 90-degree rotations.
     track : bool
         Log the table, the figures and the metrics as an MLflow run in bpho-evaluate.
 
@@ -336,7 +339,7 @@ def evaluate(model_uri: str, dataset: Optional[str] = None, datasource: Optional
     pairs, split = dataset_pairs(dataset, split) if dataset else (None, None)
     ds = datasets.open(dataset) if dataset else None
     folder = tracking.download_model(model_uri)
-    model = load_model(folder, device=device)
+    model = load_model(folder, device=device, ensemble=ensemble)
     s = model.scale
     pairs = pairs or _pairs_from_datasource(source, s, transform)
     where = f"dataset:{dataset}" if dataset else f"datasource:{datasource}"
@@ -351,7 +354,7 @@ def evaluate(model_uri: str, dataset: Optional[str] = None, datasource: Optional
     _figures(out, pairs[:3], figures_input[:3], s)
     meta = model.meta
     result = Evaluation(model=model_uri, training_run=meta.get("run_id"), summary=summary, out=out, images=len(pairs),
-                        dataset_digest=meta.get("dataset_digest"), provenance=seen)
+                        dataset_digest=meta.get("dataset_digest"), provenance=seen, ensemble=ensemble)
     if track:
         used = {True: "true", False: "false", None: "unknown"}[seen.selection_used]
         tags = {"bpho.model_uri": model_uri, "bpho.model_run_id": str(meta.get("run_id")),
@@ -362,15 +365,20 @@ def evaluate(model_uri: str, dataset: Optional[str] = None, datasource: Optional
         if ds is not None:
             tags["bpho.evaluated_dataset_digest"] = ds.digest
         with tracking.run(tracking.EVALUATE_EXPERIMENT, run_name=f"eval-{dataset or datasource}", tags=tags):
-            tracking.describe_run(f"bpho evaluate: {model_uri}; {seen.describe()}. `gain_*`: model minus bicubic, "
+            what = f"{model_uri}{ENSEMBLE_NOTE if ensemble else ''}"
+            tracking.describe_run(f"bpho evaluate: {what}; {seen.describe()}. `gain_*`: model minus bicubic, "
                                   "with a 95% bootstrap interval over images (`*_ci95_low/high`).\n\n"
                                   + tracking.METRIC_UNITS)
             tracking.log_params({"model_uri": model_uri, "images": len(pairs), "evaluated_on": where,
-                                 "split": str(split or "none"), "selection_used": used})
+                                 "split": str(split or "none"), "selection_used": used,
+                                 "ensemble": str(ensemble).lower()})
             tracking.log_metrics({k: v for k, v in _flat(summary).items() if v is not None and np.isfinite(v)})
             tracking.log_artifacts([out / "evaluation.csv"])
             tracking.log_previews(sorted(out.glob("*.png")))
     return result
+
+
+ENSEMBLE_NOTE = " with the 8-fold flip/rotation ensemble (--ensemble)"
 
 
 def _summary(rows: List[dict]) -> Dict[str, dict]:

@@ -92,6 +92,8 @@ class SuperResolver:
     the PSNR moves by 0.001 dB from 32 to 256 px tiles). `overlap` blends what is left of the seams.
     Tiles are cut, predicted and blended on the model's device; one HR frame comes back.
     `precision` (fp32, fp16, bf16) is the network's; blending is always float32.
+    `ensemble`: each tile (with its context, every frame alike) is predicted in its 8 flips and
+    90-degree rotations, each prediction turned back and the 8 averaged (8 forward passes a tile).
     """
 
     net: torch.nn.Module
@@ -102,6 +104,7 @@ class SuperResolver:
     batch: int = InferenceConfig.batch
     precision: str = InferenceConfig.precision
     context: int = InferenceConfig.context
+    ensemble: bool = InferenceConfig.ensemble
 
     def __post_init__(self):
         if self.tile < 1 or self.overlap < 0 or self.context < 0 or self.batch < 1 or self.overlap >= self.tile:
@@ -126,8 +129,8 @@ class SuperResolver:
         return float(lo), float(max(hi - lo, 1e-6))
 
     @torch.no_grad()
-    def predict_normalized(self, window: np.ndarray, lo: float = 0.0, rng: float = 1.0) -> np.ndarray:
-        """(frames, h, w) normalised LR -> (h*scale, w*scale) HR, tiled and blended, times `rng`
+    def predict_normalized(self, window: np.ndarray, lo: float = 0.0, span: float = 1.0) -> np.ndarray:
+        """(frames, h, w) normalised LR -> (h*scale, w*scale) HR, tiled and blended, times `span`
         plus `lo` (the input's units)."""
         f, h, w = window.shape
         s, tile, c = self.scale, self.tile, self.context
@@ -144,20 +147,33 @@ class SuperResolver:
         for i in range(0, len(boxes), self.batch):
             chunk = boxes[i:i + self.batch]
             x = torch.stack([padded[:, y:y + th + 2 * c, x0:x0 + tw + 2 * c] for y, x0 in chunk])
-            pred = self.net(x)[:, 0, c * s:(c + th) * s, c * s:(c + tw) * s].float()
+            pred = self._forward(x)[:, 0, c * s:(c + th) * s, c * s:(c + tw) * s].float()
             for (y, x0), p in zip(chunk, pred):
                 out[y * s:(y + th) * s, x0 * s:(x0 + tw) * s] += p * win
                 weight[y * s:(y + th) * s, x0 * s:(x0 + tw) * s] += win
-        return (out.div_(weight).mul_(rng).add_(lo)).cpu().numpy()
+        return (out.div_(weight).mul_(span).add_(lo)).cpu().numpy()
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(n, frames, h, w) -> (n, 1, h*scale, w*scale): the network, or with `ensemble` the
+        float32 mean of its 8 predictions of the flipped and rotated tiles, each turned back."""
+        if not self.ensemble:
+            return self.net(x)
+        total = 0.0
+        for flip in (False, True):
+            for k in range(4):  # rot90 by k quarter turns swaps h and w for odd k: the network takes any size
+                t = torch.rot90(torch.flip(x, (-1,)) if flip else x, k, (-2, -1))
+                y = torch.rot90(self.net(t).float(), -k, (-2, -1))
+                total = total + (torch.flip(y, (-1,)) if flip else y)
+        return total / 8
 
     def predict_image(self, image: np.ndarray) -> np.ndarray:
         """(Y, X) LR in any dtype -> (Y*scale, X*scale) float32 HR in the input's units."""
         image = np.asarray(image, dtype=np.float32)
         if image.ndim != 2:
             raise BphoError(f"expected a 2D image, got shape {image.shape}")
-        lo, rng = self._normalisation(image)
-        window = np.repeat(((image - lo) / rng)[None], self.frames, axis=0)
-        return self.predict_normalized(window, lo, rng)
+        lo, span = self._normalisation(image)
+        window = np.repeat(((image - lo) / span)[None], self.frames, axis=0)
+        return self.predict_normalized(window, lo, span)
 
     def predict_frames(self, stack: np.ndarray) -> Iterator[np.ndarray]:
         """(T, Y, X) LR -> HR frames one at a time (memory stays bounded for long movies).
@@ -168,13 +184,13 @@ class SuperResolver:
         stack = np.asarray(stack)
         if stack.ndim != 3:
             raise BphoError(f"expected a (T, Y, X) stack, got shape {stack.shape}")
-        lo, rng = self._normalisation(stack)
+        lo, span = self._normalisation(stack)
         half = self.frames // 2
         t_total = stack.shape[0]
         for t in range(t_total):
             idx = [_reflect(i, t_total) for i in range(t - half, t + half + 1)]
-            window = (stack[idx].astype(np.float32) - lo) / rng
-            yield self.predict_normalized(window, lo, rng)
+            window = (stack[idx].astype(np.float32) - lo) / span
+            yield self.predict_normalized(window, lo, span)
 
     def predict(self, data: np.ndarray) -> np.ndarray:
         """A (Y, X) image -> (Y*s, X*s); a (T, Y, X) stack -> (T, Y*s, X*s)."""

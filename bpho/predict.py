@@ -41,7 +41,7 @@ def predict_files(model_uri: str, inputs: Iterable, out_dir, cfg: PredictConfig 
     out_dir : path
         Output folder: one TIFF per input scene (``NAME.tif`` or ``NAME.ome.tif``) and a PNG preview.
     cfg : PredictConfig
-        Tiles, context, precision, device and the file format.
+        Tiles, context, precision, device, the 8-fold flip/rotation ensemble and the file format.
 
     Returns
     -------
@@ -53,7 +53,7 @@ def predict_files(model_uri: str, inputs: Iterable, out_dir, cfg: PredictConfig 
     for path in inputs:  # check every input before loading the model or writing anything
         io.file_kind(path)
     model = load_model(tracking.download_model(model_uri), device=cfg.device, tile=cfg.tile, overlap=cfg.overlap,
-                       batch=cfg.batch, context=cfg.context, precision=cfg.precision)
+                       batch=cfg.batch, context=cfg.context, precision=cfg.precision, ensemble=cfg.ensemble)
     out_dir = Path(out_dir)
     written = []
     for path in tqdm(inputs, desc="files", unit="file", disable=not progress or len(inputs) < 2):

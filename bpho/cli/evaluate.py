@@ -6,12 +6,13 @@ from bpho.config import Device, Precision, PredictConfig, Transform, add_fields,
 
 
 def _evaluate(args) -> int:
-    from bpho.evaluate import evaluate
+    from bpho.evaluate import ENSEMBLE_NOTE, evaluate
 
     result = evaluate(args.model, dataset=args.dataset, datasource=args.datasource, out_dir=args.out,
-                      device=args.device, transform=args.transform, split=args.split)
+                      device=args.device, transform=args.transform, split=args.split, ensemble=args.ensemble)
     s = result.summary
-    print(f"evaluated {args.model} on {result.images} image(s); table and figures in {result.out}")
+    used = ENSEMBLE_NOTE if result.ensemble else ""
+    print(f"evaluated {args.model}{used} on {result.images} image(s); table and figures in {result.out}")
     print(result.provenance.describe())
     print(f"{'method':10s} {'PSNR':>7s} {'SSIM':>6s} {'MS-SSIM':>8s} {'NRMSE':>7s} {'FRC px':>7s} {'FRC nm':>7s}")
     fmt = lambda v, f: format(v, f) if v is not None else "-"  # noqa: E731
@@ -69,6 +70,8 @@ def add_to(sub) -> None:
                         "validation images (those training chose the epoch on); default test when it has any")
     p.add_argument("--out", help="folder for evaluation.csv and the figures (default: a temporary folder)")
     p.add_argument("--device", default=Device.AUTO, choices=list(Device))
+    p.add_argument("--ensemble", action="store_true", help="average each tile's predictions in its 8 flips and "
+                                                           "90-degree rotations (8 times the compute)")
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("predict", help="LR images / stacks / movies (CZI, TIFF) to HR ImageJ TIFF")
