@@ -439,6 +439,11 @@ def ui_path(experiment_id: Optional[str] = None, run_id: Optional[str] = None) -
     return f"/#/experiments/{experiment_id}/runs{'/' + run_id if run_id else ''}?{UI_MODE}"
 
 
+def models_path(name: Optional[str] = None) -> str:
+    """The UI path of the model registry, or of registered model `name`'s page (versions, aliases)."""
+    return f"/#/models{'/' + name if name else ''}?{UI_MODE}"
+
+
 def train_view_path() -> str:
     """The UI path of the runs view of bpho's training experiment (the experiments list until it exists)."""
     exp = _mlflow().get_experiment_by_name(TRAIN_EXPERIMENT)
@@ -501,7 +506,7 @@ def name_champion(name: str, version: str) -> str:
         best = float(old.tags["bpho.valid_psnr_gain"])
         if not gain > best:  # NaN (a diverged model) never wins
             return (f"{name} version {version} is not the {CHAMPION}: its validation gain over bicubic "
-                    f"{gain:+.2f} dB does not beat version {old.version}'s {best:+.2f} dB on the same dataset")
+                    f"{gain:+.3f} dB does not beat version {old.version}'s {best:+.3f} dB on the same dataset")
     client.set_registered_model_alias(name, CHAMPION, version)
     client.update_registered_model(name, description=f"The {CHAMPION} (`models:/{name}@{CHAMPION}`) is version {version}, "
                                                      f"chosen by its validation gain over bicubic. {new.description}")

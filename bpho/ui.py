@@ -51,7 +51,7 @@ def pages(address: str, run_id: Optional[str] = None) -> List[str]:
 
 def _show(urls: List[str], open_browser: bool) -> None:
     print(f"training runs: {urls[0]}", flush=True)
-    print(f"registered models: {urls[0].split('/#/')[0]}/#/models", flush=True)
+    print(f"registered models: {urls[0].split('/#/')[0]}{tracking.models_path()}", flush=True)
     if len(urls) > 1:
         print(f"run: {urls[1]}", flush=True)
     if open_browser:

@@ -21,11 +21,11 @@ import pytest
 from mlflow import MlflowClient
 
 from bpho import datasets, tracking
+from bpho import io as bio
 from bpho.config import TrainConfig
-from bpho.evaluate import evaluate
 from bpho.train import train
 
-from conftest import build_world, stop
+from conftest import build_world, run_bpho, stop
 
 NET = dict(model={"encoder": "resnet18", "decoder_widths": (32, 16, 16, 8, 8)}, batch_size=8, epochs=1)
 TILES = ["tile_sizes=32", "tiles_per_image=8"]
@@ -116,23 +116,30 @@ def test_versions_are_described(embedded):
 
 def test_champion_uri_in_evaluate_and_predict(embedded, tmp_path, demo):
     """models:/NAME@champion loads the champion's model; `bpho evaluate` logs the dataset it scored
-    as a dataset input and the registered version it judged."""
+    as a dataset input and the registered version it judged, and its "see it" line names its run."""
     from bpho.predict import predict_files
 
+    root, _ = embedded
     client = MlflowClient(tracking.embedded_uri())
     champion = client.get_model_version_by_alias(NAME, "champion")
     folder = tracking.download_model(f"models:/{NAME}@champion")
     assert json.loads((folder / "bpho_model.json").read_text())["run_id"] == champion.run_id
-    result = evaluate(f"models:/{NAME}@champion", dataset="uiset_b", out_dir=tmp_path / "eval", progress=False)
-    run = client.get_run(result.run_id)
+    proc = run_bpho("evaluate", "--model", f"models:/{NAME}@champion", "--dataset", "uiset_b", "--out",
+                    tmp_path / "eval", root=root, check=True)
+    see_it = re.search(r"^see it: bpho ui --run (\w+)  \(the page /#/experiments/\d+/runs/(\w+)\?workflowType="
+                       r"machine_learning\)$", proc.stdout, re.M)
+    assert see_it and see_it.group(1) == see_it.group(2), proc.stdout
+    run = client.get_run(see_it.group(1))
+    assert run.info.experiment_id == client.get_experiment_by_name(tracking.EVALUATE_EXPERIMENT).experiment_id
     assert run.data.tags["bpho.model_name"] == NAME and run.data.tags["bpho.model_version"] == str(champion.version)
     inputs = [(d.dataset.name, d.dataset.digest, {t.key: t.value for t in d.tags}) for d in run.inputs.dataset_inputs]
     assert inputs == [("uiset_b", datasets.open("uiset_b").digest[:36],
                        {"mlflow.data.context": "evaluation", "split": "valid"})]
     assert f"#/models/{NAME}/versions/{champion.version}" in run.data.tags["mlflow.note.content"]
-    written = predict_files(f"models:/{NAME}@champion", [demo / "paired/lr/field_000.czi"], tmp_path / "pred",
-                            progress=False)
-    assert written and all(Path(p).exists() for p in written)
+    lr = demo / "paired/lr/field_000.czi"
+    written = predict_files(f"models:/{NAME}@champion", [lr], tmp_path / "pred", progress=False)
+    hr = [p for p in written if Path(p).suffix == ".tif"]
+    assert len(hr) == 1 and bio.read(hr[0]).data.shape[-2:] == tuple(4 * n for n in bio.read(lr).data.shape[-2:])
 
 
 def _chromium() -> str:
@@ -202,7 +209,9 @@ def test_ui_shows_runs_datasets_and_champion(embedded, tmp_path):
         assert "No data available" not in dom  # the GenAI overview's empty panels
         dom = dump_dom(chromium, run_page, [run_name, "uiset", "valid_psnr_gain"], tmp_path / "profile")
         assert run_name in dom and "uiset" in dom
-        dom = dump_dom(chromium, f"{address}/#/models/{NAME}", ["champion", gains], tmp_path / "profile")
+        assert models == f"{address}/#/models?workflowType=machine_learning"
+        dom = dump_dom(chromium, f"{address}/#/models/{NAME}?workflowType=machine_learning", ["champion", gains],
+                       tmp_path / "profile")
         assert "champion" in dom and gains in dom
     finally:
         proc.send_signal(signal.SIGINT)  # Ctrl-C
@@ -237,4 +246,4 @@ def test_see_it_lines_name_the_run_page(embedded, mlflow_server, monkeypatch, ca
     assert serve(run_id=on_server) == 0  # nothing to serve: the server has its UI
     assert capsys.readouterr().out.splitlines() == [
         f"training runs: {mlflow_server}/#/experiments/{experiment}/runs?workflowType=machine_learning",
-        f"registered models: {mlflow_server}/#/models", f"run: {page}"]
+        f"registered models: {mlflow_server}/#/models?workflowType=machine_learning", f"run: {page}"]
