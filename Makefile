@@ -31,7 +31,7 @@ demo: install
 	$(BIN)/bpho train --dataset paired_001 --minutes 2
 	$(BIN)/bpho evaluate --model models:/bpho-paired_001/latest --dataset paired_001 --out $(BPHO_ROOT)/evaluation/paired_001
 	$(BIN)/bpho predict --model models:/bpho-paired_001/latest $(DEMO)/movie/lr/movie_000.czi --out $(BPHO_ROOT)/predictions
-	@echo "See the runs and the registered model: $(BIN)/mlflow ui --backend-store-uri $$($(BIN)/bpho tracking-uri)"
+	@echo "See the runs and the registered model: $(BIN)/bpho ui --open"
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -300,6 +300,7 @@ class Evaluation:
     dataset_digest: Optional[str]  # of the dataset the model was trained on
     provenance: Optional[Provenance] = None  # which images were scored, from which split, what saw them
     ensemble: bool = False  # the model's predictions were averaged over 8 flips and rotations
+    run_id: Optional[str] = None  # its MLflow run in bpho-evaluate (when tracked)
 
 
 def evaluate(model_uri: str, dataset: Optional[str] = None, datasource: Optional[str] = None,
@@ -364,9 +365,18 @@ def evaluate(model_uri: str, dataset: Optional[str] = None, datasource: Optional
                 "bpho.trained_on_scored": "unknown" if seen.trained_on is None else str(len(seen.trained_on))}
         if ds is not None:
             tags["bpho.evaluated_dataset_digest"] = ds.digest
-        with tracking.run(tracking.EVALUATE_EXPERIMENT, run_name=f"eval-{dataset or datasource}", tags=tags):
-            what = f"{model_uri}{ENSEMBLE_NOTE if ensemble else ''}"
-            tracking.describe_run(f"bpho evaluate: {what}; {seen.describe()}. `gain_*`: model minus bicubic, "
+        judged = tracking.model_version(model_uri)  # the registered version the URI stands for now
+        if judged:
+            tags.update({"bpho.model_name": judged[0], "bpho.model_version": judged[1]})
+        with tracking.run(tracking.EVALUATE_EXPERIMENT, run_name=f"eval-{dataset or datasource}", tags=tags) as active:
+            result.run_id = active.info.run_id
+            scored = ds if ds is not None else source
+            tracking.log_dataset_input(scored.name, scored.digest, scored.path, context="evaluation",
+                                       tags={"split": str(split or "none")})
+            tracking.describe_run(f"bpho evaluate: {model_uri}{ENSEMBLE_NOTE if ensemble else ''}"
+                                  + (f" ([{judged[0]} version {judged[1]}](#/models/{judged[0]}/versions/{judged[1]}))"
+                                     if judged else "")
+                                  + f"; {seen.describe()}. `gain_*`: model minus bicubic, "
                                   "with a 95% bootstrap interval over images (`*_ci95_low/high`).\n\n"
                                   + tracking.METRIC_UNITS)
             tracking.log_params({"model_uri": model_uri, "images": len(pairs), "evaluated_on": where,

@@ -415,3 +415,135 @@ def download_model(uri: str) -> Path:
     if found is None:
         raise BphoError(f"model {uri}: not a bpho model (no bpho_model.json in it)")
     return found.parent
+
+
+# ---- the MLflow UI, registered versions and the champion alias (#27) ----
+
+# MLflow 3 opens an experiment in its GenAI mode (traces); bpho's runs are in Model-training mode
+UI_MODE = "workflowType=machine_learning"
+CHAMPION = "champion"  # the alias of the version the lab trusts: models:/NAME@champion
+
+
+def server_address() -> Optional[str]:
+    """The tracking server's address when `MLFLOW_TRACKING_URI` names one (its UI is there too);
+    None for a local store, which `bpho ui` serves."""
+    uri = tracking_uri()
+    return uri.rstrip("/") if uri.startswith(("http://", "https://")) else None
+
+
+def ui_path(experiment_id: Optional[str] = None, run_id: Optional[str] = None) -> str:
+    """The MLflow UI's path (after its address) of an experiment's runs view or of a run's page,
+    in Model-training mode; no experiment: the list of experiments."""
+    if experiment_id is None:
+        return "/#/experiments"
+    return f"/#/experiments/{experiment_id}/runs{'/' + run_id if run_id else ''}?{UI_MODE}"
+
+
+def models_path(name: Optional[str] = None) -> str:
+    """The UI path of the model registry, or of registered model `name`'s page (versions, aliases)."""
+    return f"/#/models{'/' + name if name else ''}?{UI_MODE}"
+
+
+def train_view_path() -> str:
+    """The UI path of the runs view of bpho's training experiment (the experiments list until it exists)."""
+    exp = _mlflow().get_experiment_by_name(TRAIN_EXPERIMENT)
+    return ui_path(exp.experiment_id if exp is not None else None)
+
+
+def run_path(run_id: str) -> str:
+    """The UI path of run `run_id`'s page."""
+    mlflow = _mlflow()
+    try:
+        experiment = mlflow.MlflowClient().get_run(run_id).info.experiment_id
+    except Exception:  # store away: MLflow's own route finds the experiment when the page is opened
+        return f"/#/runs/{run_id}"
+    return ui_path(experiment, run_id)
+
+
+def run_url(run_id: str) -> str:
+    """Where to see run `run_id`: its page in the MLflow UI (on the team server), or how to open it
+    on the embedded store (`bpho ui --run`, which serves it and prints the page's address)."""
+    address, path = server_address(), run_path(run_id)
+    return f"{address}{path}" if address else f"bpho ui --run {run_id}  (the page {path})"
+
+
+def describe_version(name: str, version: str, run_id: str, dataset: str, digest: str,
+                     metrics: Dict[str, float]) -> None:
+    """Give a registered version its description and tags: dataset and digest, the validation gains
+    over bicubic and bilinear, FRC resolution, the training run (what `name_champion` compares)."""
+    client = _mlflow().MlflowClient()
+    gain, gain_bilinear, frc = (metrics.get(k) for k in ("valid_psnr_gain", "valid_psnr_gain_bilinear", "valid_frc_nm"))
+    tags = {"bpho.dataset": dataset, "bpho.dataset_digest": digest, "bpho.run_id": run_id,
+            "bpho.valid_psnr_gain": f"{gain:.4f}", "bpho.valid_psnr_gain_bilinear": f"{gain_bilinear:.4f}",
+            **({"bpho.valid_frc_nm": f"{frc:.1f}"} if frc is not None else {})}
+    for k, v in tags.items():
+        client.set_model_version_tag(name, version, k, v)
+    client.update_model_version(name, version, description=(
+        f"Trained on dataset {dataset} (digest {digest[:12]}) by run {run_id}. On its validation images (they "
+        f"chose the epoch): PSNR {gain:+.2f} dB over bicubic, {gain_bilinear:+.2f} dB over bilinear"
+        + (f"; FRC resolution {frc:.0f} nm." if frc is not None else ".")))
+
+
+def name_champion(name: str, version: str) -> str:
+    """Give version `version` the alias `champion` if its validation gain over bicubic beats the
+    champion's on a dataset with the same digest, or there is no champion; returns one line that
+    says what happened and why. Gains on different datasets do not compare: the alias stays. The
+    registered model's description names the champion and repeats its version's description."""
+    mlflow = _mlflow()
+    client = mlflow.MlflowClient()
+    new = client.get_model_version(name, version)
+    try:
+        old = client.get_model_version_by_alias(name, CHAMPION)
+    except mlflow.exceptions.MlflowException:
+        old = None
+    gain = float(new.tags["bpho.valid_psnr_gain"])
+    if old is not None and old.version != new.version:
+        if old.tags.get("bpho.dataset_digest") != new.tags["bpho.dataset_digest"]:
+            return (f"{name} version {version} is not the {CHAMPION}: version {old.version} is, trained on dataset "
+                    f"{old.tags.get('bpho.dataset', '?')} ({old.tags.get('bpho.dataset_digest', '?')[:12]}), another "
+                    f"dataset than {new.tags['bpho.dataset']} ({new.tags['bpho.dataset_digest'][:12]}), so their "
+                    f"gains do not compare (move the alias by hand in the MLflow UI if you mean to)")
+        best = float(old.tags["bpho.valid_psnr_gain"])
+        if not gain > best:  # NaN (a diverged model) never wins
+            return (f"{name} version {version} is not the {CHAMPION}: its validation gain over bicubic "
+                    f"{gain:+.3f} dB does not beat version {old.version}'s {best:+.3f} dB on the same dataset")
+    client.set_registered_model_alias(name, CHAMPION, version)
+    client.update_registered_model(name, description=f"The {CHAMPION} (`models:/{name}@{CHAMPION}`) is version {version}, "
+                                                     f"chosen by its validation gain over bicubic. {new.description}")
+    was = f" (was version {old.version})" if old is not None and old.version != new.version else ""
+    return f"{name} version {version} is the {CHAMPION}{was}: models:/{name}@{CHAMPION}, {gain:+.2f} dB over bicubic"
+
+
+def model_version(uri: str) -> Optional[tuple]:
+    """The registered (name, version) a model URI stands for at this moment (``models:/NAME/V``,
+    ``models:/NAME@ALIAS``, ``models:/NAME/latest``, or ``runs:/ID/model`` registered once); else None."""
+    import re
+
+    mlflow = _mlflow()
+    client = mlflow.MlflowClient()
+    try:
+        if m := re.fullmatch(r"models:/([^/@]+)@(.+)", uri):
+            return m.group(1), str(client.get_model_version_by_alias(m.group(1), m.group(2)).version)
+        if m := re.fullmatch(r"models:/([^/@]+)/latest", uri):
+            versions = client.search_model_versions(f"name = '{m.group(1)}'")
+            return (m.group(1), str(max(int(v.version) for v in versions))) if versions else None
+        if m := re.fullmatch(r"models:/([^/@]+)/(\d+)", uri):
+            return m.group(1), str(client.get_model_version(m.group(1), m.group(2)).version)
+        if m := re.fullmatch(r"runs:/([^/]+)/model", uri):
+            versions = client.search_model_versions(f"run_id = '{m.group(1)}'")
+            return (versions[0].name, str(versions[0].version)) if len(versions) == 1 else None
+    except mlflow.exceptions.MlflowException:
+        return None
+    return None
+
+
+def latest_run(experiment: str, tags: Dict[str, str]) -> Optional[str]:
+    """The id of the newest run in `experiment` carrying all `tags` (e.g. a dataset's build); None if none."""
+    mlflow = _mlflow()
+    exp = mlflow.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+    runs = mlflow.MlflowClient().search_runs([exp.experiment_id], filter_string=query, max_results=1,
+                                             order_by=["attributes.start_time DESC"])
+    return runs[0].info.run_id if runs else None

@@ -567,6 +567,10 @@ def _finish(s: Session, register: bool) -> TrainResult:
                                  s.wait, "logging the model")
     if register:
         result.registered_name, result.registered_version = s.name, version
+        tracking.retry(lambda: tracking.describe_version(s.name, version, s.run_id, s.ds.name, s.ds.digest,
+                                                         best["metrics"]), s.wait, "describing the model version")
+        print(tracking.retry(lambda: tracking.name_champion(s.name, version), s.wait, "naming the champion"),
+              flush=True)
     clock = s.clock
     clock["finish"] = time.monotonic() - finishing
     clock["outside the loop"] = clock["setup"] + clock["finish"]

@@ -13,9 +13,11 @@ import warnings
 from typing import List, Optional
 
 from bpho.cli import dataset, datasource, demo, evaluate, server, train, tune
+from bpho.cli import ui
 from bpho.errors import BphoError, BphoWarning
 
 GROUPS = (demo, datasource, dataset, train, evaluate, tune, server)  # the order of `bpho --help`
+GROUPS += (ui,)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,7 +12,17 @@ def _dataset_make(args) -> int:
                       force=args.force, workers=args.workers, pngs=not args.no_png)
     print(f"dataset {ds.name} built at {ds.path} (digest {ds.digest[:12]})")
     print_dataset(ds)
+    print_run(ds)
     return 0
+
+
+def print_run(ds) -> None:
+    """The "see it" line: the page of the run that logged the build."""
+    from bpho import tracking
+
+    run_id = tracking.latest_run(tracking.DATASETS_EXPERIMENT, {"bpho.dataset_digest": ds.digest})
+    if run_id:
+        print(f"see it: {tracking.run_url(run_id)}")
 
 
 def print_dataset(ds) -> None:

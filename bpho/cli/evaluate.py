@@ -25,6 +25,10 @@ def _evaluate(args) -> int:
         ci = (f"95% CI {g['ci95_low']:+.3f} .. {g['ci95_high']:+.3f} over images" if g["ci95_low"] is not None
               else "95% CI undefined with one image")
         print(f"gain over bicubic, {k.upper()}: {g['mean']:+.3f} ({ci})")
+    if result.run_id:
+        from bpho import tracking
+
+        print(f"see it: {tracking.run_url(result.run_id)}")
     return 0
 
 

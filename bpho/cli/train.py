@@ -13,7 +13,7 @@ def _train(args) -> int:
     if result.registered_version:
         print(f"run {result.run_id}: model registered as {result.registered_name} version {result.registered_version}"
               f" (load it with mlflow.pyfunc.load_model('models:/{result.registered_name}/latest'))")
-        print(f"see it: mlflow ui --backend-store-uri {tracking.tracking_uri()}")
+        print(f"see it: {tracking.run_url(result.run_id)}")
     return 0
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 
 from bpho.cli.dataset import print_dataset
+from bpho.cli.dataset import print_run
 from bpho.config import (Degradation, DegradationReportConfig, DegradationStudyConfig, FitConfig, HparamsConfig, SearchSpace,
                          add_fields, from_args)
 from bpho.errors import BphoError
@@ -20,6 +21,7 @@ def _tune_fit(args) -> int:
     result = tune.fit_search(from_args(FitConfig, args))
     print(result.table())
     print(f"saved to {result.path}" + (f"; MLflow run {result.run_id}" if result.run_id else ""))
+    _see_it(result.run_id)
     return 0
 
 
@@ -28,6 +30,7 @@ def _tune_hparams(args) -> int:
 
     r = tune.hparams(from_args(HparamsConfig, args, space=from_args(SearchSpace, args)))
     print(f"study {r.study} on {r.storage}: {r.trials} trials; parent MLflow run {r.parent_run_id}")
+    _see_it(r.parent_run_id)
     if r.best_value is None:
         print("no trial has finished yet")
     else:
@@ -44,6 +47,7 @@ def _tune_degradation(args) -> int:
     print(f"study {r.study}: best distance {r.best_value:.4f} ("
           + ", ".join(f"{k} {v:.4f}" for k, v in r.scores.items() if k != "total") + ")")
     print("best parameters: " + ", ".join(f"{k}={v}" for k, v in r.best_params.items()))
+    _see_it(r.parent_run_id)
     print(f"use them: bpho synthesize --degradation {cfg.degradation} "
           + " ".join(f"--set {k}={','.join(map(str, v)) if isinstance(v, (list, tuple)) else v}"
                      for k, v in r.best_params.items() if v is not None) + " ...")
@@ -56,6 +60,7 @@ def _tune_degradation_report(args) -> int:
     result = tune.report(from_args(DegradationReportConfig, args))
     print(tune.report_table(result))
     print(f"table and figure in {result.out}; MLflow run {result.run_id}")
+    _see_it(result.run_id)
     return 0
 
 
@@ -81,7 +86,15 @@ def _synthesize(args) -> int:
         print(f"  fitted on {len(deg.fitted_on['pairs'])} pairs of {deg.fitted_on['datasource']} "
               f"(intensity mapping explains {deg.fitted_on['explained']:.1%} of the LR variance)")
     print_dataset(ds)
+    print_run(ds)
     return 0
+
+
+def _see_it(run_id) -> None:
+    from bpho import tracking
+
+    if run_id:
+        print(f"see it: {tracking.run_url(run_id)}")
 
 
 def add_to(sub) -> None:
