@@ -40,6 +40,7 @@ TIFF_AXES = {"T": "T", "C": "C", "Z": "Z", "Y": "Y", "X": "X", "I": "Z", "Q": "Z
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # tifffile: how it will store 3-sample data
 @SETTINGS
 @given(images())
+@pytest.mark.unit
 def test_tiff_reader_returns_the_pixels_or_a_clear_error(data):
     """The pixels come back where the TIFF's own axes put them (T, C, Z, Y, X), or the file is
     refused for the one documented reason: two of its axes would land on one of bpho's."""
@@ -75,6 +76,7 @@ SMALL_TIFF = np.arange(15, dtype=np.uint16).reshape(3, 5)
 @given(st.binary(max_size=4096), st.sampled_from([".czi", ".tif", ".tiff"]))
 @example(_tiff_bytes(SMALL_TIFF), ".tif")  # bytes that are an image: the reading branch runs every time
 @example(_tiff_bytes(SMALL_TIFF)[:200], ".tif")  # ... and the same file cut short
+@pytest.mark.unit
 def test_random_bytes_are_refused_with_a_clear_error(blob, suffix):
     """Bytes are refused as a FileFormatError naming the file (one line), or, when they are an image
     by the format's own library, read as the pixels that library reads."""
@@ -95,6 +97,7 @@ def test_random_bytes_are_refused_with_a_clear_error(blob, suffix):
 @SETTINGS
 @given(hnp.arrays(bool, st.tuples(st.integers(1, 48), st.integers(1, 48))), st.sampled_from([4, 8, 16]),
        st.sampled_from([1, 2, 4]), st.integers(0, 6), st.integers(0, 50), st.floats(0, 1), st.integers(0, 2 ** 32 - 1))
+@pytest.mark.unit
 def test_tiles_stay_inside_on_the_grid_and_have_content(content, size, scale, margin, wanted, threshold, seed):
     pos = tile_positions(content_table(content), size, scale, margin, wanted, threshold, np.random.default_rng(seed))
     h, w = content.shape
@@ -108,6 +111,7 @@ def test_tiles_stay_inside_on_the_grid_and_have_content(content, size, scale, ma
 @SETTINGS
 @given(hnp.arrays(np.float32, st.tuples(st.integers(1, 3), st.integers(2, 20), st.integers(2, 20)),
                   elements=st.floats(-1e6, 1e6, width=32)))
+@pytest.mark.unit
 def test_normalisation_is_finite_and_monotone(stack):
     lo, hi = percentile_range(stack, 2, 99.8)
     out = normalize(stack, lo, hi)
@@ -119,6 +123,7 @@ def test_normalisation_is_finite_and_monotone(stack):
 @SETTINGS
 @given(st.integers(1, 3), st.sampled_from([1, 2, 4]), st.integers(1, 6), st.integers(1, 6),
        st.sampled_from([np.uint16, np.float32]), st.integers(0, 2 ** 32 - 1), st.booleans())
+@pytest.mark.unit
 def test_degradations_keep_shape_type_and_finiteness(frames, scale, ny, nx, dtype, seed, physical_model):
     rng = np.random.default_rng(seed)
     hr = (rng.random((frames, ny * scale, nx * scale)) * 4000).astype(dtype)
