@@ -19,9 +19,7 @@ from bpho import datasets
 from conftest import (_free_port, assert_one_line_error, build_world, add_demo, run_bpho, start_mlflow_server,
                       stop, use_world)
 
-pytestmark = pytest.mark.e2e
-
-NET = ["--model-encoder", "test_resnet", "--model-decoder-widths", "16,8,8,8,8"]  # timm's smallest ResNet
+NET = ["--model-encoder", "resnet18", "--model-decoder-widths", "32,16,16,8,8"]
 
 
 @pytest.fixture(scope="module")
@@ -183,7 +181,8 @@ def test_disk_full_while_writing_tiles_or_predictions(env, demo, tmp_path):
     assert not (env / "datasets" / "full").exists() and not list((env / "datasets").glob(".full.tmp-*"))
 
     # a model far smaller than the limit, an HR output far larger (256 px LR -> 1024 px float32 HR, 4 MiB)
-    run_bpho("train", "--dataset", "tiny", "--epochs", "1", "--model-name", "full-disk", *NET, check=True)
+    run_bpho("train", "--dataset", "tiny", "--epochs", "1", "--model-name", "full-disk", "--model-encoder", "test_resnet",
+             "--model-decoder-widths", "16,8,8,8,8", check=True)
     lr = tmp_path / "big_lr.tif"
     import numpy as np
     import tifffile
