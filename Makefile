@@ -7,7 +7,7 @@ TORCH ?= torch==2.14.1 torchvision==0.29.1
 export BPHO_ROOT ?= $(CURDIR)/bpho-data
 DEMO := $(BPHO_ROOT)/demo
 
-.PHONY: install demo test clean-demo
+.PHONY: install demo test test-fast clean-demo
 
 install: $(VENV)/.installed
 
@@ -35,6 +35,10 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# the inner loop: the unit tests only (pyproject's markers; under 2 minutes on 2 cores)
+test-fast: install
+	$(BIN)/python -m pytest -q -m unit
 
 clean-demo:
 	rm -rf $(DEMO) $(BPHO_ROOT)/datasources

@@ -16,6 +16,24 @@ SMALL = DemoConfig(seed=7, paired_fields=3, paired_size=256, movies=1, movie_fra
                    hr_only_fields=2, denoise_fields=2, denoise_size=64)
 
 
+TIERS = ("unit", "integration", "e2e")
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` selects
+def pytest_collection_modifyitems(config, items):
+    """Each test is in one tier (pyproject's markers): `pytest.mark.unit` or `pytest.mark.e2e` on the
+    test or its module (`pytestmark`), integration otherwise; two tiers on one test are refused."""
+    wrong = []
+    for item in items:
+        tiers = sorted({m.name for m in item.iter_markers() if m.name in TIERS})
+        if not tiers:
+            item.add_marker(pytest.mark.integration)
+        elif len(tiers) > 1:
+            wrong.append(f"{item.nodeid}: {', '.join(tiers)}")
+    if wrong:
+        raise pytest.UsageError("a test is in one tier (unit, integration or e2e), not two:\n  " + "\n  ".join(wrong))
+
+
 @pytest.fixture(autouse=True)
 def _mlflow_env_restored(monkeypatch):
     """mlflow.set_tracking_uri / set_registry_uri write os.environ; undo that after each test."""
@@ -74,11 +92,14 @@ def _free_port() -> int:
 def start_mlflow_server(where: Path, port: int, argv: list | None = None, env: dict | None = None,
                         health_timeout: float = 120) -> subprocess.Popen:
     """Start a real MLflow tracking server on 127.0.0.1:`port` (SQLite backend and proxied artifacts
-    under `where`, or the command line `argv`); returns once /health answers."""
+    under `where`, or the command line `argv`, with `env`, else without MLflow's job runner); returns
+    once /health answers."""
     import time
     import urllib.request
 
     where.mkdir(parents=True, exist_ok=True)
+    if env is None:  # MLflow's job runner (GenAI jobs: 9 more processes to start) is not what these tests use
+        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     argv = argv or [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
                     "--backend-store-uri", f"sqlite:///{where / 'mlflow.db'}", "--artifacts-destination",
                     str(where / "artifacts"), "--workers", "1"]

@@ -33,6 +33,7 @@ def planted(tmp_path_factory):
     return make_demo_data(tmp_path_factory.mktemp("planted") / "demo", cfg, progress=False)
 
 
+@pytest.mark.unit
 def test_every_registration_transform_name_is_one_register_pair_takes():
     """The CLI choices and the recipe check (config.Transform) and register_pair agree."""
     from bpho.config import Transform
@@ -129,6 +130,7 @@ def _neurites(seed: int, size: int = 512, curves: int = 3, background: float = 2
     return rng.poisson(downsample(clean, 4)).astype(np.float32), rng.poisson(clean).astype(np.float32), clean
 
 
+@pytest.mark.unit
 def test_the_residual_of_an_aligned_sparse_pair_is_measured_on_its_structure_only():
     """Exactly aligned, a sparse noisy pair (NCC about 0.7) stays translation under `auto` and
     its residual is small: tiles of pure noise, which give random shifts of tens of HR px, are
@@ -148,6 +150,7 @@ def test_the_residual_of_an_aligned_sparse_pair_is_measured_on_its_structure_onl
         assert left["median_hr_px"] < AUTO_ESCALATE_HR_PX, left
 
 
+@pytest.mark.unit
 def test_noise_sigma_is_the_pixel_noise_whatever_sparse_structure_lies_on_it():
     from bpho.datasets.register import noise_sigma
 
@@ -249,6 +252,7 @@ def test_digest_stable_and_sensitive(root, demo, tmp_path):
     assert a.test_images() == []
 
 
+@pytest.mark.unit
 def test_split_sources_three_ways_by_whole_file():
     """Every file in exactly one split; holding a test split out only moves training files to it,
     so the validation files (and with test_fraction 0 the whole split) are what they always were."""
@@ -348,6 +352,7 @@ def test_build_is_tracked_on_a_real_server(root, demo, tmp_path, tracked):
     assert {"manifest.json", "qc", "previews"} <= artifacts
 
 
+@pytest.mark.e2e
 def test_mlflow_run_make_dataset(root, demo, tmp_path, tracked):
     add_demo(demo, tmp_path, "denoise", "demo_denoise", "denoise")
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
@@ -365,6 +370,7 @@ def test_mlflow_run_make_dataset(root, demo, tmp_path, tracked):
     assert run.data.tags["mlflow.project.entryPoint"] == "make_dataset"  # the run `mlflow run` made, reused
 
 
+@pytest.mark.unit
 def test_recipe_overrides_and_validation():
     loaded = recipe.load("paired_001")
     r = recipe.with_overrides(loaded.recipe, ["tile_sizes=64,96", "register=false", "z=max", "percentile_low=1.5"])

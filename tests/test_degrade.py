@@ -26,6 +26,7 @@ from conftest import assert_one_line_error, build_world, run_bpho
                                            (classic, classic.ClassicParams(scale=2, downsample="bilinear")),
                                            (physical, physical.PhysicalParams(scale=4)),
                                            (physical, physical.PhysicalParams(scale=3, psf="airy"))])
+@pytest.mark.unit
 def test_output_shape_and_type(model, params, dtype):
     hr = (np.random.default_rng(0).random((2, 48, 60)) * 1000 + 100).astype(dtype)
     for x in (hr, hr[0]):
@@ -34,6 +35,7 @@ def test_output_shape_and_type(model, params, dtype):
         assert lr.dtype == (np.uint16 if dtype == np.uint16 else np.float32)
 
 
+@pytest.mark.unit
 def test_classic_flat_field_mean_and_poisson_gaussian_variance():
     c, std, peak, s = 500.0, 0.03, 40.0, 4
     p = classic.ClassicParams(scale=s, gauss_std=(std, std), poisson_peak=(peak, peak), level=c)
@@ -49,6 +51,7 @@ def test_classic_flat_field_mean_and_poisson_gaussian_variance():
     assert np.mean(sp == 0) == pytest.approx(0.05, abs=0.01) and np.mean(sp == c) > 0.9
 
 
+@pytest.mark.unit
 def test_physical_flat_field_follows_its_detector_model():
     p = physical.PhysicalParams(scale=4, photons=50.0, background=5.0, gain=2.5, offset=100.0, read_noise=3.0)
     lr = physical.degrade(np.full((1024, 1024), 2000.0, np.float32), p, np.random.default_rng(0), hr_pixel_um=0.035)
@@ -64,6 +67,7 @@ def test_physical_flat_field_follows_its_detector_model():
 
 
 @pytest.mark.parametrize("psf", ["gaussian", "airy"])
+@pytest.mark.unit
 def test_psf_fwhm_in_nanometres(psf):
     point = np.zeros((1, 129, 129))
     point[0, 64, 64] = 1.0
@@ -74,6 +78,7 @@ def test_psf_fwhm_in_nanometres(psf):
     assert physical.blur(point, 350.0, 35.0, psf).sum() == pytest.approx(1.0, rel=1e-3)  # photons kept
 
 
+@pytest.mark.unit
 def test_movie_frames_get_independent_noise():
     hr = np.repeat(np.random.default_rng(0).random((1, 64, 64)) * 100 + 50, 4, axis=0)
     lr = physical.degrade(hr, physical.PhysicalParams(scale=2), np.random.default_rng(0), hr_pixel_um=0.05)
@@ -212,6 +217,7 @@ def test_report_trains_on_real_and_synthetic_pairs(env, tracked, tmp_path):
     assert saved["rows"][3]["degradation"]["fitted_on"]["datasource"] == "pairs"
 
 
+@pytest.mark.e2e
 def test_mlflow_run_synthesize_lowres_entry_point(env, tracked, tmp_path):
     import os
     import subprocess

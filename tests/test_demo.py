@@ -16,6 +16,7 @@ from bpho.errors import BphoError, ConflictError
 from conftest import SMALL
 
 
+@pytest.mark.unit
 def test_layout_shapes_and_pixel_sizes(demo):
     s = SMALL.scale
     lr_files = sorted((demo / "paired/lr").glob("*.czi"))
@@ -39,6 +40,7 @@ def test_layout_shapes_and_pixel_sizes(demo):
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
 
 
+@pytest.mark.unit
 def test_noiseless_hr_truth_is_the_mean_of_the_acquired_hr(demo):
     """truth/paired_hr holds what a perfect model could output: the HR detector's expected reading."""
     for hr_path in sorted((demo / "paired/hr").glob("*.czi")):
@@ -53,6 +55,7 @@ def test_noiseless_hr_truth_is_the_mean_of_the_acquired_hr(demo):
         assert residual[bright].var() > 2 * residual[~bright].var()  # signal-dependent, as photon noise is
 
 
+@pytest.mark.unit
 def test_movie_moves(demo):
     frames = io.read(demo / "movie/hr/movie_000.czi").data[:, 0, 0].astype(float)
     first, last = frames[0], frames[-1]
@@ -67,6 +70,7 @@ def _relative_noise(img: np.ndarray) -> float:
     return float(np.std((img - smooth)[background]) / (hi - lo))
 
 
+@pytest.mark.unit
 def test_lr_is_blurrier_and_noisier_than_hr(demo):
     truth = json.loads((demo / "demo_truth.json").read_text())
     s = SMALL.scale
@@ -204,6 +208,7 @@ def _best_translation(hr, lr):
     return max(score((best[1] + dy, best[2] + dx)) for dy in fine for dx in fine)
 
 
+@pytest.mark.unit
 def test_truth_map_convention_without_motion():
     """LR pixel i covers HR pixels i*s .. i*s+s-1: without motion its centre maps to i*s + (s-1)/2."""
     from bpho.demo import _hr_position, lr_centres

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import csv
+import os
+import subprocess
+import sys
 import zipfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -27,13 +30,15 @@ from bpho.train import train
 
 from conftest import assert_one_line_error, add_demo, run_bpho
 
+REPO = Path(__file__).resolve().parents[1]
 NET = dict(model={"encoder": "resnet18", "decoder_widths": (32, 16, 16, 8, 8)}, batch_size=8)
 
 
 @pytest.fixture(scope="module")
 def trained(demo, mlflow_server, tmp_path_factory):
-    """A BPHO_ROOT with demo datasets and two small models registered on the real server. `ev`'s three
-    fields are split three ways: one to train on, one to validate on (it chooses the epoch), one to test on."""
+    """A BPHO_ROOT with demo datasets and three small models registered on the real server. `ev`'s three
+    fields are split three ways: one to train on, one to validate on (it chooses the epoch), one to test on;
+    `ev2` validates on two of them."""
     root = tmp_path_factory.mktemp("eval-root")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("BPHO_ROOT", str(root))
@@ -44,9 +49,12 @@ def trained(demo, mlflow_server, tmp_path_factory):
                      settings=["tile_sizes=64", "tiles_per_image=40", "valid_fraction=0.34", "test_fraction=0.34"])
         builder.make("movie_001", name="ev_movie", progress=False, track=False,
                      settings=["tile_sizes=32", "tiles_per_image=4", "valid_fraction=0"])
+        builder.make("paired_001", datasource="pairs", name="ev2", progress=False, track=False,
+                     settings=["tile_sizes=64", "tiles_per_image=16", "valid_fraction=0.67"])
         single = train(TrainConfig(dataset="ev", epochs=2, model_name="ev-single", **NET), progress=False)
         movie = train(TrainConfig(dataset="ev_movie", epochs=1, model_name="ev-movie", **NET), progress=False)
-    return {"root": root, "server": mlflow_server, "single": single, "movie": movie}
+        two = train(TrainConfig(dataset="ev2", epochs=1, model_name="ev-two", **NET), progress=False)
+    return {"root": root, "server": mlflow_server, "single": single, "movie": movie, "two": two}
 
 
 @pytest.fixture
@@ -56,6 +64,7 @@ def env(trained, monkeypatch):
     return trained
 
 
+@pytest.mark.unit
 def test_metrics_agree_with_scikit_image(demo):
     hr = io.read(demo / "paired/hr/field_000.czi").data[0, 0, 0].astype(float)
     rng = np.random.default_rng(0)
@@ -70,6 +79,7 @@ def test_metrics_agree_with_scikit_image(demo):
     assert np.isnan(metrics.compare(hr[:100, :100], hr[:100, :100])["ms_ssim"])  # too small for 5 scales
 
 
+@pytest.mark.unit
 def test_intensity_shift_is_not_a_resolution_gain(demo):
     hr = io.read(demo / "paired/hr/field_000.czi").data[0, 0, 0].astype(float)
     same = metrics.compare(3.0 * hr + 500, hr)
@@ -78,6 +88,7 @@ def test_intensity_shift_is_not_a_resolution_gain(demo):
     assert blurred["psnr"] < same["psnr"] - 20
 
 
+@pytest.mark.unit
 def test_frc_finite_and_worse_after_blurring():
     from bpho.demo import AIRYSCAN, blur_and_bin, random_tubes, render_scene
 
@@ -196,20 +207,38 @@ def test_baselines_are_scored_once_per_dataset_and_read_back(env, monkeypatch):
     assert len(calls) == 1
 
 
-def _write_movie(path: Path, shape, pixel_um=0.14, scenes=1):
+def _write_movie(path: Path, shape, pixel_um=0.14, scenes=1) -> np.ndarray:
+    """A CZI of i.i.d. Poisson noise, `shape` (T, C, Z, Y, X) per scene; returns (scene, T, C, Z, Y, X)."""
     rng = np.random.default_rng(5)
+    written = rng.poisson(40, (scenes, *shape)).astype(np.uint16) + 100
     with pyczi.create_czi(str(path)) as w:
         for s in range(scenes):
             for t, c, z in np.ndindex(*shape[:3]):
-                w.write(rng.poisson(40, shape[3:]).astype(np.uint16) + 100, plane={"T": t, "C": c, "Z": z},
-                        scene=s, location=(s * 10_000, 0))
+                w.write(written[s, t, c, z], plane={"T": t, "C": c, "Z": z}, scene=s, location=(s * 10_000, 0))
         w.write_metadata(scale_x=pixel_um * 1e-6, scale_y=pixel_um * 1e-6, scale_z=0.5e-6)
+    return written
+
+
+def _each_plane_alone(model, lr: np.ndarray) -> np.ndarray:
+    """(T, C, Z, Y, X) LR -> the HR each plane gets when it is predicted alone: frame t of one (C, Z)
+    series with its own frame window (t-2..t+2 mirrored at the ends for a 5-frame model), scaled
+    by that series' percentiles. Anything mixed up (time points, channels, z-planes) differs."""
+    p = model.meta["normalization"]
+    half = model.frames // 2
+    out = np.zeros((*lr.shape[:3], lr.shape[3] * model.scale, lr.shape[4] * model.scale), np.float32)
+    for c, z in np.ndindex(*lr.shape[1:3]):
+        series = lr[:, c, z].astype(np.float32)
+        lo, hi = np.percentile(series, (p["percentile_low"], p["percentile_high"]))
+        padded = np.pad((series - lo) / (hi - lo), ((half, half), (0, 0), (0, 0)), mode="reflect")
+        for t in range(lr.shape[0]):
+            out[t, c, z] = model.predict_normalized(padded[t:t + model.frames], lo, hi - lo)
+    return out
 
 
 @pytest.mark.parametrize("model", ["ev-single", "ev-movie"])
 def test_predict_real_czi_movie_to_imagej_tiff(env, tmp_path, model):
     movie = tmp_path / "cell.czi"
-    _write_movie(movie, (7, 2, 2, 37, 45))
+    written = _write_movie(movie, (7, 2, 2, 37, 45))
     out = tmp_path / "out"
     proc = run_bpho("predict", "--model", f"models:/{model}/latest", movie, "--out", out, "--tile", "16",
                     "--overlap", "4")
@@ -218,7 +247,10 @@ def test_predict_real_czi_movie_to_imagej_tiff(env, tmp_path, model):
     img = io.read(result)
     assert img.shape == (7, 2, 2, 148, 180) and img.data.dtype == np.float32
     assert img.pixel_size == pytest.approx((0.5, 0.035, 0.035))
-    assert np.isfinite(img.data).all()
+    # every plane is the prediction of that plane (with its frame window), in its place
+    want = _each_plane_alone(load_model(download_model(f"models:/{model}/latest"), device="cpu", tile=16, overlap=4),
+                             written[0])
+    np.testing.assert_allclose(img.data, want, rtol=0, atol=1e-4 * float(np.ptp(want)))
     assert (out / "cell.png").read_bytes().startswith(b"\x89PNG")
     with tifffile.TiffFile(result) as tf:
         meta = tf.imagej_metadata
@@ -227,14 +259,20 @@ def test_predict_real_czi_movie_to_imagej_tiff(env, tmp_path, model):
 
 def test_predict_multiscene_czi_one_file_per_scene(env, tmp_path):
     path = tmp_path / "plate.czi"
-    _write_movie(path, (1, 1, 1, 24, 30), scenes=2)
+    written = _write_movie(path, (1, 1, 1, 24, 30), scenes=2)
     proc = run_bpho("predict", "--model", "models:/ev-single/latest", path, "--out", tmp_path / "o")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sorted(p.name for p in (tmp_path / "o").glob("*.tif")) == ["plate_s0.tif", "plate_s1.tif"]
-    assert io.read(tmp_path / "o/plate_s1.tif").shape == (1, 1, 1, 96, 120)
+    model = load_model(download_model("models:/ev-single/latest"), device="cpu")
+    for scene in (0, 1):  # each file holds its own scene's prediction
+        img = io.read(tmp_path / f"o/plate_s{scene}.tif")
+        assert img.shape == (1, 1, 1, 96, 120)
+        want = _each_plane_alone(model, written[scene])
+        np.testing.assert_allclose(img.data, want, rtol=0, atol=1e-4 * float(np.ptp(want)))
 
 
 def test_blending_leaves_no_seams(env, demo):
+    """LR tiles of 24 px with 8 px overlap (four tiles a side on a 64 px image) give the whole-image picture."""
     folder = download_model("models:/ev-single/latest")
     lr = io.read(demo / "paired/lr/field_002.czi").data[0, 0, 0]
     whole = load_model(folder, device="cpu", tile=512).predict(lr)
@@ -243,6 +281,10 @@ def test_blending_leaves_no_seams(env, demo):
     scale = np.percentile(whole, 99) - np.percentile(whole, 1)
     assert np.abs(tiled - whole).mean() < 0.01 * scale
     assert np.corrcoef(tiled.ravel(), whole.ravel())[0, 1] > 0.995
+    # a seam is a few rows or columns: the mean dilutes it, the maximum over the image (every tile boundary
+    # included) does not. Measured: 7e-4 of the range; 0.025 with no context around the tiles (untrained net),
+    # which the mean (< 0.01) and the correlation (> 0.995) above both let through
+    assert np.abs(tiled - whole).max() < 0.005 * scale
 
 
 def test_bad_model_uri_and_unreadable_input(env, tmp_path):
@@ -279,6 +321,7 @@ def test_reduced_precision_feeds_the_network_its_own_dtype(env, demo):
         load_model(folder, device="cpu", precision="fp8")
 
 
+@pytest.mark.unit
 def test_device_index_is_filled_in():
     """CUDA calls such as set_per_process_memory_fraction need an indexed device (tune fit crashed)."""
     assert with_index(torch.device("cpu")) == torch.device("cpu")
@@ -288,6 +331,7 @@ def test_device_index_is_filled_in():
         assert pick_device("cuda").index is not None
 
 
+@pytest.mark.unit
 def test_frames_are_predicted_ahead_of_writing_in_order_and_errors_reach_the_writer():
     assert list(ahead(iter(range(50)))) == list(range(50))
 
@@ -324,6 +368,7 @@ def test_predict_writes_ome_tiff_with_physical_pixel_sizes(env, tmp_path):
     assert img.shape == (2, 2, 1, 96, 120) and img.pixel_size[1:] == pytest.approx((0.035, 0.035))
 
 
+@pytest.mark.unit
 def test_gain_interval_is_undefined_for_one_image():
     from bpho.evaluate import bootstrap_ci
 
@@ -374,9 +419,11 @@ def test_export_bioimageio_package_predicts_what_bpho_predicts(env, tmp_path):
 
 
 def test_export_multiframe_model_to_folder_and_refusals(env, tmp_path):
+    """`mlflow run -e export` (the MLproject entry point): a folder package of the 5-frame model; then
+    the refusals of `bpho export`."""
     out = tmp_path / "movie-model"
-    proc = run_bpho("export", "--model", "models:/ev-movie/latest", "--out", out, "--no-log")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = _mlflow_run("export", tmp_path, model="models:/ev-movie/latest", out=out)  # the MLproject's entry point
+    assert "test_model passed" in proc.stdout
     from bioimageio.spec import load_model_description
 
     descr = load_model_description(out / "rdf.yaml")
@@ -391,3 +438,60 @@ def test_export_multiframe_model_to_folder_and_refusals(env, tmp_path):
                           "--license 'NOPE'", "SPDX")
     assert_one_line_error(run_bpho("export", "--model", "models:/no-such-model/1", "--out", missing), "not found")
     assert not missing.exists() and not list(tmp_path.glob(".never*"))
+
+
+@pytest.mark.integration
+def test_several_validation_images_are_averaged_and_given_an_interval(env, tmp_path):
+    """`ev2` validates on two whole images: training's valid_psnr is their mean (what `bpho evaluate
+    --split valid` measures image by image), and evaluate gives the gain an interval over images."""
+    valid = [p.name for p in datasets.open("ev2").validation_images()]
+    assert len(valid) == 2
+    out = tmp_path / "eval"
+    proc = run_bpho("evaluate", "--model", "models:/ev-two/latest", "--dataset", "ev2", "--split", "valid", "--out", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"scored 2 validation image(s) of dataset ev2 ({', '.join(valid)})" in proc.stdout
+    with open(out / "evaluation.csv") as fh:
+        psnr = {r["image"]: float(r["psnr"]) for r in csv.DictReader(fh) if r["method"] == "model"}
+    assert sorted(psnr) == sorted(valid) and abs(psnr[valid[0]] - psnr[valid[1]]) > 0.2, psnr  # the mean is neither
+    assert env["two"].metrics["valid_psnr"] == pytest.approx(np.mean(list(psnr.values())), abs=0.05)
+    assert {"crops_00.png", "crops_01.png", "frc_01.png"} <= {p.name for p in out.glob("*.png")}
+    client = MlflowClient(env["server"], registry_uri=env["server"])
+    run = _named(client, client.get_experiment_by_name("bpho-evaluate").experiment_id, "models:/ev-two/latest", "valid")
+    m = run.data.metrics
+    assert m["gain_psnr_ci95_low"] <= m["gain_psnr_mean"] <= m["gain_psnr_ci95_high"], m
+    assert m["gain_psnr_ci95_low"] < m["gain_psnr_ci95_high"] and "95% CI undefined" not in proc.stdout
+
+
+def _mlflow_run(entry: str, cwd: Path, **params) -> subprocess.CompletedProcess:
+    """`mlflow run REPO -e ENTRY --env-manager local -P KEY=VALUE ...`, as a user runs the MLproject."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", entry, "--env-manager", "local",
+         *[a for k, v in params.items() for a in ("-P", f"{k}={v}")]],
+        capture_output=True, text=True, cwd=cwd,
+        env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+@pytest.mark.e2e
+def test_mlflow_run_evaluate_and_predict_entry_points(env, tmp_path):
+    """The MLproject's evaluate and predict entry points run `bpho evaluate` and `bpho predict` (export:
+    the test below; the other five entry points: test_mlproject, test_datasets, test_degrade, test_train, test_tune)."""
+    _mlflow_run("evaluate", tmp_path, model="models:/ev-two/latest", datasource="pairs")
+    client = MlflowClient(env["server"])
+    runs = client.search_runs([client.get_experiment_by_name("bpho-evaluate").experiment_id],
+                              filter_string="tags.`bpho.model_uri` = 'models:/ev-two/latest' and "
+                                            "tags.`bpho.evaluated_on` = 'datasource:pairs'")
+    assert len(runs) == 1, [r.data.tags for r in runs]
+    assert runs[0].data.params["images"] == "3" and runs[0].data.tags["bpho.trained_on_scored"] == "1"
+    assert np.isfinite(runs[0].data.metrics["model_psnr"])
+
+    inputs = [tmp_path / "a.czi", tmp_path / "b.czi"]
+    written = [_write_movie(p, (1, 1, 1, 20 + 4 * i, 24))[0] for i, p in enumerate(inputs)]
+    _mlflow_run("predict", tmp_path, model="models:/ev-single/latest", inputs=" ".join(map(str, inputs)),
+                out=tmp_path / "out", device="cpu")
+    model = load_model(download_model("models:/ev-single/latest"), device="cpu")
+    for path, lr in zip(inputs, written):
+        got = io.read(tmp_path / "out" / f"{path.stem}.tif").data
+        want = _each_plane_alone(model, lr)
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * float(np.ptp(want)))

@@ -19,6 +19,8 @@ from bpho import datasets
 from conftest import (_free_port, assert_one_line_error, build_world, add_demo, run_bpho, start_mlflow_server,
                       stop, use_world)
 
+pytestmark = pytest.mark.e2e
+
 NET = ["--model-encoder", "resnet18", "--model-decoder-widths", "32,16,16,8,8"]
 
 

@@ -10,6 +10,8 @@ from pylibCZIrw import czi as pyczi
 from bpho import io
 from bpho.errors import FileFormatError
 
+pytestmark = pytest.mark.unit
+
 
 def _planes(shape, dtype, seed=0):
     rng = np.random.default_rng(seed)

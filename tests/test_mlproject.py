@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from bpho import io
@@ -14,6 +15,7 @@ from bpho import io
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.unit
 def test_mlproject_declares_its_entry_points():
     spec = yaml.safe_load((REPO / "MLproject").read_text())
     assert spec["name"] == "bpho" and spec["conda_env"] == "conda.yaml"
@@ -57,6 +59,7 @@ def disagreements(entry_points: dict) -> list:
     return problems
 
 
+@pytest.mark.unit
 def test_mlproject_parameters_are_the_configs_fields_and_defaults():
     """`mlflow run . -e train` with no -P trains what `bpho train` does (one set of defaults)."""
     entry_points = yaml.safe_load((REPO / "MLproject").read_text())["entry_points"]
@@ -70,6 +73,7 @@ def test_mlproject_parameters_are_the_configs_fields_and_defaults():
                                            "demo_data: the command does not pass colour"]
 
 
+@pytest.mark.unit
 def test_mlproject_argv_follows_the_config_types():
     from bpho.config import TrainConfig, mlproject_argv
 
@@ -79,6 +83,7 @@ def test_mlproject_argv_follows_the_config_types():
                     "--grad-checkpointing"]
 
 
+@pytest.mark.e2e
 def test_mlflow_run_demo_data(tmp_path):
     out = tmp_path / "demo"
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",

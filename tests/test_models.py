@@ -34,6 +34,7 @@ def env(world, monkeypatch, tmp_path):
 
 
 @pytest.mark.parametrize("scale, frames", [(4, 1), (2, 5), (1, 1)])
+@pytest.mark.unit
 def test_rcan_any_size(scale, frames):
     net = build_model({"arch": "rcan", "scale": scale, "frames": frames, "features": 8, "groups": 1}).eval()
     with torch.no_grad():
@@ -41,6 +42,7 @@ def test_rcan_any_size(scale, frames):
     assert out.shape == (2, 1, 23 * scale, 17 * scale)
 
 
+@pytest.mark.unit
 def test_rcan_output_does_not_depend_on_the_inference_tiles():
     """No batch norm and no global average (RCAN's channel attention averages a local window):
     whole-image inference and tiles of 32 or 48 LR px give the same HR image. (With RCAN's global
@@ -61,6 +63,7 @@ def test_rcan_output_does_not_depend_on_the_inference_tiles():
     assert max(np.abs(out[t] - out[128]).max() for t in (32, 48)) < 1e-4 * residual
 
 
+@pytest.mark.unit
 def test_every_architecture_has_its_flags_and_refuses_the_others():
     flags = config.model_flags()
     for arch in ARCHITECTURES.values():
@@ -85,6 +88,7 @@ def _parse(argv):
     return parser.parse_args(argv)
 
 
+@pytest.mark.e2e
 def test_rcan_trains_predicts_and_exports_through_the_same_paths(env, tmp_path):
     """`bpho train --arch rcan`: logged with its architecture, registered, loaded by name;
     `bpho predict` and the BioImage Model Zoo package (its architecture file rcan.py) give what

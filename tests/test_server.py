@@ -21,6 +21,9 @@ from bpho import server
 from conftest import _free_port, assert_one_line_error, run_bpho, start_mlflow_server, stop
 
 PASSWORD = "correct-horse-battery-staple"
+# MLflow's job runner (GenAI jobs, 9 processes to start) is left out where a test is about auth or the store;
+# the stopping test below keeps it (it stops MLflow's whole tree)
+NO_JOB_RUNNER = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
 def _get(url: str, user: str | None = None, password: str | None = None) -> int:
@@ -34,6 +37,7 @@ def _get(url: str, user: str | None = None, password: str | None = None) -> int:
         return exc.code
 
 
+@pytest.mark.unit
 def test_server_command_is_private_by_default(root):
     argv, env = server.command(port=5123)
     assert argv[argv.index("--host") + 1] == "127.0.0.1"
@@ -52,11 +56,13 @@ def test_auth_needs_a_password_from_the_environment_or_a_file(root, monkeypatch,
     assert "--admin-password" not in run_bpho("server", "--help").stdout.replace("--admin-password-file", "")
 
 
+@pytest.mark.e2e
 def test_auth_server_lets_no_one_in_without_a_password(root, tmp_path, monkeypatch):
     monkeypatch.setenv(server.ADMIN_PASSWORD_ENV, PASSWORD)
     port = _free_port()
     argv, env = server.command(port=port, auth=True, workers=1)
     assert PASSWORD not in " ".join(argv)  # not in the process list
+    env = {**env, **NO_JOB_RUNNER}
     assert (root / "server" / "secret_key").stat().st_mode & 0o077 == 0
     proc = start_mlflow_server(root / "server", port, argv=argv, env=env)
     url = f"http://127.0.0.1:{port}"
@@ -85,6 +91,7 @@ def test_auth_server_lets_no_one_in_without_a_password(root, tmp_path, monkeypat
         stop(proc)
 
 
+@pytest.mark.e2e
 def test_team_server_keeps_runs_and_users_in_postgresql_across_a_restart(root, postgres_url, monkeypatch):
     import psycopg
 
@@ -95,6 +102,7 @@ def test_team_server_keeps_runs_and_users_in_postgresql_across_a_restart(root, p
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     argv, env = server.command(port=port, auth=True, workers=1, backend_store_uri=team, auth_database_uri=team)
+    env = {**env, **NO_JOB_RUNNER}
     proc = start_mlflow_server(root / "server", port, argv=argv, env=env)
     try:
         monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
@@ -140,6 +148,7 @@ def test_previews_switch_keeps_pictures_of_the_data_off_the_server(demo, tmp_pat
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+@pytest.mark.e2e
 def test_stopping_bpho_server_stops_every_process_and_frees_the_port(root, sig):
     """A signal to `bpho server` reaches MLflow's whole tree (server, uvicorn, job runner,
     consumers): within 15 s the port is free and none of them is left; a new server then starts there."""

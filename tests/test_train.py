@@ -71,6 +71,7 @@ def full_image_psnr(model_uri: str, dataset: str, tile: int = 128) -> float:
 
 @pytest.mark.parametrize("mode", ["pre", "lr"])
 @pytest.mark.parametrize("frames", [1, 5])
+@pytest.mark.unit
 def test_unet_any_size(mode, frames):
     net = build_model({"encoder": "resnet18", "mode": mode, "frames": frames, "scale": 4}).eval()
     with torch.no_grad():
@@ -83,6 +84,7 @@ def test_unet_any_size(mode, frames):
 @pytest.mark.parametrize("arch, build, error", [
     ("unet", "m.unet(encoder='resnet18', decoder_widths=[16, 8, 8])", "m.unet(encoder='no_such_net')"),
     ("rcan", "m.rcan(features=8, groups=1, blocks=1)", "m.rcan(blocks=0)")])
+@pytest.mark.unit
 def test_architecture_source_runs_without_bpho(tmp_path, arch, build, error):
     """The architecture file of exported BioImage Model Zoo packages: it must import and build
     with torch and timm alone (bpho not installed), and say what is wrong in its errors."""
@@ -99,6 +101,7 @@ def test_architecture_source_runs_without_bpho(tmp_path, arch, build, error):
         "rcan": "rcan blocks=0: use 1 or more"}[arch]]
 
 
+@pytest.mark.unit
 def test_untrained_pixel_shuffle_has_no_checkerboard_and_borders_are_not_zeros():
     net = build_model({"encoder": "resnet18", "mode": "lr", "scale": 4, "decoder_widths": [32, 16, 16]}).eval()
     with torch.no_grad():
@@ -113,6 +116,7 @@ def test_untrained_pixel_shuffle_has_no_checkerboard_and_borders_are_not_zeros()
     assert float(flat.std()) < 1e-4
 
 
+@pytest.mark.unit
 def test_a_bpho_01_model_folder_still_loads(tmp_path):
     """bpho 0.1 saved no depth, head width or padding: it used every stage, the last width, zeros."""
     old = {"encoder": "resnet18", "scale": 4, "frames": 1, "mode": "lr", "decoder_widths": [32, 16, 8, 8, 8],
@@ -127,6 +131,7 @@ def test_a_bpho_01_model_folder_still_loads(tmp_path):
     assert np.allclose(loaded.predict_normalized(image[None]), direct, atol=1e-5)
 
 
+@pytest.mark.unit
 def test_model_folder_roundtrip_rebuilds_without_guessing(tmp_path):
     net = build_model({"encoder": "resnet18", "mode": "lr", "frames": 1, "scale": 2, "decoder_widths": [32, 16, 8, 8, 8]})
     meta = {"model": net.config.to_dict(), "normalization": {"percentile_low": 1, "percentile_high": 99}}
@@ -213,6 +218,7 @@ def test_multiframe_movie_model_predicts_stacks(env):
         model.predict(stack[0])
 
 
+@pytest.mark.e2e
 def test_mlflow_run_train_on_server_registers_a_loadable_model(env, tracked, tmp_path):
     env_vars = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     proc = subprocess.run(
@@ -256,6 +262,7 @@ def test_mlflow_run_train_on_server_registers_a_loadable_model(env, tracked, tmp
     assert not any(name.endswith((".pkl", ".pickle")) for name in files)  # models-from-code: nothing pickled
 
 
+@pytest.mark.e2e
 def test_resume_after_sigkill_continues_the_same_run(env, tmp_path):
     args = ["train", "--dataset", "tiny", "--epochs", "3", "--model-encoder", "resnet18", "--model-decoder-widths", WIDTHS,
             "--batch-size", "16", "--model-name", "resumed"]
@@ -289,6 +296,7 @@ def test_resume_refuses_a_checkpoint_with_pickled_code(env, tmp_path):
     assert_one_line_error(proc, "refusing to load")
 
 
+@pytest.mark.e2e
 def test_torchrun_two_cpu_processes(env, tmp_path):
     from conftest import _free_port
 

@@ -120,6 +120,7 @@ def test_hparams_study_nested_runs_and_out_of_memory(env, tracked, monkeypatch):
             "study/param_importances.png"} <= arts
 
 
+@pytest.mark.e2e
 def test_two_workers_share_one_postgres_study(env, tracked, postgres_url):
     args = ["tune", "hparams", "--dataset", "tiny", "--trials", "4", "--epochs", "1", "--storage", postgres_url,
             "--study", "shared", "--tile-sizes", "32", "--max-batch", "4", "--pruner", "none", *SMALL_NET]
@@ -150,6 +151,7 @@ def test_tune_refuses_bad_input_in_one_line(env):
                           "cannot open study", "127.0.0.1:1")
 
 
+@pytest.mark.e2e
 def test_mlflow_run_tune_fit_entry_point(env, tmp_path):
     from pathlib import Path
 
