@@ -7,7 +7,7 @@ TORCH ?= torch==2.14.1 torchvision==0.29.1
 export BPHO_ROOT ?= $(CURDIR)/bpho-data
 DEMO := $(BPHO_ROOT)/demo
 
-.PHONY: install demo test clean-demo
+.PHONY: install demo test lint clean-demo
 
 install: $(VENV)/.installed
 
@@ -35,6 +35,11 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# ruff (pyflakes, pycodestyle, bugbear, numpydoc docstrings) and mypy on the package; settings in pyproject.toml
+lint: install
+	$(BIN)/ruff check bpho
+	$(BIN)/mypy bpho
 
 clean-demo:
 	rm -rf $(DEMO) $(BPHO_ROOT)/datasources
