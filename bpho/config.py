@@ -611,7 +611,7 @@ def env_admin_password() -> str:
 
 
 def env_torchrun() -> Tuple[int, int, bool]:
-    """torchrun's ``$WORLD_SIZE`` (default 1) and ``$LOCAL_RANK`` (default 0), and whether this process
-    runs under torchrun (``$TORCHELASTIC_RUN_ID`` is set, even for one process)."""
+    """The ``$WORLD_SIZE`` (default 1) and ``$LOCAL_RANK`` (default 0) torchrun sets, and whether this
+    process runs under torchrun (``$TORCHELASTIC_RUN_ID`` is set, even for one process)."""
     return (int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("LOCAL_RANK", "0")),
             "TORCHELASTIC_RUN_ID" in os.environ)

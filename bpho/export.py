@@ -220,9 +220,10 @@ def _files(model: SuperResolver, lr: np.ndarray, hr: Optional[np.ndarray], tmp: 
     x = torch.from_numpy(_normalised(model, lr))[None]
     with torch.no_grad():
         y = model.net(x).numpy()
-    files: Dict[str, Any] = {"input": tmp / "test_input.npy", "output": tmp / "test_output.npy", "cover": tmp / "cover.png",
-             "sample_input": tmp / "sample_input.tif", "sample_output": tmp / "sample_output.tif",
-             "state_dict": tmp / "weights.pt", "architecture": tmp / f"{_arch(model).name}.py", "example": x}
+    files: Dict[str, Any] = {  # paths, and the example input tensor
+        "input": tmp / "test_input.npy", "output": tmp / "test_output.npy", "cover": tmp / "cover.png",
+        "sample_input": tmp / "sample_input.tif", "sample_output": tmp / "sample_output.tif",
+        "state_dict": tmp / "weights.pt", "architecture": tmp / f"{_arch(model).name}.py", "example": x}
     np.save(files["input"], lr[None])
     np.save(files["output"], y)
     tifffile.imwrite(files["sample_input"], lr.squeeze())  # the same, for people and imageio
