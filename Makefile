@@ -7,7 +7,7 @@ TORCH ?= torch==2.14.1 torchvision==0.29.1
 export BPHO_ROOT ?= $(CURDIR)/bpho-data
 DEMO := $(BPHO_ROOT)/demo
 
-.PHONY: install demo test test-fast clean-demo
+.PHONY: install demo test test-fast lint clean-demo
 
 install: $(VENV)/.installed
 
@@ -39,6 +39,11 @@ test: install
 # the inner loop: the unit tests only (pyproject's markers; under 2 minutes on 2 cores)
 test-fast: install
 	$(BIN)/python -m pytest -q -m unit
+
+# ruff (pyflakes, pycodestyle, bugbear, numpydoc docstrings) and mypy on the package; settings in pyproject.toml
+lint: install
+	$(BIN)/ruff check bpho
+	$(BIN)/mypy bpho
 
 clean-demo:
 	rm -rf $(DEMO) $(BPHO_ROOT)/datasources

@@ -570,3 +570,50 @@ class DegradationReportConfig:
     def train_settings(self) -> dict:
         """The TrainConfig fields given here; the others keep TrainConfig's defaults."""
         return {"model": self.model, **({"batch_size": self.batch_size} if self.batch_size is not None else {})}
+
+
+# --- the environment: every variable bpho reads is read here -------------------------------------------------
+
+import os  # noqa: E402  (this block was appended; the import can join the others at the top)
+
+
+def env_root() -> str:
+    """``$BPHO_ROOT``: the bpho data folder (default ``bpho-data`` in the working folder)."""
+    return os.environ.get("BPHO_ROOT", "bpho-data")
+
+
+def env_previews() -> bool:
+    """``$BPHO_PREVIEWS``: ``off`` (or 0, false, no) keeps pictures of the data off the tracking server."""
+    return os.environ.get("BPHO_PREVIEWS", "on").strip().lower() not in ("off", "0", "false", "no")
+
+
+def env_tracking_wait() -> float:
+    """``$BPHO_TRACKING_WAIT``: seconds training waits for an absent tracking server (default 600)."""
+    return float(os.environ.get("BPHO_TRACKING_WAIT", "600"))
+
+
+def env_tracking_uri() -> Optional[str]:
+    """``$MLFLOW_TRACKING_URI``: the team's tracking server (None when unset or empty: the embedded store)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or None
+
+
+def env_run_id() -> Optional[str]:
+    """``$MLFLOW_RUN_ID``: the run ``mlflow run`` made for this process (None when unset or empty)."""
+    return os.environ.get("MLFLOW_RUN_ID") or None
+
+
+def env_unset(names: Iterable[str]) -> Tuple[str, ...]:
+    """Which of the variables `names` are not set."""
+    return tuple(name for name in names if name not in os.environ)
+
+
+def env_admin_password() -> str:
+    """``$BPHO_ADMIN_PASSWORD``: the tracking server's admin password for ``bpho server --auth`` ('' when unset)."""
+    return os.environ.get("BPHO_ADMIN_PASSWORD", "")
+
+
+def env_torchrun() -> Tuple[int, int, bool]:
+    """The ``$WORLD_SIZE`` (default 1) and ``$LOCAL_RANK`` (default 0) torchrun sets, and whether this
+    process runs under torchrun (``$TORCHELASTIC_RUN_ID`` is set, even for one process)."""
+    return (int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("LOCAL_RANK", "0")),
+            "TORCHELASTIC_RUN_ID" in os.environ)

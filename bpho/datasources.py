@@ -29,7 +29,7 @@ import shutil
 import stat
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Dict, Iterable, List, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 from tqdm import tqdm
 
@@ -45,8 +45,10 @@ _CHUNK = 1 << 22
 
 @dataclass(frozen=True)
 class Pair:
+    """An LR file and its HR file (paths inside the datasource), by their common stem."""
+
     stem: str
-    lr: Path
+    lr: Optional[Path]  # None: an HR-only source (its LR is made by a degradation)
     hr: Path
 
 
@@ -62,14 +64,17 @@ class Datasource:
 
     @property
     def files(self) -> List[Path]:
+        """Every file of the datasource, as its manifest lists them."""
         return [self.path / f["path"] for f in self.manifest["files"]]
 
     @property
     def pairs(self) -> List[Pair]:
+        """The LR/HR pairs (paired and movie datasources; empty otherwise)."""
         return [Pair(p["stem"], self.path / p["lr"], self.path / p["hr"]) for p in self.manifest["pairs"]]
 
 
 def sha256_file(path: Path) -> str:
+    """The SHA-256 of a file's bytes (hex), read in chunks."""
     h = hashlib.sha256()
     with builtins.open(path, "rb") as fh:  # `open` here is the datasource opener
         while chunk := fh.read(_CHUNK):
@@ -84,6 +89,7 @@ def digest_json(record: dict, exclude: Iterable[str] = ()) -> str:
 
 
 def manifest_digest(manifest: dict) -> str:
+    """The digest of a datasource manifest: all of it but its creation time."""
     return digest_json(manifest, exclude=("created",))
 
 
@@ -147,7 +153,7 @@ def _match_pairs(kind: str, rels: List[str]) -> List[dict]:
 
 def _describe(rel: str, path: Path) -> dict:
     """A manifest entry; reading every scene in full checks that the file decodes."""
-    entry = {"path": rel, "size": path.stat().st_size, "sha256": sha256_file(path), "scenes": 0}
+    entry: dict = {"path": rel, "size": path.stat().st_size, "sha256": sha256_file(path), "scenes": 0}
     for img in io.read_scenes(path):  # one scene in memory at a time
         if entry["scenes"] == 0:
             entry.update(shape=list(img.shape), dtype=str(img.data.dtype), axes="TCZYX",
@@ -277,6 +283,7 @@ def open(name: str, verify: bool = True, progress: bool = False) -> Datasource: 
 
 
 def names() -> List[str]:
+    """The names of the added datasources, sorted."""
     base = paths.root() / "datasources"
     if not base.is_dir():
         return []

@@ -102,13 +102,14 @@ def random_tubes(rng: np.random.Generator, extent_um: float, density_per_um2: fl
     """Random smooth curves with persistent direction, some branching off earlier ones."""
     n = max(3, rng.poisson(density_per_um2 * extent_um**2))
     step = 0.01
-    lines, widths = [], []
-    for i in range(n):
+    lines: List[np.ndarray] = []
+    widths: List[float] = []
+    for _ in range(n):
         if lines and rng.random() < 0.3:  # branch from a point on an earlier tube
             parent = lines[rng.integers(len(lines))]
-            k = rng.integers(len(parent) - 1)
-            start = parent[k]
-            d = parent[k + 1] - parent[k]
+            at = rng.integers(len(parent) - 1)
+            start = parent[at]
+            d = parent[at + 1] - parent[at]
             heading = np.arctan2(d[0], d[1]) + rng.choice([-1, 1]) * rng.uniform(0.6, 1.3)
         else:
             start = rng.uniform(-0.05, 1.05, 2) * extent_um
@@ -410,7 +411,7 @@ def make_demo_data(out_dir, config: DemoConfig = DemoConfig(), force: bool = Fal
                             pixel_size=(None, hr.pixel_um, hr.pixel_um))
             lr_pixels = blur_and_bin(scene, fine, lr, tuple(shift * hr.pixel_um))
             lr_img = detect(lr_pixels, lr, rng)  # drawn in hard mode too, so that what follows stays the easy demo's
-            record = {"lr_offset_hr_px": [float(s) for s in shift]}
+            record: Dict[str, object] = {"lr_offset_hr_px": [float(s) for s in shift]}
             if hard:  # the same microscope settings (exposure level) as the easy LR
                 lr_img, truth_map, record = hard_lr(scene, tubes, fine, lr, config.scale,
                                                     np.percentile(lr_pixels, 99.9),
@@ -427,7 +428,9 @@ def make_demo_data(out_dir, config: DemoConfig = DemoConfig(), force: bool = Fal
             tubes = random_tubes(rng, n * fine)
             drift = rng.normal(0, 0.04, 2)  # um per frame
             own = rng.normal(0, 0.02, (len(tubes.lines), 2))
-            hr_frames, lr_frames, levels = [], [], {}
+            hr_frames: List[np.ndarray] = []
+            lr_frames: List[np.ndarray] = []
+            levels: Dict[Microscope, float] = {}
             record = {"drift_um_per_frame": [float(d) for d in drift]}
             bleach_time = 60.0
             if hard:  # a stronger drift along a turning path, fast bleaching, the LR's scan-line jitter and hot pixels
@@ -470,8 +473,10 @@ def make_demo_data(out_dir, config: DemoConfig = DemoConfig(), force: bool = Fal
         for i in range(config.denoise_fields):
             n = config.denoise_size * 4  # fine grid of 0.0175 um for 0.07 um pixels
             scene = render_scene(random_tubes(rng, n * fine), (n, n), fine, rng)
-            _write(tmp / "denoise/noisy" / f"field_{i:03d}.czi", image(scene, fine, noisy_scope, rng), noisy_scope.pixel_um)
-            _write(tmp / "denoise/clean" / f"field_{i:03d}.czi", image(scene, fine, noisy_scope, rng, average=50), noisy_scope.pixel_um)
+            _write(tmp / "denoise/noisy" / f"field_{i:03d}.czi", image(scene, fine, noisy_scope, rng),
+                   noisy_scope.pixel_um)
+            _write(tmp / "denoise/clean" / f"field_{i:03d}.czi", image(scene, fine, noisy_scope, rng, average=50),
+                   noisy_scope.pixel_um)
             bar.update()
         truth["denoise"] = {"microscope": asdict(noisy_scope), "average": 50}
         (tmp / "demo_truth.json").write_text(json.dumps(truth, indent=2))

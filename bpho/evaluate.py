@@ -116,7 +116,8 @@ class Provenance:
                          "build the dataset with a test split (--set test_fraction=0.2)" if self.split == "valid"
                          else "score images never used in training"))
         elif self.selection_used is None:
-            text += "; whether they chose the model's epoch is unknown (the model does not record its validation images)"
+            text += ("; whether they chose the model's epoch is unknown (the model does not record its validation "
+                     "images)")
         elif not self.trained_on:
             text += "; neither training nor any choice (epoch selection) saw them"
         return text
@@ -156,9 +157,11 @@ def _pairs_from_datasource(source: datasources.Datasource, scale: int, transform
         raise BphoError(f"datasource {name!r} has no LR/HR pairs to evaluate on")
     out = []
     for pair in source.pairs:  # channel 0, z plane 0, as the default recipe reads them
+        assert pair.lr is not None  # a datasource's pairs are pairs of files
         lr, hr = plane_stack(pair.lr), plane_stack(pair.hr)
         if hr.shape[1:] != (lr.shape[1] * scale, lr.shape[2] * scale):
-            raise BphoError(f"{pair.lr}: LR {lr.shape[1:]} and HR {hr.shape[1:]} do not match the model's scale {scale}")
+            raise BphoError(f"{pair.lr}: LR {lr.shape[1:]} and HR {hr.shape[1:]} do not match the model's scale "
+                            f"{scale}")
         reg = register_pair(lr.mean(0), hr.mean(0), scale, transform)
         out.append(Pair(pair.stem, lr, apply_registration(hr, reg), reg.margin,
                         io.read(pair.hr).pixel_size[2]))
@@ -176,7 +179,7 @@ def score(img: np.ndarray, pair: Pair, t: int = 0) -> dict:
     registration did not invent: `metrics.compare` (PSNR, SSIM, MS-SSIM, NRMSE) and FRC in nm."""
     inner = _interior(pair)
     hr = pair.hr[t][inner]
-    values = metrics.compare(img[inner], hr)
+    values: Dict[str, Optional[float]] = dict(metrics.compare(img[inner], hr))
     curve = metrics.frc(img[inner], hr)
     values["frc_px"] = curve.resolution_px  # HR pixels: defined without a pixel size too
     values["frc_nm"] = curve.resolution_nm(pair.pixel_um)
@@ -214,7 +217,7 @@ def baseline_protocol(pairs: List[Pair], scale: int) -> dict:
 
     code = "".join(inspect.getsource(f) for f in (*_SCORING_CODE, register.upsample))
     code += Path(metrics.__file__).read_text()
-    libs = {}
+    libs: Dict[str, Optional[str]] = {}
     for lib in ("numpy", "scipy", "scikit-image", "piq", "torch"):
         try:
             libs[lib] = version(lib)
@@ -342,10 +345,13 @@ def evaluate(model_uri: str, dataset: Optional[str] = None, datasource: Optional
     folder = tracking.download_model(model_uri)
     model = load_model(folder, device=device, ensemble=ensemble)
     s = model.scale
-    pairs = pairs or _pairs_from_datasource(source, s, transform)
+    if source is not None:  # exactly one of dataset, datasource
+        pairs, source_digest = _pairs_from_datasource(source, s, transform), source.digest
+    else:
+        assert pairs is not None and ds is not None
+        source_digest = ds.manifest["datasource"]["digest"]
     where = f"dataset:{dataset}" if dataset else f"datasource:{datasource}"
-    seen = provenance(model.meta, where, split, pairs,
-                      ds.manifest["datasource"]["digest"] if ds is not None else source.digest)
+    seen = provenance(model.meta, where, split, pairs, source_digest)
     rows, figures_input = score_model(model, pairs, progress)
     rows += dataset_baselines(ds, pairs, s) if ds is not None else score_baselines(pairs, s)
     summary = _summary(rows)

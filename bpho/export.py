@@ -34,7 +34,7 @@ import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional, Union, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
@@ -49,12 +49,15 @@ from bpho.inference import SuperResolver, load_model
 ONNX_OPSET = 17
 TEST_SIDE = 64  # LR pixels of the test tensor's y and x
 TOLERANCE = 1e-4  # largest |difference| of a converted format from the state dict (normalised units)
-CITE = [("Fang L. et al. (2021) Deep learning-based point-scanning super-resolution imaging. Nature Methods 18, 406-416",
+CITE = [("Fang L. et al. (2021) Deep learning-based point-scanning super-resolution imaging. "
+          "Nature Methods 18, 406-416",
          "10.1038/s41592-021-01080-z")]  # and the network's (its config's CITE)
 
 
 @dataclass
 class Export:
+    """A BioImage Model Zoo package written by `export`: where, its name, its weights and the test result."""
+
     path: Path
     name: str
     weights: Dict[str, str]  # format -> how it was checked, or why it was left out
@@ -102,8 +105,8 @@ def export_bioimageio(model_uri: str, out: Path, sample: Optional[Path] = None, 
     _check_words(name, authors, license)
     lr, hr, source = _sample(model, sample)
     bar = tqdm(total=4, desc="export", unit="step", disable=not progress, leave=False)
-    with tempfile.TemporaryDirectory(prefix="bpho-export-") as tmp, bar:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory(prefix="bpho-export-") as tmp_dir, bar:
+        tmp = Path(tmp_dir)
         bar.set_description("export: test tensors, cover")
         files = _files(model, lr, hr, tmp)
         bar.update()
@@ -131,7 +134,7 @@ def export_bioimageio(model_uri: str, out: Path, sample: Optional[Path] = None, 
         if track and record is not None and not tracking.previews_enabled():
             result.notes.append("BPHO_PREVIEWS=off: the package (its test tensors and cover are crops of your data) "
                                 "was not logged to the tracking server")
-        elif track and record is not None:
+        elif track and record is not None and run_id:  # (a record means a run id)
             tracking.log_to_run(run_id, [package], "bioimageio", {"bpho.bioimageio": f"bioimageio/{package.name}"})
             result.artifact = f"runs:/{run_id}/bioimageio/{package.name}"
         elif track:
@@ -168,7 +171,7 @@ def _sample(model: SuperResolver, sample: Optional[Path]):
     else:
         dataset = model.meta.get("dataset")
         try:
-            ds = datasets.open(dataset)
+            ds = datasets.open(str(dataset))  # none recorded: "None", no such dataset
             pair = ds.validation_images()[0]
         except (BphoError, IndexError) as exc:
             raise BphoError(f"the model's dataset {dataset!r} is not usable here ({exc}); give --sample LR_IMAGE "
@@ -195,8 +198,13 @@ def _sample(model: SuperResolver, sample: Optional[Path]):
 
 def _min_side(model: SuperResolver) -> int:
     """Smallest LR y/x the package accepts: a multiple of the network's stride wider than both halos."""
-    step = model.net.stride
+    step = _stride(model)
     return step * (2 * model.context // step + 1)
+
+
+def _stride(model: SuperResolver) -> int:
+    """The network's stride: input sizes it takes without padding are its multiples."""
+    return cast(int, model.net.stride)
 
 
 def _normalised(model: SuperResolver, lr: np.ndarray) -> np.ndarray:
@@ -207,15 +215,15 @@ def _normalised(model: SuperResolver, lr: np.ndarray) -> np.ndarray:
 
 
 def _files(model: SuperResolver, lr: np.ndarray, hr: Optional[np.ndarray], tmp: Path) -> dict:
-    from bpho.models import architecture
     from bpho.plots import save_grid
 
     x = torch.from_numpy(_normalised(model, lr))[None]
     with torch.no_grad():
         y = model.net(x).numpy()
-    files = {"input": tmp / "test_input.npy", "output": tmp / "test_output.npy", "cover": tmp / "cover.png",
-             "sample_input": tmp / "sample_input.tif", "sample_output": tmp / "sample_output.tif",
-             "state_dict": tmp / "weights.pt", "architecture": tmp / f"{_arch(model).name}.py", "example": x}
+    files: Dict[str, Any] = {  # paths, and the example input tensor
+        "input": tmp / "test_input.npy", "output": tmp / "test_output.npy", "cover": tmp / "cover.png",
+        "sample_input": tmp / "sample_input.tif", "sample_output": tmp / "sample_output.tif",
+        "state_dict": tmp / "weights.pt", "architecture": tmp / f"{_arch(model).name}.py", "example": x}
     np.save(files["input"], lr[None])
     np.save(files["output"], y)
     tifffile.imwrite(files["sample_input"], lr.squeeze())  # the same, for people and imageio
@@ -247,10 +255,11 @@ def _weights(model: SuperResolver, files: dict, tmp: Path) -> Dict[str, dict]:
     net, f, least = model.net, model.frames, _min_side(model)
     gen = torch.Generator().manual_seed(0)
     example = torch.rand(1, f, least + 3, least + 5, generator=gen)
-    probes = [files["example"], torch.rand(2, f, least + net.stride + 1, least + 2, generator=gen)]
+    probes = [files["example"], torch.rand(2, f, least + _stride(model) + 1, least + 2, generator=gen)]
     with torch.no_grad():
         want = [net(p).numpy() for p in probes]
-    out = {"pytorch_state_dict": {"path": files["state_dict"], "check": "the trained weights (safetensors -> torch.save)"}}
+    out = {"pytorch_state_dict": {"path": files["state_dict"],
+                                  "check": "the trained weights (safetensors -> torch.save)"}}
     converters = {"torchscript": (tmp / "weights_torchscript.pt", _torchscript), "onnx": (tmp / "weights.onnx", _onnx)}
     for fmt, (path, convert) in converters.items():
         try:
@@ -265,7 +274,8 @@ def _weights(model: SuperResolver, files: dict, tmp: Path) -> Dict[str, dict]:
         if diff <= TOLERANCE:
             out[fmt] = {"path": path, "check": f"max |difference| from the state dict {diff:.1e} on {shapes} inputs"}
         else:
-            out[fmt] = {"path": None, "check": f"left out: differs from the state dict by {diff:.3g} on {shapes} inputs"}
+            out[fmt] = {"path": None,
+                        "check": f"left out: differs from the state dict by {diff:.3g} on {shapes} inputs"}
     return out
 
 
@@ -303,9 +313,11 @@ def _lineage(meta: dict, tags: dict, model_uri: str, source: str) -> dict:
 
 def _readme(name: str, model: SuperResolver, lineage: dict, weights: Dict[str, dict]) -> str:
     cfg, norm, val = lineage["model"], lineage["normalization"], lineage["validation"]
-    settings = ", ".join(f"{k} `{v}`" for k, v in cfg.items() if k not in ("arch", "scale", "frames", "encoder_weights"))
+    settings = ", ".join(f"{k} `{v}`" for k, v in cfg.items()
+                         if k not in ("arch", "scale", "frames", "encoder_weights"))
     s = model.scale
-    kind = "one LR image" if model.frames == 1 else f"{model.frames} consecutive LR frames (t-{model.frames // 2} .. t+{model.frames // 2})"
+    half = model.frames // 2
+    kind = "one LR image" if model.frames == 1 else f"{model.frames} consecutive LR frames (t-{half} .. t+{half})"
     rows = "\n".join(f"| {k} | {v if v is not None else '-'} |" for k, v in (
         ("training run", lineage["training_run"]), ("tracking server", lineage["tracking_uri"]),
         ("dataset", lineage["dataset"]), ("dataset digest", lineage["dataset_digest"]),
@@ -374,16 +386,17 @@ def _description(model: SuperResolver, name: str, authors: List[str], license: s
     s, f = model.scale, model.frames
     norm = model.meta["normalization"]
     size = spec.ParameterizedSize(min=_min_side(model), step=1)
+    stack_axis: Union[spec.ChannelAxis, spec.TimeInputAxis]
     if f == 1:
         stack_axis = spec.ChannelAxis(channel_names=["lr"])
         joint = ["y", "x"]
     else:
         stack_axis = spec.TimeInputAxis(size=f, description=f"frames t-{f // 2} .. t+{f // 2}; the HR is of frame t")
         joint = ["time", "y", "x"]
-    lr_axes = [spec.BatchAxis(), stack_axis,
+    lr_axes: List[Any] = [spec.BatchAxis(), stack_axis,
                *(spec.SpaceInputAxis(id=spec.AxisId(a), size=size, scale=float(s),
                                      description=f"LR pixels ({s} HR pixels each)") for a in "yx")]
-    hr_axes = [spec.BatchAxis(), spec.ChannelAxis(channel_names=["hr"]),
+    hr_axes: List[Any] = [spec.BatchAxis(), spec.ChannelAxis(channel_names=["hr"]),
                *(spec.SpaceOutputAxisWithHalo(id=spec.AxisId(a), scale=1.0, halo=model.context * s,
                                               size=spec.SizeReference(tensor_id=spec.TensorId("lr"),
                                                                       axis_id=spec.AxisId(a)))
@@ -400,11 +413,12 @@ def _description(model: SuperResolver, name: str, authors: List[str], license: s
         sample_tensor=spec.FileDescr(source=files["sample_output"]),
         description="high-resolution image in normalised units (0, 1 = the input's low, high percentile)")
     version = spec.Version(torch.__version__.split("+")[0])
-    entries = {"pytorch_state_dict": spec.PytorchStateDictWeightsDescr(
+    entries: Dict[str, Any] = {"pytorch_state_dict": spec.PytorchStateDictWeightsDescr(
         source=files["state_dict"], pytorch_version=version,
         architecture=spec.ArchitectureFromFileDescr(
             source=files["architecture"], callable=_arch(model).network.split(":")[1],
-            kwargs={**lineage["model"], **({"encoder_weights": None} if "encoder_weights" in lineage["model"] else {})}))}
+            kwargs={**lineage["model"],
+                    **({"encoder_weights": None} if "encoder_weights" in lineage["model"] else {})}))}
     if weights["torchscript"]["path"]:
         entries["torchscript"] = spec.TorchscriptWeightsDescr(source=weights["torchscript"]["path"],
                                                               pytorch_version=version, parent="pytorch_state_dict",
@@ -419,7 +433,7 @@ def _description(model: SuperResolver, name: str, authors: List[str], license: s
     try:
         return _model_descr(spec, inputs, outputs, entries, name, description, authors, license, files, lineage, tmp)
     except ValueError as exc:  # pydantic's ValidationError: a name, author or license the spec refuses
-        errors = getattr(exc, "errors", lambda: [])()
+        errors: list = getattr(exc, "errors", lambda: [])()
         where = ".".join(map(str, errors[0]["loc"])) if errors else "description"
         why = errors[0]["msg"] if errors else str(exc).splitlines()[0]
         raise BphoError(f"BioImage Model Zoo package: {where}: {why} (see --name, --author, --license)") from None

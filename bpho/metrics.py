@@ -29,12 +29,13 @@ FRC_THRESHOLD = 1.0 / 7.0
 
 
 def normalize_target(target: np.ndarray, low: float = 0.1, high: float = 99.9) -> np.ndarray:
+    """`target` scaled so that its `low` and `high` percentiles become 0 and 1 (float64)."""
     lo, hi = np.percentile(target, (low, high))
     return ((target - lo) / max(hi - lo, 1e-12)).astype(np.float64)
 
 
 def fit_to(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """a * pred + b with (a, b) minimising the squared error to `target`."""
+    """The fit of `pred` to `target`: a * pred + b with (a, b) minimising the squared error."""
     p = pred.astype(np.float64).ravel()
     a, b = np.polyfit(p, target.ravel(), 1) if np.ptp(p) > 0 else (0.0, float(target.mean()))
     return a * pred.astype(np.float64) + b
@@ -75,6 +76,7 @@ class FRC:
     resolution_px: Optional[float]
 
     def resolution_nm(self, pixel_um: Optional[float]) -> Optional[float]:
+        """The resolution in nm for HR pixels of `pixel_um` micrometres (None without a pixel size)."""
         if self.resolution_px is None or not pixel_um:
             return None
         return self.resolution_px * pixel_um * 1000.0

@@ -22,7 +22,9 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 
 def root() -> Path:
     """The bpho data folder: `$BPHO_ROOT`, else ``./bpho-data``."""
-    return Path(os.environ.get("BPHO_ROOT", "bpho-data")).absolute()
+    from bpho.config import env_root  # here: config.py may import this module
+
+    return Path(env_root()).absolute()
 
 
 def check_name(name: str, what: str = "name") -> str:

@@ -4,7 +4,8 @@ Binds 127.0.0.1 unless another host is asked for. The run store is SQLite under
 ``$BPHO_ROOT/server`` or any backend URI (PostgreSQL for a team); artifacts (models, small
 previews) are stored under ``$BPHO_ROOT/server/artifacts`` or a given folder and served by
 the server itself, so clients need no access to that disk. ``--auth`` turns on MLflow's
-basic-auth app; its users live in SQLite under ``$BPHO_ROOT/server`` or ``--auth-database-uri``. The admin password is read from ``$BPHO_ADMIN_PASSWORD`` or a file, never
+basic-auth app; its users live in SQLite under ``$BPHO_ROOT/server`` or ``--auth-database-uri``.
+The admin password is read from ``$BPHO_ADMIN_PASSWORD`` or a file, never
 from the command line, where every user of the machine could read it in the process list. It
 goes to MLflow in the child's environment, and MLflow uses it only when it creates the admin
 user in an empty user store.
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from bpho import paths
+from bpho.config import env_admin_password
 from bpho.errors import BphoError
 
 ADMIN_PASSWORD_ENV = "BPHO_ADMIN_PASSWORD"
@@ -36,7 +38,7 @@ def _admin_password(password_file: Optional[Path]) -> str:
         except OSError as exc:
             raise BphoError(f"{password_file}: cannot read the admin password file ({exc.strerror})") from None
     else:
-        value = os.environ.get(ADMIN_PASSWORD_ENV, "")
+        value = env_admin_password()
     if not value:
         raise BphoError(f"--auth: no admin password; set {ADMIN_PASSWORD_ENV} or give --admin-password-file FILE "
                         "(never on the command line)")

@@ -100,5 +100,5 @@ def synthesize(datasource: str, degradation_: Degradation, dataset: str, recipe:
     recipe = recipe or ("movie_001" if ds.kind == "movie" else "paired_001")
     return builder.make(recipe, datasource=datasource, settings=[f"scale={degradation_.params.scale}", *recipe_settings],
                         name=dataset, force=force, progress=progress, track=track,
-                        lr=sources.DegradedLR(record=degradation_.record(), degrade=degradation_))
+                        lr_provider=sources.DegradedLR(record=degradation_.record(), degrade=degradation_))
 

@@ -12,10 +12,14 @@ import subprocess
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Dict, Iterable, Iterator, Optional
+from typing import TYPE_CHECKING, Dict, Iterable, Iterator, Optional
 
 from bpho import paths
+from bpho.config import env_previews, env_run_id, env_tracking_uri, env_unset
 from bpho.errors import BphoError, BphoWarning
+
+if TYPE_CHECKING:
+    from mlflow import ActiveRun
 
 # the MLflow experiments bpho logs to, one per kind of work
 DATASETS_EXPERIMENT = "bpho-datasets"
@@ -41,11 +45,13 @@ METRIC_UNITS = """Units of this run's metrics (`valid_`: the model on the held-o
 
 
 def embedded_uri() -> str:
+    """The embedded SQLite store under ``$BPHO_ROOT``."""
     return f"sqlite:///{paths.root() / 'mlflow.db'}"
 
 
 def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or embedded_uri()
+    """Where tracking goes: ``$MLFLOW_TRACKING_URI`` when set, else the embedded store."""
+    return env_tracking_uri() or embedded_uri()
 
 
 def _mlflow():
@@ -58,7 +64,7 @@ def _mlflow():
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # bpho shows its own progress
     uri = tracking_uri()
-    unset = [var for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI") if var not in os.environ]
+    unset = env_unset(("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"))
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)  # models are registered where the runs go
     for var in unset:  # MLflow writes them into os.environ; "unset" must keep meaning the embedded store
@@ -67,6 +73,7 @@ def _mlflow():
 
 
 def experiment_id(mlflow, name: str) -> str:
+    """The id of experiment `name`, created if new (a local store keeps its artifacts beside it)."""
     exp = mlflow.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
@@ -91,7 +98,7 @@ def git_commit() -> Optional[str]:
 
 @contextmanager
 def run(experiment: str, run_name: str, tags: Optional[Dict[str, str]] = None,
-        run_id: Optional[str] = None, parent_run_id: Optional[str] = None) -> Iterator[object]:
+        run_id: Optional[str] = None, parent_run_id: Optional[str] = None) -> Iterator[ActiveRun]:
     """Start a run, continue `run_id` (resume), or under ``mlflow run`` use the run it made;
     with `parent_run_id`, a new child run in the parent's experiment (a tuning trial, from
     any process). Yields the active mlflow.ActiveRun."""
@@ -102,7 +109,7 @@ def run(experiment: str, run_name: str, tags: Optional[Dict[str, str]] = None,
                                   nested=mlflow.active_run() is not None,
                                   tags={"mlflow.parentRunId": parent_run_id})
     else:
-        run_id = run_id or os.environ.get("MLFLOW_RUN_ID")
+        run_id = run_id or env_run_id()
         if run_id:
             try:
                 active = mlflow.start_run(run_id=run_id)
@@ -112,7 +119,8 @@ def run(experiment: str, run_name: str, tags: Optional[Dict[str, str]] = None,
             active = mlflow.start_run(experiment_id=experiment_id(mlflow, experiment), run_name=run_name)
     with active:
         commit = git_commit()
-        all_tags = {**(tags or {}), **({"mlflow.source.git.commit": commit, "bpho.git_commit": commit} if commit else {}),
+        all_tags = {**(tags or {}),
+                    **({"mlflow.source.git.commit": commit, "bpho.git_commit": commit} if commit else {}),
                     **({} if previews_enabled() else {"bpho.previews": "off"})}
         mlflow.set_tags(all_tags)
         yield active
@@ -160,6 +168,7 @@ def end_run(run_id: str, status: str, tags: Optional[Dict[str, str]] = None) -> 
 
 
 def delete_run(run_id: str) -> None:
+    """Delete run `run_id` (MLflow keeps it in its trash)."""
     _mlflow().MlflowClient().delete_run(run_id)
 
 
@@ -177,24 +186,28 @@ def describe_run(text: str) -> None:
 
 
 def log_params(params: Dict[str, object]) -> None:
+    """Log parameters to the active run (a list or tuple as comma-separated values)."""
     import mlflow
 
     mlflow.log_params({k: (",".join(map(str, v)) if isinstance(v, (list, tuple)) else v) for k, v in params.items()})
 
 
 def set_tags(tags: Dict[str, str]) -> None:
+    """Tag the active run."""
     import mlflow
 
     mlflow.set_tags(tags)
 
 
 def log_metrics(metrics: Dict[str, float], step: Optional[int] = None) -> None:
+    """Log metrics to the active run, at `step`."""
     import mlflow
 
     mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
 
 
 def log_artifacts(files: Iterable[Path], artifact_path: Optional[str] = None) -> None:
+    """Log files to the active run, under `artifact_path`."""
     import mlflow
 
     for f in files:
@@ -204,7 +217,7 @@ def log_artifacts(files: Iterable[Path], artifact_path: Optional[str] = None) ->
 def previews_enabled() -> bool:
     """`BPHO_PREVIEWS=off` keeps pictures of the data (tiles, predictions, QC) off the tracking
     server: they are still written locally; metrics, parameters and models are still logged."""
-    return os.environ.get("BPHO_PREVIEWS", "on").strip().lower() not in ("off", "0", "false", "no")
+    return env_previews()
 
 
 def log_previews(files: Iterable[Path], artifact_path: Optional[str] = None) -> None:
@@ -223,10 +236,12 @@ def log_dataset_input(name: str, digest: str, location: Path, context: str,
     with warnings.catch_warnings():  # MLflow registers the local source twice and says so
         warnings.simplefilter("ignore")
         source = resolve_dataset_source(str(location))
-    mlflow.log_input(MetaDataset(source, name=name, digest=digest[:36]), context=context, tags=tags)
+    # MetaDataset implements `profile`; mypy reads it as abstract through MLflow's base class
+    mlflow.log_input(MetaDataset(source, name=name, digest=digest[:36]),  # type: ignore[abstract]
+                     context=context, tags=tags)
 
 
-def unreachable(exc: BaseException) -> bool:
+def unreachable(exc: Optional[BaseException]) -> bool:
     """Whether an exception means the tracking server could not be reached (not a bad request).
 
     MLflow wraps the network error in an MlflowException, so the whole chain is looked at; a
@@ -267,12 +282,14 @@ class Buffer:
         self.warned = False
 
     def metrics(self, values: Dict[str, float], step: int) -> None:
+        """Log metrics at `step` now, or keep them (with the time now) until the server is back."""
         import time
 
         self._add({"kind": "metrics", "values": {k: float(v) for k, v in values.items()}, "step": step,
                    "timestamp": int(time.time() * 1000)})
 
     def artifact(self, path: Path, artifact_path: Optional[str] = None) -> None:
+        """Log a file now, or keep it until the server is back."""
         self._add({"kind": "artifact", "path": str(path), "artifact_path": artifact_path})
 
     def _add(self, item: dict) -> None:
@@ -290,7 +307,7 @@ class Buffer:
         from mlflow.entities import Metric
 
         client = mlflow.MlflowClient()
-        run_id = mlflow.active_run().info.run_id
+        run_id = _active_run_id(mlflow)
         while self.items:
             item = self.items[0]
             try:
@@ -330,6 +347,13 @@ class Buffer:
             time.sleep(2.0)
 
 
+def _active_run_id(mlflow) -> str:
+    active = mlflow.active_run()
+    if active is None:
+        raise RuntimeError("no active MLflow run (called outside `tracking.run`)")
+    return active.info.run_id
+
+
 def retry(call, wait_s: float, what: str):
     """Call `call()`, retrying while the tracking server is unreachable, for up to `wait_s` seconds."""
     import time
@@ -342,7 +366,8 @@ def retry(call, wait_s: float, what: str):
             if not unreachable(exc):
                 raise
             if time.time() > deadline:
-                raise BphoError(f"tracking server {tracking_uri()} unreachable for {wait_s:.0f} s while {what}") from None
+                raise BphoError(f"tracking server {tracking_uri()} unreachable for {wait_s:.0f} s while "
+                                f"{what}") from None
             time.sleep(2.0)
 
 
@@ -353,7 +378,7 @@ def log_missing_epoch(metrics: Dict[str, float], epoch: int, key: str = "valid_p
 
     if not metrics or epoch < 0:
         return
-    run_id = mlflow.active_run().info.run_id
+    run_id = _active_run_id(mlflow)
     steps = {m.step for m in mlflow.MlflowClient().get_metric_history(run_id, key)}
     if epoch not in steps:
         log_metrics(metrics, step=epoch)

@@ -19,14 +19,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import tempfile
 import time
 import warnings
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Tuple
+from typing import Callable, List, Optional, Tuple, cast
 
 import numpy as np
 import torch
@@ -34,13 +33,15 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from bpho import datasets, evaluate, paths, tracking
-from bpho.config import Loss, TrainConfig, choice, mix_item
+from bpho.config import Loss, TrainConfig, choice, env_torchrun, env_tracking_wait, mix_item
 from bpho.errors import BphoError, BphoWarning, NotFoundError
 from bpho.inference import SuperResolver, pick_device, save_model
 from bpho.models import ModelConfig, build_model
 
 @dataclass
 class TrainResult:
+    """What `train` returns: the run, the logged model, its registered name and version, the metrics."""
+
     run_id: str
     model_uri: str
     registered_name: Optional[str]
@@ -53,6 +54,8 @@ class TrainResult:
 
 @dataclass(frozen=True)
 class Dist:
+    """The place of this process in a torchrun job (one process without torchrun)."""
+
     rank: int = 0
     world: int = 1
     local_rank: int = 0
@@ -60,18 +63,19 @@ class Dist:
 
     @property
     def main(self) -> bool:
+        """Whether this is rank 0, the process that validates, logs and checkpoints."""
         return self.rank == 0
 
 
 def _init_distributed(device: torch.device) -> Dist:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1 and "TORCHELASTIC_RUN_ID" not in os.environ:  # torchrun sets it, even for one process
+    world, local_rank, torchrun = env_torchrun()
+    if world <= 1 and not torchrun:
         return Dist()
     import torch.distributed as dist
 
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return Dist(rank=dist.get_rank(), world=world, local_rank=int(os.environ.get("LOCAL_RANK", "0")), group=True)
+    return Dist(rank=dist.get_rank(), world=world, local_rank=local_rank, group=True)
 
 
 def _barrier(d: Dist) -> None:
@@ -81,7 +85,8 @@ def _barrier(d: Dist) -> None:
         dist.barrier()
 
 
-def _broadcast_str(d: Dist, value: Optional[str]) -> Optional[str]:
+def _broadcast_str(d: Dist, value: str) -> str:
+    """Rank 0's `value` on every rank."""
     if not d.group:
         return value
     import torch.distributed as dist
@@ -106,7 +111,7 @@ def augment(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> Tuple[tor
     return torch.stack(xs), torch.stack(ys)
 
 
-def loss_fn(name: Loss | str):
+def loss_fn(name: Loss | str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """The training loss `name` (a `Loss`) as a function of (prediction, target)."""
     import piq
 
@@ -114,7 +119,7 @@ def loss_fn(name: Loss | str):
         return F.l1_loss(pred, target) + 0.2 * (1 - piq.ssim(pred.float().clamp(0, 1), target.float().clamp(0, 1),
                                                              data_range=1.0))
 
-    return {Loss.L1: F.l1_loss, Loss.MSE: F.mse_loss, Loss.L1_SSIM: l1_ssim}[choice(Loss, name, "loss")]
+    return {Loss.L1: F.l1_loss, Loss.MSE: F.mse_loss, Loss.L1_SSIM: l1_ssim}[cast(Loss, choice(Loss, name, "loss"))]
 
 
 @torch.no_grad()
@@ -150,7 +155,7 @@ def save_panel(png: Path, pair, pred: np.ndarray, scale: int, title: str) -> Non
     plt.close(fig)
 
 
-def lr_factor(step: int, total: Optional[int]) -> float:
+def learning_rate_factor(step: int, total: Optional[int]) -> float:
     """One-cycle learning-rate multiplier (PyTorch's OneCycleLR defaults: cosine warm-up from 1/25
     over the first 30% of `total` steps, then cosine annealing to 1/25e4); 1/25 while `total` is
     not known yet (the first steps of a time budget)."""
@@ -194,6 +199,7 @@ def forward_backward(model, x, y, loss, amp_dtype, scaler, accumulate: int = 1, 
 
 
 def optimizer_step(opt, scaler) -> None:
+    """One optimizer step (through the gradient scaler for fp16), gradients then cleared."""
     if scaler:
         scaler.step(opt)
         scaler.update()
@@ -237,28 +243,41 @@ class EpochPlan:
     deadline: Optional[float] = None
     valid_s: float = 0.0  # one validation's seconds, timed before the first epoch
 
+    @property
+    def count(self) -> int:
+        """The planned number of epochs (once planned)."""
+        if self.epochs is None:
+            raise RuntimeError("the epochs of a time budget are not planned yet")
+        return self.epochs
+
     def out_of_time(self) -> bool:
+        """Whether the deadline leaves no time for more steps before the epoch's validation."""
         return self.deadline is not None and time.time() + self.valid_s >= self.deadline
 
-    def lr_factor(self, step: int) -> float:
-        return lr_factor(step, self.epochs * self.opt_steps if self.epochs else None)
+    def learning_rate_factor(self, step: int) -> float:
+        """The one-cycle multiplier of the learning rate at optimizer step `step`."""
+        return learning_rate_factor(step, self.epochs * self.opt_steps if self.epochs else None)
+
+    def _left_s(self) -> float:
+        if self.deadline is None:
+            raise RuntimeError("only a time budget is planned")
+        return self.deadline - time.time()
 
     def probe(self, d: Dist, done: int, batches: int, steps_s: float) -> None:
         """The first plan: `done` batches took `steps_s` seconds."""
         valid_s = self.valid_s
         epoch_s = steps_s / done * batches + valid_s
-        self.epochs = max(1, int((self.deadline - time.time()) // epoch_s))
+        epochs = max(1, int(self._left_s() // epoch_s))
         if d.main:
-            print(f"{(self.deadline - time.time()) / 60:.2f} min left at {epoch_s:.1f} s an epoch (validation "
-                  f"{valid_s:.1f} s): {self.epochs} epochs", flush=True)
-        self.epochs = int(_broadcast_str(d, str(self.epochs)))
+            print(f"{self._left_s() / 60:.2f} min left at {epoch_s:.1f} s an epoch (validation "
+                  f"{valid_s:.1f} s): {epochs} epochs", flush=True)
+        self.epochs = int(_broadcast_str(d, str(epochs)))
 
     def replan(self, d: Dist, done: int, epochs_s: float) -> None:
         """After `done` epochs of this run that took `epochs_s` seconds in all: as many more as
         fit before the deadline at their mean length (none when the next would not end in time)."""
-        if d.main:
-            self.epochs = done + max(0, int((self.deadline - time.time()) // (epochs_s / done)))
-        self.epochs = int(_broadcast_str(d, str(self.epochs)))
+        epochs = done + max(0, int(self._left_s() // (epochs_s / done))) if d.main else 0
+        self.epochs = int(_broadcast_str(d, str(epochs)))
 
 
 def _save_best(path: Path, net, epoch: int, metrics: dict) -> None:
@@ -279,59 +298,58 @@ def _load_checkpoint(run_id: str, name: str = "last") -> dict:
 # --- the run ------------------------------------------------------------------------------
 
 
-_FIRST_RUN = True  # the first training of a process also counts the imports as its setup
-
-
-def _process_start() -> float:
-    """When this process started (epoch seconds): imports count towards training's fixed cost."""
+def process_start() -> float:
+    """When this process started (epoch seconds): `bpho train` counts its imports as setup time."""
     import psutil
 
     return psutil.Process().create_time()
 
 
-def _dataset_tiles(cfg: TrainConfig):
-    ds = datasets.open(cfg.dataset)
-    size = cfg.tile_size or min(ds.tile_sizes)
-    lr_tr, hr_tr = ds.tiles(size, "train")
-    if len(lr_tr) == 0:
+def _dataset_tiles(cfg: TrainConfig) -> Tuple[datasets.Dataset, int, np.ndarray, np.ndarray, list]:
+    dataset = datasets.open(cfg.dataset)
+    size = cfg.tile_size or min(dataset.tile_sizes)
+    lr_tiles, hr_tiles = dataset.tiles(size, "train")
+    if len(lr_tiles) == 0:
         raise BphoError(f"dataset {cfg.dataset!r} has no training tiles of size {size}")
-    pairs = ds.validation_images()
-    if ds.validation_split == "train":  # no held-out source: validate on a training image, and say so
+    pairs = dataset.validation_images()
+    if dataset.validation_split == "train":  # no held-out source: validate on a training image, and say so
         warnings.warn(f"dataset {cfg.dataset!r} holds no image out: the valid_* metrics are measured on the "
                       f"training image {pairs[0].name}", BphoWarning, stacklevel=4)
-    frames = lr_tr.shape[1]
+    frames = lr_tiles.shape[1]
     if cfg.frames is not None and cfg.frames != frames:
         raise BphoError(f"--frames {cfg.frames}: dataset {cfg.dataset!r} has {frames}-frame tiles")
-    return ds, size, lr_tr, hr_tr, pairs
+    return dataset, size, lr_tiles, hr_tiles, pairs
 
 
-def _mixed(cfg: TrainConfig, size: int, lr_tr, hr_tr):
+def _mixed(cfg: TrainConfig, size: int, lr_tiles: np.ndarray,
+           hr_tiles: np.ndarray) -> Tuple[np.ndarray, np.ndarray, List[Tuple[int, int, int]]]:
     """The training tiles with the `--mix` datasets' appended, and how many of each part one
     epoch draws: [(first index, count, draw)] (the real tiles all; a mix dataset W x the real
     count, a fresh random choice each epoch, with replacement only if it has too few)."""
-    parts, lrs, hrs = [(0, len(lr_tr), len(lr_tr))], [lr_tr], [hr_tr]
+    parts, lrs, hrs = [(0, len(lr_tiles), len(lr_tiles))], [lr_tiles], [hr_tiles]
     for item in cfg.mix:
         name, weight = mix_item(item)
         other = datasets.open(name)
         if size not in other.tile_sizes:
             raise BphoError(f"--mix {name}: it has no tiles of {size} px (it has {other.tile_sizes}); build it with "
                             f"tile_sizes including {size}")
-        lr_m, hr_m = other.tiles(size, "train")
-        if lr_m.shape[1:] != lr_tr.shape[1:] or hr_m.shape[1:] != hr_tr.shape[1:]:
-            raise BphoError(f"--mix {name}: tiles {lr_m.shape[1:]} -> {hr_m.shape[1:]} do not match dataset "
-                            f"{cfg.dataset!r}'s {lr_tr.shape[1:]} -> {hr_tr.shape[1:]} (frames and scale must agree)")
-        if len(lr_m) == 0:
+        lr_mix, hr_mix = other.tiles(size, "train")
+        if lr_mix.shape[1:] != lr_tiles.shape[1:] or hr_mix.shape[1:] != hr_tiles.shape[1:]:
+            raise BphoError(f"--mix {name}: tiles {lr_mix.shape[1:]} -> {hr_mix.shape[1:]} do not match dataset "
+                            f"{cfg.dataset!r}'s {lr_tiles.shape[1:]} -> {hr_tiles.shape[1:]} (frames and scale must "
+                            "agree)")
+        if len(lr_mix) == 0:
             raise BphoError(f"--mix {name}: no training tiles of {size} px")
-        parts.append((sum(len(a) for a in lrs), len(lr_m), max(1, round(weight * len(lr_tr)))))
-        lrs.append(lr_m)
-        hrs.append(hr_m)
+        parts.append((sum(len(a) for a in lrs), len(lr_mix), max(1, round(weight * len(lr_tiles)))))
+        lrs.append(lr_mix)
+        hrs.append(hr_mix)
     if len(parts) == 1:
-        return lr_tr, hr_tr, parts
+        return lr_tiles, hr_tiles, parts
     return np.concatenate(lrs), np.concatenate(hrs), parts
 
 
-def _epoch_order(parts, seed: int, epoch: int) -> np.ndarray:
-    """This epoch's tile indices, shuffled: every real tile and each mix dataset's draw."""
+def _epoch_order(parts: List[Tuple[int, int, int]], seed: int, epoch: int) -> np.ndarray:
+    """The tile indices of epoch `epoch`, shuffled: every real tile and each mix dataset's draw."""
     rng = np.random.default_rng([seed, epoch])
     if len(parts) == 1:
         return rng.permutation(parts[0][1])  # as before mixing existed: the same order
@@ -339,14 +357,15 @@ def _epoch_order(parts, seed: int, epoch: int) -> np.ndarray:
     return rng.permutation(np.concatenate(chosen))
 
 
-@dataclass
-class Session:
-    """One training run as `_setup` builds it: what the epochs, the callbacks and `_finish` share."""
+@dataclass(frozen=True)
+class Setup:
+    """What `_setup` builds once for a run and the epochs only use: the data, the network and
+    its optimiser (their tensors change, these objects do not), what is logged and saved."""
 
     cfg: TrainConfig
-    d: Dist
+    dist: Dist
     device: torch.device
-    ds: datasets.Dataset
+    dataset: datasets.Dataset
     size: int  # HR tile size
     scale: int
     pairs: list  # the validation images
@@ -355,60 +374,77 @@ class Session:
     model: torch.nn.Module  # `net`, wrapped for DDP
     model_cfg: ModelConfig
     amp_dtype: Optional[torch.dtype]
-    scaler: object
-    lr_tr: np.ndarray
-    hr_tr: np.ndarray
-    parts: list  # see `_mixed`
+    scaler: Optional[torch.amp.GradScaler]
+    lr_tiles: np.ndarray
+    hr_tiles: np.ndarray
+    parts: List[Tuple[int, int, int]]  # see `_mixed`
     per_rank: int
     batches: int
     opt: torch.optim.Optimizer
-    sched: object
-    loss: Callable
-    plan: EpochPlan
-    config: dict  # logged as train.* parameters and kept in the checkpoint
-    meta: dict  # saved with the model
+    sched: torch.optim.lr_scheduler.LambdaLR
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    config: dict  # logged as train.* parameters; kept in the checkpoint with the planned epochs
+    meta: dict  # saved with the model (with the run id and the validation)
     name: str  # registered model name
-    clock: dict  # seconds per phase, logged as time_*_s
+    wait: float  # seconds to wait for an absent tracking server
+
+
+@dataclass
+class RunState:
+    """What changes as the run goes: the plan, where the epochs start, the best and last
+    epochs' metrics, the MLflow run and its buffer, the seconds spent per phase."""
+
+    plan: EpochPlan
     start: int = 0  # first epoch (a resumed run's next)
     best: dict = field(default_factory=dict)  # {"epoch", "metrics"} of the best validated epoch (best.pt)
     last_metrics: dict = field(default_factory=dict)
-    run_id: Optional[str] = None
-    buffer: Optional[tracking.Buffer] = None
-    wait: float = 600.0  # seconds to wait for an absent tracking server
+    run_id: str = ""
+    buffer: Optional[tracking.Buffer] = None  # rank 0's, once the run has started
+    clock: dict = field(default_factory=lambda: {"setup": 0.0, "steps": 0.0, "validation": 0.0, "checkpoints": 0.0})
+
+    @property
+    def logs(self) -> tracking.Buffer:
+        """The run's metrics and files on their way to the tracking server (rank 0)."""
+        if self.buffer is None:
+            raise RuntimeError("the run has not started, or this is not rank 0")
+        return self.buffer
 
     def folder(self) -> Path:
+        """The run's checkpoint folder (panels too)."""
         return checkpoint_path(self.run_id).parent
 
 
 # --- callbacks: what happens after each validated epoch (rank 0), in order ----------------
-# each is called as callback(session, epoch, metrics, prediction of the first validation image)
+# each is called as callback(setup, state, epoch, metrics, prediction of the first validation image)
 
 
-def keep_checkpoints(s: Session, epoch: int, metrics: dict, pred: np.ndarray) -> None:
+def keep_checkpoints(setup: Setup, state: RunState, epoch: int, metrics: dict, pred: np.ndarray) -> None:
     """last.pt every epoch, best.pt when validation improved; the metrics logged."""
-    _save_checkpoint(checkpoint_path(s.run_id), s.net, s.opt, s.sched, s.scaler, epoch, metrics, s.config)
-    if not s.best or metrics["valid_psnr"] > s.best["metrics"]["valid_psnr"]:
-        s.best = {"epoch": epoch, "metrics": metrics}
-        _save_best(checkpoint_path(s.run_id, "best"), s.net, epoch, metrics)
-    s.buffer.metrics(metrics, epoch)  # logged now, or kept until the server is back
-    s.last_metrics = metrics
+    _save_checkpoint(checkpoint_path(state.run_id), setup.net, setup.opt, setup.sched, setup.scaler, epoch, metrics,
+                     {**setup.config, "epochs": state.plan.epochs})  # --resume follows the same plan
+    if not state.best or metrics["valid_psnr"] > state.best["metrics"]["valid_psnr"]:
+        state.best = {"epoch": epoch, "metrics": metrics}
+        _save_best(checkpoint_path(state.run_id, "best"), setup.net, epoch, metrics)
+    state.logs.metrics(metrics, epoch)  # logged now, or kept until the server is back
+    state.last_metrics = metrics
 
 
-def log_panel(s: Session, epoch: int, metrics: dict, pred: np.ndarray) -> None:
+def log_panel(setup: Setup, state: RunState, epoch: int, metrics: dict, pred: np.ndarray) -> None:
     """LR | bicubic | model | HR of the first validation image, every `panel_every` epochs and the last."""
-    if (epoch + 1) % s.cfg.panel_every and epoch != s.plan.epochs - 1:
+    if (epoch + 1) % setup.cfg.panel_every and epoch != state.plan.count - 1:
         return
-    png = s.folder() / "panels" / f"epoch_{epoch + 1:03d}.png"
+    png = state.folder() / "panels" / f"epoch_{epoch + 1:03d}.png"
     png.parent.mkdir(parents=True, exist_ok=True)
-    save_panel(png, s.pairs[0], pred, s.scale,
-               f"epoch {epoch + 1}, {s.pairs[0].name}: PSNR model {metrics['valid_psnr']:.2f} dB, "
+    save_panel(png, setup.pairs[0], pred, setup.scale,
+               f"epoch {epoch + 1}, {setup.pairs[0].name}: PSNR model {metrics['valid_psnr']:.2f} dB, "
                f"bicubic {metrics['bicubic_psnr']:.2f} dB, bilinear {metrics['bilinear_psnr']:.2f} dB")
     if tracking.previews_enabled():
-        s.buffer.artifact(png, "panels")
+        state.logs.artifact(png, "panels")
 
 
-def print_epoch(s: Session, epoch: int, metrics: dict, pred: np.ndarray) -> None:
-    print(f"epoch {epoch + 1}/{s.plan.epochs}: train loss {metrics['train_loss']:.4f}, valid PSNR "
+def print_epoch(setup: Setup, state: RunState, epoch: int, metrics: dict, pred: np.ndarray) -> None:
+    """One line per epoch: training loss, validation PSNR and SSIM beside the baselines'."""
+    print(f"epoch {epoch + 1}/{state.plan.epochs}: train loss {metrics['train_loss']:.4f}, valid PSNR "
           f"{metrics['valid_psnr']:.2f} dB (bicubic {metrics['bicubic_psnr']:.2f}, bilinear "
           f"{metrics['bilinear_psnr']:.2f}), SSIM {metrics['valid_ssim']:.3f} (bicubic {metrics['bicubic_ssim']:.3f})",
           flush=True)
@@ -417,165 +453,169 @@ def print_epoch(s: Session, epoch: int, metrics: dict, pred: np.ndarray) -> None
 # --- the run ----------------------------------------------------------------------------------
 
 
-def _setup(cfg: TrainConfig, resume: Optional[str], called: float) -> Session:
+def _setup(cfg: TrainConfig, resume: Optional[str], called: float) -> Tuple[Setup, RunState]:
     """Device, data, network, optimiser and schedule; a resumed run's checkpoint loaded."""
     device = pick_device(cfg.device)
     d = _init_distributed(device)
     if d.group and device.type == "cuda":
         device = torch.device("cuda", d.local_rank)
         torch.cuda.set_device(device)
-    ds, size, lr_tr, hr_tr, pairs = _dataset_tiles(cfg)
-    scale = hr_tr.shape[-1] // lr_tr.shape[-1]
-    net, model_cfg, amp_dtype, scaler = setup_model(cfg, scale, lr_tr.shape[1], device)
-    lr_tr, hr_tr, parts = _mixed(cfg, size, lr_tr, hr_tr)
+    dataset, size, lr_tiles, hr_tiles, pairs = _dataset_tiles(cfg)
+    scale = hr_tiles.shape[-1] // lr_tiles.shape[-1]
+    net, model_cfg, amp_dtype, scaler = setup_model(cfg, scale, lr_tiles.shape[1], device)
+    lr_tiles, hr_tiles, parts = _mixed(cfg, size, lr_tiles, hr_tiles)
     per_rank = math.ceil(sum(draw for _, _, draw in parts) / d.world)
     batches = math.ceil(per_rank / cfg.batch_size)
     opt_steps = math.ceil(batches / cfg.accumulate)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     plan = EpochPlan(epochs=None if cfg.minutes else cfg.epochs, opt_steps=opt_steps,
                      deadline=called + cfg.minutes * 60 if cfg.minutes else None)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, plan.lr_factor)
-    norm = ds.manifest["parameters"]
-    s = Session(
-        cfg=cfg, d=d, device=device, ds=ds, size=size, scale=scale, pairs=pairs,
-        baselines=evaluate.dataset_baselines(ds, pairs, scale) if d.main else [], net=net,
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, plan.learning_rate_factor)
+    norm = dataset.manifest["parameters"]
+    setup = Setup(
+        cfg=cfg, dist=d, device=device, dataset=dataset, size=size, scale=scale, pairs=pairs,
+        baselines=evaluate.dataset_baselines(dataset, pairs, scale) if d.main else [], net=net,
         model=torch.nn.parallel.DistributedDataParallel(net) if d.group else net, model_cfg=model_cfg,
-        amp_dtype=amp_dtype, scaler=scaler, lr_tr=lr_tr, hr_tr=hr_tr, parts=parts, per_rank=per_rank,
-        batches=batches, opt=opt, sched=sched, loss=loss_fn(cfg.loss), plan=plan,
+        amp_dtype=amp_dtype, scaler=scaler, lr_tiles=lr_tiles, hr_tiles=hr_tiles, parts=parts, per_rank=per_rank,
+        batches=batches, opt=opt, sched=sched, loss=loss_fn(cfg.loss),
         config={**{k: v for k, v in asdict(cfg).items() if k != "model"}, "arch": model_cfg.arch,  # model.*: its own
                 "epochs": plan.epochs, "tile_size": size, "scale": scale,
                 "frames": model_cfg.frames, "world_size": d.world},
         meta={"model": model_cfg.to_dict(),
               "normalization": {"percentile_low": norm["percentile_low"], "percentile_high": norm["percentile_high"]},
-              "dataset": ds.name, "dataset_digest": ds.digest, "tile_size": size,
-              "datasource": ds.manifest["datasource"]["name"],
-              "datasource_digest": ds.manifest["datasource"]["digest"]},
+              "dataset": dataset.name, "dataset_digest": dataset.digest, "tile_size": size,
+              "datasource": dataset.manifest["datasource"]["name"],
+              "datasource_digest": dataset.manifest["datasource"]["digest"]},
         name=cfg.model_name or f"bpho-{cfg.dataset}",
-        clock={"setup": 0.0, "steps": 0.0, "validation": 0.0, "checkpoints": 0.0},
-        wait=float(os.environ.get("BPHO_TRACKING_WAIT", "600")))
+        wait=env_tracking_wait())
+    state = RunState(plan=plan)
     if resume:
-        state = _load_checkpoint(resume)
-        net.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        if scaler is not None and state["scaler"]:
-            scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["torch_rng"])
-        s.start, s.last_metrics = int(state["epoch"]) + 1, state["metrics"]
-        plan.epochs = s.config["epochs"] = json.loads(state["config"])["epochs"]  # the run's own plan
+        checkpoint = _load_checkpoint(resume)
+        net.load_state_dict(checkpoint["model"])
+        opt.load_state_dict(checkpoint["optimizer"])
+        sched.load_state_dict(checkpoint["scheduler"])
+        if scaler is not None and checkpoint["scaler"]:
+            scaler.load_state_dict(checkpoint["scaler"])
+        torch.set_rng_state(checkpoint["torch_rng"])
+        state.start, state.last_metrics = int(checkpoint["epoch"]) + 1, checkpoint["metrics"]
+        plan.epochs = json.loads(checkpoint["config"])["epochs"]  # the run's own plan
         plan.deadline = None
-        if s.start >= plan.epochs and tracking.run_finished(resume):
+        if state.start >= plan.count and tracking.run_finished(resume):
             raise BphoError(f"run {resume} already finished its {plan.epochs} epochs and logged its model; "
                             "nothing to resume")
         if checkpoint_path(resume, "best").is_file():
             kept = _load_checkpoint(resume, "best")
-            s.best = {"epoch": int(kept["epoch"]), "metrics": kept["metrics"]}
-    return s
+            state.best = {"epoch": int(kept["epoch"]), "metrics": kept["metrics"]}
+    return setup, state
 
 
-def _run_tags(s: Session, tags: Optional[dict]) -> dict:
-    ds, cfg = s.ds, s.cfg
-    return {"bpho.dataset": ds.name, "bpho.dataset_digest": ds.digest, "bpho.recipe": ds.manifest["recipe"]["name"],
-            "bpho.datasource": ds.manifest["datasource"]["name"],
-            "bpho.datasource_digest": ds.manifest["datasource"]["digest"], "bpho.model_name": s.name,
+def _run_tags(setup: Setup, tags: Optional[dict]) -> dict:
+    dataset, cfg = setup.dataset, setup.cfg
+    return {"bpho.dataset": dataset.name, "bpho.dataset_digest": dataset.digest,
+            "bpho.recipe": dataset.manifest["recipe"]["name"],
+            "bpho.datasource": dataset.manifest["datasource"]["name"],
+            "bpho.datasource_digest": dataset.manifest["datasource"]["digest"], "bpho.model_name": setup.name,
             **({"bpho.mix": ",".join(cfg.mix)} if cfg.mix else {}), **(tags or {})}
 
 
-def _log_start(s: Session, resume: Optional[str]) -> None:
+def _log_start(setup: Setup, state: RunState, resume: Optional[str]) -> None:
     """Parameters, dataset inputs and the run's description (a resumed run: what was kept back)."""
-    cfg, ds = s.cfg, s.ds
+    cfg, dataset = setup.cfg, setup.dataset
     if resume:
-        s.buffer.drain(s.wait)  # what an outage before the kill kept back
-        tracking.log_missing_epoch(s.last_metrics, s.start - 1)
+        state.logs.drain(setup.wait)  # what an outage before the kill kept back
+        tracking.log_missing_epoch(state.last_metrics, state.start - 1)
         return
     # prefixed: `mlflow run` has already logged its own -P values (tile_size='' ...) unprefixed
-    tracking.log_params({**{f"train.{k}": v for k, v in s.config.items()},
-                         **{f"model.{k}": v for k, v in s.model_cfg.to_dict().items()}})
-    tracking.log_dataset_input(ds.name, ds.digest, ds.path, context="training", tags={"tile_size": str(s.size)})
+    tracking.log_params({**{f"train.{k}": v for k, v in setup.config.items()},
+                         **{f"model.{k}": v for k, v in setup.model_cfg.to_dict().items()}})
+    tracking.log_dataset_input(dataset.name, dataset.digest, dataset.path, context="training",
+                               tags={"tile_size": str(setup.size)})
     for item in cfg.mix:
         name, weight = mix_item(item)
         other = datasets.open(name)
         tracking.log_dataset_input(other.name, other.digest, other.path, context="training",
-                                   tags={"tile_size": str(s.size), "mix_weight": f"{weight:g}"})
-    tracking.describe_run(f"bpho training: a {s.model_cfg.label()} network on dataset {ds.name} "
-                          f"({ds.digest[:12]}), {s.size} px HR tiles; validated every epoch on "
-                          f"{len(s.pairs)} whole image(s), split `{ds.validation_split}`.\n\n"
+                                   tags={"tile_size": str(setup.size), "mix_weight": f"{weight:g}"})
+    tracking.describe_run(f"bpho training: a {setup.model_cfg.label()} network on dataset {dataset.name} "
+                          f"({dataset.digest[:12]}), {setup.size} px HR tiles; validated every epoch on "
+                          f"{len(setup.pairs)} whole image(s), split `{dataset.validation_split}`.\n\n"
                           + tracking.METRIC_UNITS)
 
 
-def _epoch(s: Session, epoch: int, progress: bool) -> dict:
+def _epoch(setup: Setup, state: RunState, epoch: int, progress: bool) -> dict:
     """One pass over this epoch's tiles (this rank's share); returns its mean training loss."""
-    cfg, d = s.cfg, s.d
-    order = _epoch_order(s.parts, cfg.seed, epoch)
+    cfg, d, plan = setup.cfg, setup.dist, state.plan
+    order = _epoch_order(setup.parts, cfg.seed, epoch)
     # every rank gets the same number of samples (wrapping around, as DistributedSampler
     # does): unequal batch counts would leave one rank waiting in all-reduce for ever
-    order = np.resize(order, s.per_rank * d.world)[d.rank::d.world]
+    order = np.resize(order, setup.per_rank * d.world)[d.rank::d.world]
     gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch * 101 + d.rank)
     running, seen = 0.0, 0
-    bar = tqdm(range(s.batches), desc=f"epoch {epoch + 1}/{s.plan.epochs or '?'}", unit="batch",
+    bar = tqdm(range(setup.batches), desc=f"epoch {epoch + 1}/{plan.epochs or '?'}", unit="batch",
                disable=not (progress and d.main), leave=False)
-    s.opt.zero_grad(set_to_none=True)
+    setup.opt.zero_grad(set_to_none=True)
     tick = time.monotonic()
     for b in bar:
-        if b and not d.group and s.plan.out_of_time():
+        if b and not d.group and plan.out_of_time():
             break
         idx = np.sort(order[b * cfg.batch_size:(b + 1) * cfg.batch_size])
         if idx.size == 0:
             continue
-        x, y = augment(torch.from_numpy(s.lr_tr[idx]), torch.from_numpy(s.hr_tr[idx]), gen)
-        x, y = x.to(s.device, non_blocking=True), y.to(s.device, non_blocking=True)
-        value = forward_backward(s.model, x, y, s.loss, s.amp_dtype, s.scaler, cfg.accumulate, cfg.channels_last)
-        if (b + 1) % cfg.accumulate == 0 or b == s.batches - 1:
-            optimizer_step(s.opt, s.scaler)
-            s.sched.step()
+        x, y = augment(torch.from_numpy(setup.lr_tiles[idx]), torch.from_numpy(setup.hr_tiles[idx]), gen)
+        x, y = x.to(setup.device, non_blocking=True), y.to(setup.device, non_blocking=True)
+        value = forward_backward(setup.model, x, y, setup.loss, setup.amp_dtype, setup.scaler, cfg.accumulate,
+                                 cfg.channels_last)
+        if (b + 1) % cfg.accumulate == 0 or b == setup.batches - 1:
+            optimizer_step(setup.opt, setup.scaler)
+            setup.sched.step()
         running += float(value.detach()) * len(idx)
         seen += len(idx)
         bar.set_postfix(loss=f"{running / seen:.4f}")
-        if s.plan.epochs is None and b + 1 == min(PROBE_BATCHES, s.batches):
-            s.plan.probe(d, b + 1, s.batches, time.monotonic() - tick)
-            s.config["epochs"] = s.plan.epochs  # kept in the checkpoint's config: --resume follows the same plan
-            bar.set_description(f"epoch {epoch + 1}/{s.plan.epochs}")
-    if s.device.type == "cuda":
-        torch.cuda.synchronize(s.device)
-    s.clock["steps"] += time.monotonic() - tick
-    return {"train_loss": running / max(seen, 1), "lr": s.opt.param_groups[0]["lr"]}
+        if plan.epochs is None and b + 1 == min(PROBE_BATCHES, setup.batches):
+            plan.probe(d, b + 1, setup.batches, time.monotonic() - tick)
+            bar.set_description(f"epoch {epoch + 1}/{plan.epochs}")
+    if setup.device.type == "cuda":
+        torch.cuda.synchronize(setup.device)
+    state.clock["steps"] += time.monotonic() - tick
+    return {"train_loss": running / max(seen, 1), "lr": setup.opt.param_groups[0]["lr"]}
 
 
-def _finish(s: Session, register: bool) -> TrainResult:
+def _finish(setup: Setup, state: RunState, register: bool) -> TrainResult:
     """Log and register the best validated epoch's weights (not the last epoch's) and the timings."""
     finishing = time.monotonic()
-    result = TrainResult(run_id=s.run_id, model_uri=f"runs:/{s.run_id}/model", registered_name=None,
-                         registered_version=None, metrics=s.last_metrics)
-    epochs = s.plan.epochs
-    if not s.best:  # a run resumed from a checkpoint of bpho 0.1, which kept no best.pt
-        s.best = {"epoch": epochs - 1, "metrics": s.last_metrics}
-        _save_best(checkpoint_path(s.run_id, "best"), s.net, epochs - 1, s.last_metrics)
-    best = s.best
-    s.net.load_state_dict(_load_checkpoint(s.run_id, "best")["model"])
+    result = TrainResult(run_id=state.run_id, model_uri=f"runs:/{state.run_id}/model", registered_name=None,
+                         registered_version=None, metrics=state.last_metrics)
+    epochs = state.plan.count
+    if not state.best:  # a run resumed from a checkpoint of bpho 0.1, which kept no best.pt
+        state.best = {"epoch": epochs - 1, "metrics": state.last_metrics}
+        _save_best(checkpoint_path(state.run_id, "best"), setup.net, epochs - 1, state.last_metrics)
+    best = state.best
+    setup.net.load_state_dict(_load_checkpoint(state.run_id, "best")["model"])
     result.metrics = {**best["metrics"], "best_epoch": best["epoch"], "epochs": epochs}
-    s.meta["validation"] = {"epoch": best["epoch"] + 1, "images": [p.name for p in s.pairs],
-                            "split": s.ds.validation_split,
-                            **{k: v for k, v in best["metrics"].items() if k.startswith(("valid_", "bi"))}}
-    s.buffer.metrics({f"best_{k}": v for k, v in best["metrics"].items() if k.startswith("valid_")}, epochs - 1)
-    s.buffer.drain(s.wait)
+    meta = {**setup.meta, "run_id": state.run_id,
+            "validation": {"epoch": best["epoch"] + 1, "images": [p.name for p in setup.pairs],
+                           "split": setup.dataset.validation_split,
+                           **{k: v for k, v in best["metrics"].items() if k.startswith(("valid_", "bi"))}}}
+    state.logs.metrics({f"best_{k}": v for k, v in best["metrics"].items() if k.startswith("valid_")}, epochs - 1)
+    state.logs.drain(setup.wait)
     tracking.set_tags({"bpho.best_epoch": f"{best['epoch'] + 1} of {epochs} (step {best['epoch']})"})
     print(f"registering epoch {best['epoch'] + 1} (best valid PSNR {best['metrics']['valid_psnr']:.2f} dB)",
           flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        folder = save_model(Path(tmp) / "bpho_model", s.net.float().cpu(), s.meta)
-        version = tracking.retry(lambda: tracking.log_model(folder, registered_name=s.name if register else None),
-                                 s.wait, "logging the model")
+        folder = save_model(Path(tmp) / "bpho_model", setup.net.float().cpu(), meta)
+        version = tracking.retry(lambda: tracking.log_model(folder, registered_name=setup.name if register else None),
+                                 setup.wait, "logging the model")
     if register:
-        result.registered_name, result.registered_version = s.name, version
-        tracking.retry(lambda: tracking.describe_version(s.name, version, s.run_id, s.ds.name, s.ds.digest,
-                                                         best["metrics"]), s.wait, "describing the model version")
-        print(tracking.retry(lambda: tracking.name_champion(s.name, version), s.wait, "naming the champion"),
+        result.registered_name, result.registered_version = setup.name, version
+        tracking.retry(lambda: tracking.describe_version(setup.name, version, state.run_id, setup.dataset.name,
+                                                         setup.dataset.digest, best["metrics"]),
+                       setup.wait, "describing the model version")
+        print(tracking.retry(lambda: tracking.name_champion(setup.name, version), setup.wait, "naming the champion"),
               flush=True)
-    clock = s.clock
+    clock = state.clock
     clock["finish"] = time.monotonic() - finishing
     clock["outside the loop"] = clock["setup"] + clock["finish"]
     tracking.retry(lambda: tracking.log_metrics({f"time_{k.replace(' ', '_')}_s": v for k, v in clock.items()}),
-                   s.wait, "logging the timings")
+                   setup.wait, "logging the timings")
     print(f"time: {clock['setup']:.1f} s to the first batch (imports, data, model, MLflow run), "
           f"{clock['steps']:.1f} s training steps, {clock['validation']:.1f} s validation, "
           f"{clock['checkpoints']:.1f} s checkpoints and panels, {clock['finish']:.1f} s logging and "
@@ -583,9 +623,13 @@ def _finish(s: Session, register: bool) -> TrainResult:
     return result
 
 
+Callback = Callable[[Setup, RunState, int, dict, np.ndarray], None]
+
+
 def train(cfg: TrainConfig, resume: Optional[str] = None, progress: bool = True, register: bool = True,
           parent_run_id: Optional[str] = None, tags: Optional[dict] = None,
-          on_epoch: Optional[Callable[[int, dict, str], None]] = None) -> TrainResult:
+          on_epoch: Optional[Callable[[int, dict, str], None]] = None,
+          setup_since: Optional[float] = None) -> TrainResult:
     """Train, log and (if `register`) register the model.
 
     Parameters
@@ -600,9 +644,14 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, progress: bool = True,
         Register the logged model as ``cfg.model_name`` (default ``bpho-<dataset>``).
     parent_run_id : str, optional
         Nest the run under another (a tuning study); `tags` are added to the run's tags.
+    tags : dict, optional
+        More tags for the run.
     on_epoch : callable, optional
         ``on_epoch(epoch, metrics, run_id)``, called after each epoch's checkpoint and panel;
         it may raise to stop (a pruned trial).
+    setup_since : float, optional
+        When the run's setup began (`time.time()` seconds), for its ``time_setup_s``: `bpho
+        train` passes its process's start (`process_start`), so the imports count. Default: now.
 
     Returns
     -------
@@ -614,51 +663,50 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, progress: bool = True,
     Metrics and panels go through a `tracking.Buffer`: a tracking server outage does not
     stop training; what could not be logged is logged when the server is back.
     """
-    global _FIRST_RUN
     called = time.time()
-    entered, _FIRST_RUN = (_process_start() if _FIRST_RUN else called), False
-    s = _setup(cfg, resume, called)
-    d = s.d
-    hook = [lambda s_, epoch, metrics, pred: on_epoch(epoch, metrics, s_.run_id)] if on_epoch else []
-    callbacks = [keep_checkpoints, log_panel, *hook, print_epoch]
+    entered = called if setup_since is None else setup_since
+    setup, state = _setup(cfg, resume, called)
+    d, plan = setup.dist, state.plan
+    hook: List[Callback] = []
+    if on_epoch is not None:
+        hook.append(lambda setup_, state_, epoch, metrics, pred: on_epoch(epoch, metrics, state_.run_id))
+    callbacks: List[Callback] = [keep_checkpoints, log_panel, *hook, print_epoch]
     length = f"{cfg.minutes:g}min" if cfg.minutes else f"{cfg.epochs}ep"
-    run_name = f"{cfg.dataset}-{cfg.model.label()}-{s.size}px-{length}-{time.strftime('%m%d-%H%M%S')}"
-    run_ctx = tracking.run(tracking.TRAIN_EXPERIMENT, run_name=run_name, tags=_run_tags(s, tags),
+    run_name = f"{cfg.dataset}-{cfg.model.label()}-{setup.size}px-{length}-{time.strftime('%m%d-%H%M%S')}"
+    run_ctx = tracking.run(tracking.TRAIN_EXPERIMENT, run_name=run_name, tags=_run_tags(setup, tags),
                            run_id=resume, parent_run_id=parent_run_id) if d.main else nullcontext()
     with run_ctx as active:
-        s.run_id = _broadcast_str(d, active.info.run_id if d.main else None)
-        s.meta["run_id"] = s.run_id
+        state.run_id = _broadcast_str(d, active.info.run_id if active is not None else "")
         if d.main:
-            s.buffer = tracking.Buffer(checkpoint_path(s.run_id).parent / "pending.jsonl")
-            _log_start(s, resume)
+            state.buffer = tracking.Buffer(checkpoint_path(state.run_id).parent / "pending.jsonl")
+            _log_start(setup, state, resume)
         started = time.monotonic()
-        s.clock["setup"] = time.time() - entered
-        if s.plan.epochs is None and d.main:  # a time budget counts validation too: time one
-            validate(s.net, s.meta, s.device, s.pairs, s.baselines)
-            s.plan.valid_s = time.monotonic() - started
-            s.clock["validation"] += s.plan.valid_s
-        epoch = s.start
+        state.clock["setup"] = time.time() - entered
+        if plan.epochs is None and d.main:  # a time budget counts validation too: time one
+            validate(setup.net, setup.meta, setup.device, setup.pairs, setup.baselines)
+            plan.valid_s = time.monotonic() - started
+            state.clock["validation"] += plan.valid_s
+        epoch = state.start
         looping = time.monotonic()
-        while s.plan.epochs is None or epoch < s.plan.epochs:
-            trained = _epoch(s, epoch, progress)
+        while plan.epochs is None or epoch < plan.epochs:
+            trained = _epoch(setup, state, epoch, progress)
             if d.main:
                 tick = time.monotonic()
-                valid, pred = validate(s.net, s.meta, s.device, s.pairs, s.baselines)
-                s.clock["validation"] += time.monotonic() - tick
+                valid, pred = validate(setup.net, setup.meta, setup.device, setup.pairs, setup.baselines)
+                state.clock["validation"] += time.monotonic() - tick
                 tick = time.monotonic()
                 metrics = {**trained, **valid}
                 for callback in callbacks:
-                    callback(s, epoch, metrics, pred)
-                s.clock["checkpoints"] += time.monotonic() - tick
+                    callback(setup, state, epoch, metrics, pred)
+                state.clock["checkpoints"] += time.monotonic() - tick
             _barrier(d)
             epoch += 1
-            if s.plan.deadline is not None:  # whole epochs measured: plan the rest again
-                s.plan.replan(d, epoch - s.start, time.monotonic() - looping)
-                s.config["epochs"] = s.plan.epochs
+            if plan.deadline is not None:  # whole epochs measured: plan the rest again
+                plan.replan(d, epoch - state.start, time.monotonic() - looping)
                 if d.main:
-                    s.buffer.metrics({"epochs_planned": s.plan.epochs}, epoch - 1)
-        result = _finish(s, register) if d.main else TrainResult(
-            run_id=s.run_id, model_uri=f"runs:/{s.run_id}/model", registered_name=None, registered_version=None,
-            metrics=s.last_metrics)
+                    state.logs.metrics({"epochs_planned": plan.count}, epoch - 1)
+        result = _finish(setup, state, register) if d.main else TrainResult(
+            run_id=state.run_id, model_uri=f"runs:/{state.run_id}/model", registered_name=None,
+            registered_version=None, metrics=state.last_metrics)
     _barrier(d)
     return result

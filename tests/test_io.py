@@ -173,3 +173,14 @@ def test_bad_files_raise_a_clear_error(tmp_path, good_czi, case):
     message = str(err.value)
     assert str(path) in message and needle in message
     assert "\n" not in message
+
+
+@pytest.mark.parametrize("unit, factor", [("\u00b5m", 1.0), ("\u03bcm", 1.0), ("nm", 1e-3)])
+def test_ome_tiff_physical_size_units(tmp_path, unit, factor):
+    """Micrometres spelt with the micro sign (the OME schema's) or the Greek mu (written by some
+    software), and nanometres: the pixel size is read in micrometres either way."""
+    path = tmp_path / "u.ome.tif"
+    tifffile.imwrite(path, _planes((1, 1, 1, 8, 8), np.uint16), ome=True,
+                     metadata={"axes": "TCZYX", "PhysicalSizeX": 80.0, "PhysicalSizeXUnit": unit,
+                               "PhysicalSizeY": 90.0, "PhysicalSizeYUnit": unit})
+    assert io.read(path).pixel_size[1:] == pytest.approx((90.0 * factor, 80.0 * factor))

@@ -7,9 +7,9 @@ from bpho.config import TrainConfig, add_fields, from_args
 
 def _train(args) -> int:
     from bpho import tracking
-    from bpho.train import train
+    from bpho.train import process_start, train
 
-    result = train(from_args(TrainConfig, args), resume=args.resume)
+    result = train(from_args(TrainConfig, args), resume=args.resume, setup_since=process_start())
     if result.registered_version:
         print(f"run {result.run_id}: model registered as {result.registered_name} version {result.registered_version}"
               f" (load it with mlflow.pyfunc.load_model('models:/{result.registered_name}/latest'))")

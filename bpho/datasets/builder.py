@@ -19,7 +19,8 @@ tiling.py, qc.py and tracking; dataset.py reads what it writes.
 - ``manifest.json``  recipe (name, file sha256, parameters), datasource (name, digest),
   per source image the split (train, valid or test), normalisation values, shift and score,
   tile counts and tile file digests, which images are kept whole for validation and for
-  testing (``validation_images``, ``test_images``; the latter only with a test split), bpho version, git commit, and the dataset digest over all of it (without
+  testing (``validation_images``, ``test_images``; the latter only with a test split), bpho
+  version, git commit, and the dataset digest over all of it (without
   the dataset's name, creation time and git commit: the same inputs give the same digest).
 """
 
@@ -35,7 +36,7 @@ import warnings
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterable, Iterator, List, Optional
+from typing import Dict, Generator, Iterable, List, Optional, Tuple
 
 import numpy as np
 from tqdm import tqdm
@@ -58,7 +59,7 @@ _DIGEST_EXCLUDES = ("name", "created", "git_commit", "digest")
 
 def make(recipe_name: str, datasource: Optional[str] = None, settings: Iterable[str] = (),
          name: Optional[str] = None, force: bool = False, progress: bool = True, track: bool = True,
-         lr: LRProvider = ReadLR(), workers: Optional[int] = None, pngs: bool = True) -> Dataset:
+         lr_provider: LRProvider = ReadLR(), workers: Optional[int] = None, pngs: bool = True) -> Dataset:
     """Build a dataset from a recipe and log the build to MLflow.
 
     Parameters
@@ -71,7 +72,7 @@ def make(recipe_name: str, datasource: Optional[str] = None, settings: Iterable[
         ``KEY=VALUE`` recipe overrides (``--set``).
     name : str, optional
         The dataset's name (default: the recipe's); an existing one is replaced only with `force`.
-    lr : ReadLR or DegradedLR
+    lr_provider : ReadLR or DegradedLR
         Where each source's LR comes from: its pair's LR file, or a degradation of its HR
         (then HR-only datasources work too).
     workers : int, optional
@@ -95,22 +96,24 @@ def make(recipe_name: str, datasource: Optional[str] = None, settings: Iterable[
     dest = paths.named_dir("datasets", out_name)
     if dest.exists() and not force:
         raise ConflictError(f"dataset {out_name!r} already exists; choose another --name, or --force to rebuild it")
-    ds = datasources.open(r.datasource, verify=True, progress=progress)
-    kinds = lr.kinds(r)
-    if ds.kind not in kinds:
-        raise BphoError(f"recipe {loaded.name} reads {' or '.join(kinds)} datasources, but {ds.name!r} is of kind "
-                        f"{ds.kind}; pass a matching --datasource")
-    if lr.record is not None:
+    source = datasources.open(r.datasource, verify=True, progress=progress)
+    kinds = lr_provider.kinds(r)
+    if source.kind not in kinds:
+        raise BphoError(f"recipe {loaded.name} reads {' or '.join(kinds)} datasources, but {source.name!r} is of kind "
+                        f"{source.kind}; pass a matching --datasource")
+    if lr_provider.record is not None:
         r = replace(r, register=False)  # made from the HR: registered by construction
-    sources = lr.sources(ds)
+    sources = lr_provider.sources(source)
     if not sources:
-        raise BphoError(f"datasource {ds.name!r} has no images to build a dataset from")
+        raise BphoError(f"datasource {source.name!r} has no images to build a dataset from")
     split = split_sources(sorted({src.pair.stem for src in sources}), r.valid_fraction, r.seed, r.test_fraction)
     # whole images to validate on: every held-out one, or with none held out the first usable training image
     held_split = "valid" if "valid" in split.values() else "train"
-    pixel = pixel_sizes(ds)
+    pixel = pixel_sizes(source)
     rng = np.random.default_rng(r.seed)
-    records, warned, kept = [], [], []
+    records: List[dict] = []
+    warned: List[str] = []
+    kept: List[bool] = []
     workers = max(1, min(workers or os.cpu_count() or 1, len(sources)))
     if held_split == "train":
         workers = 1  # which image is kept whole (the first one included) is known only in order
@@ -118,7 +121,7 @@ def make(recipe_name: str, datasource: Optional[str] = None, settings: Iterable[
         writers = {(size, s): TileWriter(tmp / "tiles" / str(size), s) for size in r.tile_sizes for s in SPLITS}
         jobs = [_Job(src, split[src.pair.stem], split[src.pair.stem] in (held_split, "test"), pixel.get(src.pair.hr))
                 for src in sources]
-        prepared = _prepare_all(jobs, r, tmp, lr, workers, pngs, kept)
+        prepared = _prepare_all(_Work(jobs, r, tmp, lr_provider, pngs, kept), workers)
         try:  # workers stop before the temporary folder is removed on an error
             for job, (record, lr_stack, hr_stack, margin) in tqdm(zip(jobs, prepared), total=len(jobs),
                                                                   desc=f"dataset {out_name}", unit="image",
@@ -126,8 +129,8 @@ def make(recipe_name: str, datasource: Optional[str] = None, settings: Iterable[
                 src = job.src
                 kept.append("image" in record and job.split != "test")  # whole images to validate on
                 # test images are never tiled: nothing trains or chooses on them
-                tiles = cut_tiles(src, r, rng, lr_stack, hr_stack, margin) if record["included"] and job.split != "test" \
-                    else {}
+                tiled = record["included"] and job.split != "test"
+                tiles = cut_tiles(src, r, rng, lr_stack, hr_stack, margin) if tiled else {}
                 records.append(record)
                 if not record["included"]:
                     lr_name = src.pair.lr.name if src.pair.lr else "synthetic"
@@ -139,7 +142,6 @@ def make(recipe_name: str, datasource: Optional[str] = None, settings: Iterable[
                     record["tiles"][str(size)] = len(lr_tiles)
         finally:
             prepared.close()
-            _WORK.clear()
         left_out = [rec for rec in records if not rec["included"]]
         if not any(rec["included"] and rec["split"] == "train" for rec in records) and left_out:
             raise BphoError(f"dataset {out_name}: every training pair was left out ({left_out[0]['reason']}"
@@ -147,8 +149,9 @@ def make(recipe_name: str, datasource: Optional[str] = None, settings: Iterable[
                             "--set transform=similarity (or flow) if the sample moved between acquisitions")
         tile_info = {}
         for size in r.tile_sizes:
-            shapes = {"lr": (r.frames, size // r.scale, size // r.scale), "hr": (1, size, size)}
-            info = {"lr_shape": list(shapes["lr"]), "hr_shape": list(shapes["hr"]), "files": {}}
+            shapes: Dict[str, Tuple[int, ...]] = {"lr": (r.frames, size // r.scale, size // r.scale),
+                                                  "hr": (1, size, size)}
+            info: dict = {"lr_shape": list(shapes["lr"]), "hr_shape": list(shapes["hr"]), "files": {}}
             for s in SPLITS:
                 info[s] = writers[(size, s)].count
                 info["files"].update(writers[(size, s)].finish(shapes))
@@ -170,8 +173,8 @@ def make(recipe_name: str, datasource: Optional[str] = None, settings: Iterable[
             "name": out_name,
             "recipe": {"name": loaded.name, "file": str(loaded.path), "sha256": loaded.sha256},
             "parameters": r.params(),
-            "datasource": {"name": ds.name, "kind": ds.kind, "digest": ds.digest},
-            **({"degradation": lr.record} if lr.record is not None else {}),
+            "datasource": {"name": source.name, "kind": source.kind, "digest": source.digest},
+            **({"degradation": lr_provider.record} if lr_provider.record is not None else {}),
             "sources": records,
             "tiles": tile_info,
             "validation_images": {"split": held_split, "sources": [rec["source"] for rec in records
@@ -186,7 +189,7 @@ def make(recipe_name: str, datasource: Optional[str] = None, settings: Iterable[
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
     dataset = open_dataset(out_name)
     if track:
-        _track(dataset, ds)
+        _track(dataset, source)
     return dataset
 
 
@@ -198,29 +201,55 @@ class _Job:
     pixel_um: Optional[float]
 
 
-_WORK: dict = {}  # what forked workers inherit (the LR provider need not pickle)
+@dataclass(frozen=True)
+class _Work:
+    """One build's jobs and what `_prepare` needs for each; `kept` is the building process's list
+    of the images kept whole so far (read only where the build runs in one process)."""
+
+    jobs: List[_Job]
+    r: Recipe
+    tmp: Path
+    lr_provider: LRProvider
+    pngs: bool
+    kept: List[bool]
+
+    def prepare(self, i: int) -> tuple:
+        """`_prepare` of job `i`."""
+        job = self.jobs[i]
+        # with no held-out split, the first training image that is included is kept (workers == 1 there)
+        keep = job.held and (job.split in ("valid", "test") or not any(self.kept))
+        return _prepare(job.src, self.r, self.tmp, job.split, self.lr_provider, keep_image=keep,
+                        pixel_um=job.pixel_um, pngs=self.pngs)
 
 
-def _prepare_all(jobs: List[_Job], r: Recipe, tmp: Path, lr: LRProvider, workers: int, pngs: bool,
-                 kept: List[bool]) -> Iterator[tuple]:
-    """`_prepare` of every job, in job order: in this process, or in `workers` forked ones."""
-    _WORK.update(jobs=jobs, r=r, tmp=tmp, lr=lr, pngs=pngs, kept=kept)
+def _prepare_all(work: _Work, workers: int) -> Generator[tuple, None, None]:
+    """`_prepare` of every job, in job order: in this process, or in `workers` forked ones.
+
+    A forked worker gets `work` through the pool's initializer, whose arguments a fork hands
+    over without pickling them (the LR provider need not pickle); each task then pickles
+    only a job index."""
     if workers == 1:
-        return (_prepare_job(i) for i in range(len(jobs)))
+        return (work.prepare(i) for i in range(len(work.jobs)))
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"),
-                               initializer=_die_with_parent, initargs=(os.getpid(),))
+                               initializer=_start_worker, initargs=(os.getpid(), work))
 
-    def ordered():
+    def ordered() -> Generator[tuple, None, None]:
         try:
-            yield from pool.map(_prepare_job, range(len(jobs)))
+            yield from pool.map(_prepare_in_worker, range(len(work.jobs)))
         finally:
             pool.shutdown(cancel_futures=True)
     return ordered()
 
 
-def _die_with_parent(parent: int) -> None:
-    """A worker ends when the build that forked it is killed (SIGKILL gives the build no chance
-    to stop its pool: orphaned workers slept on for ever). Linux: the kernel's parent-death signal."""
+_worker_work: Optional[_Work] = None  # set in a forked worker only, once, by `_start_worker`
+
+
+def _start_worker(parent: int, work: _Work) -> None:
+    """A worker keeps the build's `work` and ends when the build that forked it is killed
+    (SIGKILL gives the build no chance to stop its pool: orphaned workers slept on for ever).
+    Linux: the kernel's parent-death signal."""
+    global _worker_work
+    _worker_work = work
     try:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):  # not Linux: workers still end with the pool when the build ends
@@ -229,21 +258,18 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def _prepare_job(i: int) -> tuple:
-    job, r = _WORK["jobs"][i], _WORK["r"]
-    # with no held-out split, the first training image that is included is kept (workers == 1 there)
-    keep = job.held and (job.split in ("valid", "test") or not any(_WORK["kept"]))
-    return _prepare(job.src, r, _WORK["tmp"], job.split, _WORK["lr"], keep_image=keep, pixel_um=job.pixel_um,
-                    pngs=_WORK["pngs"])
+def _prepare_in_worker(i: int) -> tuple:
+    assert _worker_work is not None, "called outside a worker started by _start_worker"
+    return _worker_work.prepare(i)
 
 
-def _prepare(src: Source, r: Recipe, tmp: Path, split: str, lr_of: LRProvider = ReadLR(),
+def _prepare(src: Source, r: Recipe, tmp: Path, split: str, lr_provider: LRProvider = ReadLR(),
              keep_image: bool = False, pixel_um: Optional[float] = None, pngs: bool = True):
     """Read, normalise and register one source image (QC figure), move it as the recipe aligns;
     returns its manifest record, the normalised LR and HR stacks and the margin (None, None, 0
-    if excluded). `lr_of` gives the LR (read, or made from the HR); with `keep_image`, the
+    if excluded). `lr_provider` gives the LR (read, or made from the HR); with `keep_image`, the
     whole raw pair (HR moved onto the LR) is saved under ``images/``."""
-    lr_raw, hr_raw = lr_of(src, plane_stack(src.pair.hr, src.scene, r.channel, r.z), r, pixel_um)
+    lr_raw, hr_raw = lr_provider(src, plane_stack(src.pair.hr, src.scene, r.channel, r.z), r, pixel_um)
     check_shapes(src, lr_raw, hr_raw, r)
     ranges = {}
     for side, stack in (("lr", lr_raw), ("hr", hr_raw)):
@@ -253,13 +279,13 @@ def _prepare(src: Source, r: Recipe, tmp: Path, split: str, lr_of: LRProvider = 
             raise FileFormatError(f"{path}: the image is flat (percentiles {r.percentile_low}-{r.percentile_high} "
                                   f"are both {lo:g}): empty or saturated")
         ranges[side] = [lo, hi]
-    lr, hr = normalize(lr_raw, *ranges["lr"]), normalize(hr_raw, *ranges["hr"])
-    record = {"source": src.key, "lr": src.pair.lr.name if src.pair.lr else "synthetic", "hr": src.pair.hr.name,
+    lr_stack, hr_stack = normalize(lr_raw, *ranges["lr"]), normalize(hr_raw, *ranges["hr"])
+    record: dict = {"source": src.key, "lr": src.pair.lr.name if src.pair.lr else "synthetic", "hr": src.pair.hr.name,
               "scene": src.scene,
               "split": split, "normalization": ranges, "included": True, "tiles": {}}
     reg, margin = None, 0
     if r.register:
-        lr_mean, hr_mean = lr.mean(axis=0), hr.mean(axis=0)
+        lr_mean, hr_mean = lr_stack.mean(axis=0), hr_stack.mean(axis=0)
         try:
             reg = register_pair(lr_mean, hr_mean, r.scale, r.transform)
         except BphoError as exc:
@@ -271,7 +297,7 @@ def _prepare(src: Source, r: Recipe, tmp: Path, split: str, lr_of: LRProvider = 
             record.update(rotation_deg=reg.rotation_deg, zoom=reg.zoom, flow_reach_hr_px=reg.reach)
         qc = tmp / "qc" / f"{_file_name(src.key)}.png"
         # the HR moved onto the LR: the whole stack when it is what the dataset keeps (warped once)
-        moved = apply_registration(hr, reg) if r.align == "hr" else None
+        moved = apply_registration(hr_stack, reg) if r.align == "hr" else None
         hr_after = moved.mean(axis=0) if moved is not None else apply_registration(hr_mean[None], reg)[0]
         left = residual(lr_mean, hr_after, r.scale)
         record["residual"] = left
@@ -288,9 +314,9 @@ def _prepare(src: Source, r: Recipe, tmp: Path, split: str, lr_of: LRProvider = 
             return record, None, None, 0
         margin = reg.margin
         if moved is not None:
-            hr = moved
+            hr_stack = moved
         else:
-            lr = apply(lr, (reg.shift[0] / r.scale, reg.shift[1] / r.scale))
+            lr_stack = apply(lr_stack, (reg.shift[0] / r.scale, reg.shift[1] / r.scale))
     if keep_image:
         hr_moved = apply_registration(hr_raw, reg) if reg is not None else hr_raw
         record["image"] = {"margin": margin, "hr_pixel_um": pixel_um, "files": {}}
@@ -299,7 +325,7 @@ def _prepare(src: Source, r: Recipe, tmp: Path, split: str, lr_of: LRProvider = 
             (tmp / "images").mkdir(exist_ok=True)
             np.save(tmp / rel, np.ascontiguousarray(arr, dtype=np.float32))
             record["image"]["files"][side] = {"path": rel, "sha256": datasources.sha256_file(tmp / rel)}
-    return record, lr, hr, margin
+    return record, lr_stack, hr_stack, margin
 
 
 def _file_name(key: str) -> str:
@@ -307,11 +333,11 @@ def _file_name(key: str) -> str:
     return key.replace("/", "__")
 
 
-def _track(dataset: Dataset, ds: datasources.Datasource) -> None:
+def _track(dataset: Dataset, source: datasources.Datasource) -> None:
     m = dataset.manifest
     tags = {"bpho.dataset": dataset.name, "bpho.dataset_digest": dataset.digest, "bpho.recipe": m["recipe"]["name"],
-            "bpho.recipe_sha256": m["recipe"]["sha256"], "bpho.datasource": ds.name,
-            "bpho.datasource_digest": ds.digest}
+            "bpho.recipe_sha256": m["recipe"]["sha256"], "bpho.datasource": source.name,
+            "bpho.datasource_digest": source.digest}
     with tracking.run(tracking.DATASETS_EXPERIMENT, run_name=dataset.name, tags=tags):
         # prefixed: `mlflow run` has already logged its own -P parameters (dataset=RECIPE, ...) unprefixed
         tracking.log_params({**{f"recipe.{k}": v for k, v in m["parameters"].items()}, "dataset.name": dataset.name})
@@ -329,5 +355,6 @@ def _track(dataset: Dataset, ds: datasources.Datasource) -> None:
         tracking.log_artifacts([dataset.path / MANIFEST])
         tracking.log_previews(sorted((dataset.path / "qc").glob("*.png")), "qc")
         tracking.log_previews(sorted((dataset.path / "previews").glob("*.png")), "previews")
-        tracking.log_dataset_input(ds.name, ds.digest, ds.path, context="source", tags={"kind": ds.kind})
+        tracking.log_dataset_input(source.name, source.digest, source.path, context="source",
+                                   tags={"kind": source.kind})
         tracking.log_dataset_input(dataset.name, dataset.digest, dataset.path, context="built")

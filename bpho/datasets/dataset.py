@@ -47,10 +47,12 @@ class Dataset:
 
     @property
     def digest(self) -> str:
+        """The dataset's content digest (from its manifest)."""
         return self.manifest["digest"]
 
     @property
     def tile_sizes(self) -> List[int]:
+        """The HR tile sizes the dataset was cut in, smallest first."""
         return sorted(int(s) for s in self.manifest["tiles"])
 
     def tiles(self, size: int, split: str = "train") -> Tuple[np.ndarray, np.ndarray]:

@@ -45,9 +45,10 @@ def _described(reg: Registration) -> str:
     return text
 
 
-def save_tile_preview(png: Path, lr: np.ndarray, hr: np.ndarray, size: int, rng: np.random.Generator, n: int = 6) -> None:
+def save_tile_preview(png: Path, lr: np.ndarray, hr: np.ndarray, size: int, rng: np.random.Generator,
+                      n: int = 6) -> None:
     """`n` random tiles, one per row: LR (centre frame, pixels repeated) | HR, both from 0 to 1."""
-    pick = rng.choice(len(lr), size=min(n, len(lr)), replace=False) if len(lr) else []
+    pick = rng.choice(len(lr), size=min(n, len(lr)), replace=False) if len(lr) else np.zeros(0, int)
     png.parent.mkdir(parents=True, exist_ok=True)
     if not len(pick):
         return

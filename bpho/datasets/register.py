@@ -50,6 +50,7 @@ RESIDUAL_STRUCTURE = 2.0  # a residual tile's smoothed reference must vary by th
 
 
 def percentile_range(stack: np.ndarray, low: float, high: float) -> Tuple[float, float]:
+    """The `low` and `high` percentiles of `stack`'s values."""
     lo, hi = np.percentile(stack, (low, high))
     return float(lo), float(hi)
 
@@ -178,14 +179,16 @@ def register_pair(lr: np.ndarray, hr: np.ndarray, scale: int, transform: str = "
 
 def _auto(lr: np.ndarray, hr: np.ndarray, scale: int) -> Registration:
     """The simplest transform that leaves a small residual (the module's ``auto``)."""
-    best, best_left = None, None
+    best: Optional[Registration] = None
+    best_left: Optional[float] = None
     for transform in TRANSFORMS:
         reg = register_pair(lr, hr, scale, transform)
         left = residual(lr, apply_registration(hr[None], reg)[0], scale)["median_hr_px"]
-        if best is None or (left is not None and left < AUTO_GAIN * best_left):
+        if best is None or (left is not None and best_left is not None and left < AUTO_GAIN * best_left):
             best, best_left = reg, left
         if best_left is None or best_left <= AUTO_ESCALATE_HR_PX:
             break  # nothing to measure a residual on, or small enough
+    assert best is not None  # TRANSFORMS is not empty
     return best
 
 
@@ -203,7 +206,8 @@ def _similarity(reg: Registration, lr: np.ndarray, hr_on_lr: np.ndarray, inner) 
 
     start = [0.0, 0.0, reg.shift[0] / s, reg.shift[1] / s]
     best = optimize.minimize(cost, start, method="Powell", options={"xtol": 1e-3, "ftol": 1e-7},
-                             bounds=[(-4, 4), (-0.03, 0.03), (start[2] - 1, start[2] + 1), (start[3] - 1, start[3] + 1)])
+                             bounds=[(-4, 4), (-0.03, 0.03), (start[2] - 1, start[2] + 1),
+                                     (start[3] - 1, start[3] + 1)])
     return candidate(best.x)
 
 
@@ -290,7 +294,8 @@ def residual(lr: np.ndarray, hr_moved: np.ndarray, scale: int, tile: int = RESID
             shifts.append(float(np.hypot(*d)) * scale)
     if not shifts:
         return {"tiles": 0, "median_hr_px": None, "p90_hr_px": None}
-    return {"tiles": len(shifts), "median_hr_px": float(np.median(shifts)), "p90_hr_px": float(np.percentile(shifts, 90))}
+    return {"tiles": len(shifts), "median_hr_px": float(np.median(shifts)),
+            "p90_hr_px": float(np.percentile(shifts, 90))}
 
 
 def apply(stack: np.ndarray, shift: Tuple[float, float]) -> np.ndarray:
@@ -306,4 +311,5 @@ def apply_registration(stack: np.ndarray, reg: Registration) -> np.ndarray:
     if reg.transform == "translation":
         return apply(stack, (-reg.shift[0], -reg.shift[1]))
     where = reg.hr_map(stack.shape[1:])
-    return np.stack([ndimage.map_coordinates(frame, where, order=3, mode="nearest") for frame in stack]).astype(np.float32)
+    return np.stack([ndimage.map_coordinates(frame, where, order=3, mode="nearest")
+                     for frame in stack]).astype(np.float32)

@@ -48,11 +48,12 @@ def plane_stack(path: Path, scene: int = 0, channel: int = 0, z: Union[int, str]
     img = io.read(path, scene=scene).check_grey()
     n_c, n_z = img.shape[1], img.shape[2]
     if not 0 <= channel < n_c:
-        raise FileFormatError(f"{path}: channel {channel} does not exist (the file has {n_c}); set channel=0..{n_c - 1}")
-    if z != "max" and not 0 <= z < n_z:
+        raise FileFormatError(f"{path}: channel {channel} does not exist (the file has {n_c}); "
+                              f"set channel=0..{n_c - 1}")
+    if z != "max" and not 0 <= int(z) < n_z:
         raise FileFormatError(f"{path}: z plane {z} does not exist (the file has {n_z}); set z=0..{n_z - 1} or z=max")
     data = img.data[:, channel]
-    data = data.max(axis=1) if z == "max" else data[:, z]
+    data = data.max(axis=1) if z == "max" else data[:, int(z)]
     stack = data.astype(np.float32)
     if not np.isfinite(stack).all():
         raise FileFormatError(f"{path}: the image holds NaN or infinite values; fix or re-export it")
@@ -154,6 +155,7 @@ class ReadLR:
 
     def __call__(self, src: Source, hr: np.ndarray, r: Recipe, pixel_um: Optional[float]):
         """Raw (LR, HR) stacks of `src` given its raw HR stack: the LR read from its file."""
+        assert src.pair.lr is not None  # `sources` gives pairs of files
         return plane_stack(src.pair.lr, src.scene, r.channel, r.z), hr
 
 
@@ -183,4 +185,4 @@ class DegradedLR:
         return np.asarray(self.degrade(hr, hr_pixel_um=pixel_um, rng=rng), dtype=np.float32), hr
 
 
-LRProvider = Union[ReadLR, DegradedLR]  # what `builder.make(lr=...)` takes
+LRProvider = Union[ReadLR, DegradedLR]  # what `builder.make(lr_provider=...)` takes

@@ -74,6 +74,7 @@ class TileWriter:
         self.rows: List[Tuple] = []
 
     def add(self, lr: np.ndarray, hr: np.ndarray, rows: List[Tuple]) -> None:
+        """Append LR and HR tiles and their CSV rows (where each came from)."""
         for side, arr in (("lr", lr), ("hr", hr)):
             self._raw[side].write(np.ascontiguousarray(arr, dtype=np.float32).tobytes())
         self.count += len(lr)
@@ -93,8 +94,8 @@ class TileWriter:
                 shutil.copyfileobj(src, out, length=1 << 22)
             Path(raw).unlink()
             digests[f"{self.split}_{side}.npy"] = datasources.sha256_file(npy)
-        with builtins.open(self.folder / f"{self.split}_tiles.csv", "w", newline="") as fh:
-            writer = csv.writer(fh)
+        with builtins.open(self.folder / f"{self.split}_tiles.csv", "w", newline="") as table:
+            writer = csv.writer(table)
             writer.writerow(["source", "scene", "t", "y", "x"])
             writer.writerows(self.rows)
         digests[f"{self.split}_tiles.csv"] = datasources.sha256_file(self.folder / f"{self.split}_tiles.csv")

@@ -53,6 +53,7 @@ class Image:
         return self.path.suffix.lower() in (".tif", ".tiff") and "S" in self.axes_source
 
     def check_grey(self) -> "Image":
+        """Return the image itself if it holds grey channels; FileFormatError for an RGB picture."""
         from bpho.errors import FileFormatError
 
         if self.rgb:
@@ -62,6 +63,7 @@ class Image:
 
     @property
     def shape(self) -> Tuple[int, int, int, int, int]:
+        """(T, C, Z, Y, X)."""
         return tuple(int(n) for n in self.data.shape)  # type: ignore[return-value]
 
 

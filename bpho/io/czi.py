@@ -29,7 +29,7 @@ _MAPPED = {"T": 0, "C": 1, "Z": 2, "Y": 3, "X": 4}
 def _open(path: Path) -> czifile.CziFile:
     try:
         f = czifile.CziFile(str(path))
-        f.subblock_directory  # parse the directory now: a truncated file fails here
+        f.subblock_directory  # noqa: B018  (parse the directory now: a truncated file fails here)
     except Exception as exc:  # czifile raises struct.error, ValueError, its own errors...
         raise FileFormatError(
             f"{path}: cannot read the CZI structure ({type(exc).__name__}: {exc}); "
@@ -52,6 +52,7 @@ def _scene_of(entry) -> int:
 
 
 def count_scenes(path: Path) -> int:
+    """How many scenes the CZI file holds."""
     with _open(path) as f:
         return len({_scene_of(e) for e in _entries(f, path)})
 
@@ -66,7 +67,7 @@ def _pixel_size(f, path: Path) -> PixelSize:
     for dist in root.iter("Distance"):
         value = dist.findtext("Value")
         try:
-            metres = float(value)
+            metres = float(value or "")  # no value: ValueError
         except (TypeError, ValueError):
             continue
         if metres > 0:
@@ -105,6 +106,7 @@ def _zstd_decode(raw: bytes, compression: int, dtype: np.dtype) -> np.ndarray:
 
 
 def read(path: Path, scene: Optional[int] = None) -> Image:
+    """One scene of a CZI file (default: the only one) as (T, C, Z, Y, X), with its pixel size."""
     with _open(path) as f:
         entries = _entries(f, path)
         scenes = sorted({_scene_of(e) for e in entries})
@@ -161,7 +163,7 @@ def _assemble(entries: List, path: Path) -> np.ndarray:
         shape[1] = n_samples
     dtype = np.dtype(entries[0].dtype).base
     out = np.zeros(tuple(int(n) for n in shape), dtype=dtype)
-    for e, start, size in placements:
+    for e, start, _size in placements:
         try:
             tile = _decode(e, path)
         except FileFormatError:
@@ -186,7 +188,7 @@ def _assemble(entries: List, path: Path) -> np.ndarray:
             tile = np.moveaxis(tile[:, 0], -1, 1)
         else:
             tile = tile[..., 0]
-        index = tuple(slice(s - l, s - l + n) for s, l, n in zip(start, lo, tile.shape))
+        index = tuple(slice(s - low, s - low + n) for s, low, n in zip(start, lo, tile.shape))
         if n_samples > 1:
             index = (index[0], slice(None)) + index[2:]
         out[index] = tile

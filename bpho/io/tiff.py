@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Optional
+from typing import Dict, Optional
 
 import numpy as np
 import tifffile
@@ -17,12 +17,13 @@ from bpho.paths import atomic_file
 # as Fiji opens a plain multi-page TIFF as slices; 'S' (RGB samples) becomes C.
 _TO_BPHO = {"T": "T", "C": "C", "Z": "Z", "Y": "Y", "X": "X", "I": "Z", "Q": "Z", "S": "C"}
 _UM_PER_UNIT = {
-    "m": 1e6, "cm": 1e4, "mm": 1e3, "um": 1.0, "µm": 1.0, "\u00b5m": 1.0, "micron": 1.0,
+    "m": 1e6, "cm": 1e4, "mm": 1e3, "um": 1.0, "\u00b5m": 1.0, "\u03bcm": 1.0, "micron": 1.0,
     "microns": 1.0, "micrometer": 1.0, "nm": 1e-3, "nanometer": 1e-3,
 }
 
 
 def read(path: Path) -> Image:
+    """The first series of a TIFF (ImageJ or OME) as (T, C, Z, Y, X), with its pixel size."""
     try:
         with tifffile.TiffFile(path) as tf:
             series = tf.series[0]
@@ -61,7 +62,7 @@ def _pixel_size(tf: tifffile.TiffFile, series) -> PixelSize:
     if tf.is_ome and tf.ome_metadata:
         return _ome_pixel_size(tf.ome_metadata)
     page = series.pages[0] if series.pages else tf.pages[0]
-    tags = page.tags
+    tags = page.tags  # type: ignore[union-attr]  # the first page of a series is a TiffPage
     ij = tf.imagej_metadata or {}
     if ij:
         factor = _UM_PER_UNIT.get(str(ij.get("unit", "")).replace("\\u00B5", "µ").lower())
@@ -103,6 +104,7 @@ def _ome_pixel_size(xml: str) -> PixelSize:
 
 def write_imagej(path: Path, data: np.ndarray, pixel_size: PixelSize,
                  time_interval: Optional[float]) -> Path:
+    """Write (T, C, Z, Y, X) `data` as an ImageJ hyperstack TIFF with its pixel size (um) and frame interval (s)."""
     data = np.asarray(data)
     if data.ndim != 5:
         raise ValueError(f"write_imagej expects (T, C, Z, Y, X) data, got shape {data.shape}")
@@ -113,15 +115,13 @@ def write_imagej(path: Path, data: np.ndarray, pixel_size: PixelSize,
             f"{path}: ImageJ TIFF holds uint8, uint16 or float32, not {data.dtype}; convert first"
         )
     z, y, x = pixel_size
-    metadata = {"axes": "TZCYX", "unit": "um"}
+    metadata: Dict[str, object] = {"axes": "TZCYX", "unit": "um"}
     if z:
         metadata["spacing"] = float(z)
     if time_interval:
         metadata["finterval"] = float(time_interval)
-    kwargs = {}
-    if x and y:
-        kwargs["resolution"] = (1.0 / x, 1.0 / y)
+    resolution = (1.0 / x, 1.0 / y) if x and y else None
     with atomic_file(path, suffix=".tif") as tmp:
         tifffile.imwrite(tmp, np.ascontiguousarray(data.transpose(0, 2, 1, 3, 4)), imagej=True,
-                         metadata=metadata, **kwargs)
+                         metadata=metadata, resolution=resolution)
     return path

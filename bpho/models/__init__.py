@@ -20,7 +20,8 @@ import importlib
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Union
+from types import ModuleType
+from typing import Any, Dict, Type, Union
 
 from bpho.errors import BphoError
 from bpho.models.rcan_config import RCANConfig
@@ -32,31 +33,42 @@ DEFAULT_ARCH = "unet"  # what a model folder that names no architecture (bpho <=
 
 @dataclass(frozen=True)
 class Architecture:
+    """A network bpho can train: its name, its config class and the callable that builds it."""
+
     name: str
-    config: type  # its torch-free frozen dataclass (from_dict, to_dict, label, SEARCH, HELP)
+    config: Type[Any]  # its torch-free frozen dataclass (from_dict, to_dict, label, SEARCH, HELP)
     network: str  # "module:callable" building the network from the config's fields as keywords
 
     def build(self, cfg):
+        """The network for config `cfg` (the config's fields as keywords)."""
         module, call = self.network.split(":")
         return getattr(importlib.import_module(module), call)(**dataclasses.asdict(cfg))
 
     def source(self) -> str:
         """One file that builds the network with torch (and timm) alone: the shared layers, the
         config, the network (an exported BioImage Model Zoo package's architecture file)."""
-        files = [Path(__file__).parent / "layers.py", Path(sys.modules[self.config.__module__].__file__),
-                 Path(importlib.import_module(self.network.split(":")[0]).__file__)]
+        files = [Path(__file__).parent / "layers.py", _file(sys.modules[self.config.__module__]),
+                 _file(importlib.import_module(self.network.split(":")[0]))]
         return "\n\n".join(f.read_text() for f in dict.fromkeys(files))  # a config beside its network: once
+
+
+def _file(module: ModuleType) -> Path:
+    if module.__file__ is None:
+        raise RuntimeError(f"module {module.__name__} has no source file")
+    return Path(module.__file__)
 
 
 ARCHITECTURES: Dict[str, Architecture] = {}
 
 
 def register(arch: Architecture) -> Architecture:
+    """Add `arch` to the architectures `architecture` and `build_model` know; returns it."""
     ARCHITECTURES[arch.name] = arch
     return arch
 
 
 def architecture(name: str) -> Architecture:
+    """The registered architecture `name`; a one-line BphoError naming the others."""
     try:
         return ARCHITECTURES[name]
     except KeyError:

@@ -19,7 +19,7 @@ try:
     from bpho.models.layers import bilinear_base, icnr, set_padding
     from bpho.models.rcan_config import RCANConfig
 except ImportError:  # an exported package's architecture file: export.py writes those above this
-    BphoError = ValueError
+    BphoError = ValueError  # type: ignore[misc,assignment]
 
 
 class _ChannelAttention(nn.Module):
@@ -61,6 +61,9 @@ class _Group(nn.Module):
 
 
 class RCAN(nn.Module):
+    """Residual channel attention network: residual groups of channel-attention blocks on LR features,
+    a pixel-shuffle to HR, added to the bilinear upsampling of the centre frame."""
+
     def __init__(self, config: "RCANConfig"):
         super().__init__()
         for name in ("features", "groups", "blocks", "reduction", "window", "scale", "frames"):
@@ -76,9 +79,9 @@ class RCAN(nn.Module):
                                     for _ in range(config.groups)],
                                   nn.Conv2d(f, f, 3, padding=1))
         if s > 1:
-            self.head = nn.Sequential(nn.Conv2d(f, f * s**2, 3, padding=1), nn.PixelShuffle(s),
-                                      nn.Conv2d(f, 1, 3, padding=1))
-            icnr(self.head[0], s)
+            up = nn.Conv2d(f, f * s**2, 3, padding=1)
+            self.head: nn.Module = nn.Sequential(up, nn.PixelShuffle(s), nn.Conv2d(f, 1, 3, padding=1))
+            icnr(up, s)
         else:
             self.head = nn.Conv2d(f, 1, 3, padding=1)
         set_padding(self, config.padding)

@@ -35,8 +35,10 @@ class RCANConfig:
         return f"rcan-{self.features}x{self.groups}x{self.blocks}"
 
     def to_dict(self) -> dict:
+        """The config as a plain dict, with its architecture's name (saved beside the weights)."""
         return {"arch": self.arch, **asdict(self)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "RCANConfig":
+        """The config from a plain dict (keys it does not have are ignored)."""
         return cls(**{k: v for k, v in d.items() if k in {f.name for f in fields(cls)}})

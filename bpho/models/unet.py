@@ -12,6 +12,8 @@ Both predict a residual over the bilinear upsampling of the centre frame. Any in
 works: the input is padded (reflect) to a multiple of the encoder stride and cropped back.
 """
 
+from typing import Any, Dict
+
 import timm
 import torch
 import torch.nn.functional as F
@@ -22,7 +24,7 @@ try:
     from bpho.models.layers import bilinear_base, icnr, set_padding
     from bpho.models.unet_config import MODES, PADDINGS, UNetConfig
 except ImportError:  # an exported package's architecture file: export.py writes those above this
-    BphoError = ValueError
+    BphoError = ValueError  # type: ignore[misc,assignment]
 
 
 def _conv(cin: int, cout: int) -> nn.Sequential:
@@ -40,6 +42,9 @@ class _Up(nn.Module):
 
 
 class UNet(nn.Module):
+    """A U-Net on a timm encoder: decoder with skip connections and a pixel-shuffle head, its output
+    added to the bilinear upsampling of the centre frame."""
+
     def __init__(self, config: UNetConfig):
         super().__init__()
         if config.mode not in MODES:
@@ -52,16 +57,17 @@ class UNet(nn.Module):
             raise BphoError(f"encoder {config.encoder!r} is not a timm model; e.g. resnet18, resnet34, efficientnet_b0")
         self.config = config
         try:
-            self.encoder = timm.create_model(config.encoder, features_only=True, pretrained=False,
-                                             in_chans=config.frames,
-                                             **({"out_indices": tuple(range(config.depth))} if config.depth else {}))
+            stages: Dict[str, Any] = {"out_indices": tuple(range(config.depth))} if config.depth else {}
+            encoder: Any = timm.create_model(config.encoder, features_only=True, pretrained=False,
+                                             in_chans=config.frames, **stages)
         except (RuntimeError, TypeError, ValueError, IndexError) as exc:
             raise BphoError(f"encoder {config.encoder!r} cannot give {config.depth or 'all'} feature stages for a "
                             f"U-Net ({type(exc).__name__}: {exc})") from None
+        self.encoder = encoder
         if config.encoder_weights:
-            _load_encoder_weights(self.encoder, config.encoder_weights)
-        chans = self.encoder.feature_info.channels()
-        self.stride = max(self.encoder.feature_info.reduction())
+            _load_encoder_weights(encoder, config.encoder_weights)
+        chans = encoder.feature_info.channels()
+        self.stride = max(encoder.feature_info.reduction())
         widths = list(config.decoder_widths)[: len(chans)]
         widths += [widths[-1]] * (len(chans) - len(widths))
         ups, cin = [], chans[-1]
@@ -71,15 +77,16 @@ class UNet(nn.Module):
         self.decoder = nn.ModuleList(ups)
         if config.mode == "lr" and config.scale > 1:
             hr_ch = config.head_channels or cin
-            self.head = nn.Sequential(nn.Conv2d(cin, hr_ch * config.scale**2, 3, padding=1),
-                                      nn.PixelShuffle(config.scale), nn.ReLU(inplace=True),
-                                      nn.Conv2d(hr_ch, 1, 3, padding=1))
-            icnr(self.head[0], config.scale)
+            up = nn.Conv2d(cin, hr_ch * config.scale**2, 3, padding=1)
+            self.head: nn.Module = nn.Sequential(up, nn.PixelShuffle(config.scale), nn.ReLU(inplace=True),
+                                                 nn.Conv2d(hr_ch, 1, 3, padding=1))
+            icnr(up, config.scale)
         else:
             self.head = nn.Conv2d(cin, 1, 3, padding=1)
         set_padding(self, config.padding)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute the encoder's activations in the backward pass (less memory, more time)."""
         self.encoder.set_grad_checkpointing(enable)
         # a recomputed segment must find its saved inputs unchanged: in-place ReLUs broke
         # backward on CUDA (torch 2.11, timm 1.0: "modified by an inplace operation")

@@ -23,7 +23,8 @@ class UNetConfig:
     HELP: ClassVar[dict] = {
         "encoder": "any timm model with features_only", "depth": "encoder stages used (3: stride 8 for a resnet)",
         "mode": "pre: upsample LR first; lr: pixel-shuffle at the end",
-        "decoder_widths": "decoder widths, deepest first", "head_channels": "HR channels after the pixel shuffle (mode lr)",
+        "decoder_widths": "decoder widths, deepest first",
+        "head_channels": "HR channels after the pixel shuffle (mode lr)",
         "padding": "of every convolution (zeros lets the network find tile borders)",
         "encoder_weights": "a local weights file for the encoder (nothing is downloaded)"}
 
@@ -42,10 +43,12 @@ class UNetConfig:
         return f"unet-{self.encoder}-{self.mode}"
 
     def to_dict(self) -> dict:
+        """The config as a plain dict, with its architecture's name (saved beside the weights)."""
         return {"arch": self.arch, **asdict(self)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "UNetConfig":
+        """The config from a plain dict (keys it does not have are ignored)."""
         d = dict(d)
         d["decoder_widths"] = tuple(d.get("decoder_widths", cls.decoder_widths))
         return cls(**{k: v for k, v in d.items() if k in {f.name for f in fields(cls)}})

@@ -13,12 +13,16 @@ from mlflow.pyfunc import PythonModel
 
 
 class BphoSuperResolution(PythonModel):
+    """The MLflow pyfunc of a bpho model: images in, super-resolved images out."""
+
     def load_context(self, context):
+        """Load the bpho model folder logged as the ``model_dir`` artifact."""
         from bpho.inference import load_model
 
         self.model = load_model(context.artifacts["model_dir"], device="auto")
 
     def predict(self, context, model_input: np.ndarray, params: dict | None = None) -> np.ndarray:
+        """Super-resolve a (Y, X) image or a (T, Y, X) stack (any dtype)."""
         data = model_input.to_numpy() if hasattr(model_input, "to_numpy") else np.asarray(model_input)
         return self.model.predict(data)
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from bpho import paths, tracking
-from bpho.config import FROM_DATA, MIN_BATCH, FitConfig, TrainConfig, TrainPrecision
+from bpho.config import FROM_DATA, MIN_BATCH, Device, FitConfig, TrainConfig, TrainPrecision
 from bpho import datasets
 from bpho.errors import BphoError
 from bpho.inference import pick_device
@@ -56,6 +56,8 @@ def free_memory(device: torch.device) -> int:
 
 @dataclass(frozen=True)
 class Attempt:
+    """One point of the fit search: a batch of a tile size at a precision, with or without checkpointing."""
+
     dataset: str
     tile_size: int
     batch_size: int
@@ -68,14 +70,15 @@ class Attempt:
 def _steps(a: Attempt, device: torch.device, warmed=lambda: None) -> float:
     """Build the model, run 1 + `steps` training steps on real tiles; returns tiles/s of the timed
     ones. `warmed()` is called after the first step (code loaded, optimizer state allocated)."""
-    lr, hr = datasets.open(a.dataset).tiles(a.tile_size, "train")
-    idx = np.resize(np.arange(len(lr)), a.batch_size)
-    x = torch.from_numpy(np.asarray(lr[idx])).to(device)
-    y = torch.from_numpy(np.asarray(hr[idx])).to(device)
+    lr_tiles, hr_tiles = datasets.open(a.dataset).tiles(a.tile_size, "train")
+    idx = np.resize(np.arange(len(lr_tiles)), a.batch_size)
+    x = torch.from_numpy(np.asarray(lr_tiles[idx])).to(device)
+    y = torch.from_numpy(np.asarray(hr_tiles[idx])).to(device)
     cfg = TrainConfig(dataset=a.dataset, tile_size=a.tile_size, batch_size=a.batch_size, model=a.model,
                       amp=a.precision == TrainPrecision.AMP,
-                      grad_checkpointing=a.checkpointing, device=device.type)
-    net, _, amp_dtype, scaler = setup_model(cfg, hr.shape[-1] // lr.shape[-1], lr.shape[1], device)
+                      grad_checkpointing=a.checkpointing, device=Device(device.type))
+    scale = hr_tiles.shape[-1] // lr_tiles.shape[-1]
+    net, _, amp_dtype, scaler = setup_model(cfg, scale, lr_tiles.shape[1], device)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
     loss = loss_fn("l1")
     for i in range(1 + a.steps):  # the first step also allocates the optimizer state
@@ -159,17 +162,20 @@ class FitResult:
     path: Optional[Path] = None
 
     def table(self) -> str:
+        """The fit table as text: every point tried, then the recommended batch per setting."""
         lines = [f"fit search on {self.device}, budget {self.budget_bytes / MB:,.0f} MB, "
                  f"{model_config(self.model).label()}",
                  f"{'tile':>5} {'precision':>9} {'ckpt':>5} {'batch':>6} {'fits':>5} {'peak MB':>9} {'tiles/s':>8}"]
-        for p in sorted(self.points, key=lambda p: (p["precision"], p["checkpointing"], p["tile_size"], p["batch_size"])):
+        for p in sorted(self.points,
+                        key=lambda p: (p["precision"], p["checkpointing"], p["tile_size"], p["batch_size"])):
             peak = f"{p['peak_bytes'] / MB:9.0f}" if p["peak_bytes"] is not None else f"{'-':>9}"
             speed = f"{p['tiles_per_s']:8.1f}" if p["tiles_per_s"] is not None else f"{'-':>8}"
             lines.append(f"{p['tile_size']:5d} {p['precision']:>9} {('yes' if p['checkpointing'] else 'no'):>5} "
                          f"{p['batch_size']:6d} {('yes' if p['fits'] else 'NO'):>5} {peak} {speed}")
         lines.append("recommended (largest batch that fits; fastest feasible batch):")
         for r in self.recommended:
-            lines.append(f"  tile {r['tile_size']:4d} {r['precision']:>4} ckpt {'yes' if r['checkpointing'] else 'no ':3s}"
+            ckpt = "yes" if r["checkpointing"] else "no "
+            lines.append(f"  tile {r['tile_size']:4d} {r['precision']:>4} ckpt {ckpt:3s}"
                          f" -> batch {r['batch_size'] or 'none fits'}"
                          + (f" ({r['tiles_per_s']:.1f} tiles/s; fastest: batch {r['fastest_batch']})"
                             if r["batch_size"] else ""))
@@ -223,7 +229,8 @@ def fit_search(cfg: FitConfig, track: bool = True, progress: bool = True) -> Fit
         total = torch.cuda.get_device_properties(dev).total_memory
         torch.cuda.set_per_process_memory_fraction(min(1.0, budget / total), dev)
 
-    space = {"tile_size": CategoricalDistribution(sizes), "batch_size": IntDistribution(MIN_BATCH, cfg.max_batch, log=True),
+    space = {"tile_size": CategoricalDistribution(sizes),
+             "batch_size": IntDistribution(MIN_BATCH, cfg.max_batch, log=True),
              "precision": CategoricalDistribution(precisions), "checkpointing": CategoricalDistribution(checkpointing)}
     study = optuna.create_study(direction="maximize", study_name=f"fit-{dataset}")
     pool = None
@@ -328,7 +335,8 @@ def _track_fit(result: FitResult, study) -> None:
                       tags={"bpho.dataset": result.dataset, "bpho.tune": "fit"}) as active:
         ds = datasets.open(result.dataset)
         tracking.log_params({"fit.dataset": result.dataset, "fit.device": result.device,
-                             "fit.budget_mb": round(result.budget_bytes / MB), **{f"fit.{k}": v for k, v in result.model.items()}})
+                             "fit.budget_mb": round(result.budget_bytes / MB),
+                             **{f"fit.{k}": v for k, v in result.model.items()}})
         tracking.log_dataset_input(ds.name, ds.digest, ds.path, context="tuning")
         for r in result.recommended:
             key = f"t{r['tile_size']}_{r['precision']}{'_ckpt' if r['checkpointing'] else ''}"
@@ -339,7 +347,7 @@ def _track_fit(result: FitResult, study) -> None:
             study.trials_dataframe().to_csv(csv, index=False)
             txt.write_text(result.table() + "\n")
             _fit_plot(png, result)
-            tracking.log_artifacts([csv, png, txt, result.path], "fit")
+            tracking.log_artifacts([csv, png, txt, *([result.path] if result.path else [])], "fit")
         result.run_id = active.info.run_id
 
 

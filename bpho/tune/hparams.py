@@ -1,6 +1,7 @@
 """The hyperparameter study: learning rate, loss, the network's searched settings (its
 architecture's SEARCH, e.g. the U-Net's encoder and mode; `SearchSpace.choices` over them), tile
-and batch size (capped by the fit table), maximising the validation PSNR gain over bicubic, pruned on the per-epoch value.
+and batch size (capped by the fit table), maximising the validation PSNR gain over bicubic, pruned on
+the per-epoch value.
 
 Each trial is a child MLflow run of one parent run per study; the parent gets the best value,
 best parameters, the trial table and Optuna's plots. The study lives in SQLite under
@@ -62,16 +63,17 @@ def hparams(cfg: HparamsConfig, progress: bool = True) -> StudyResult:
 
     def objective(trial) -> float:
         size = trial.suggest_categorical("tile_size", sizes)
-        model = dataclasses.replace(cfg.model, **{k: trial.suggest_categorical(k, list(v)) for k, v in searched.items()})
+        model = dataclasses.replace(cfg.model,
+                                    **{k: trial.suggest_categorical(k, list(v)) for k, v in searched.items()})
         loss = trial.suggest_categorical("loss", [str(x) for x in space.losses])
-        lr = trial.suggest_float("lr", space.lr_min, space.lr_max, log=True)
+        learning_rate = trial.suggest_float("lr", space.lr_min, space.lr_max, log=True)
         cap = fit_cap(cfg.dataset, size, model, str(TrainPrecision.AMP if space.amp else TrainPrecision.FP32))
         cap = space.max_batch if cap is None else min(cap, space.max_batch)
         if cap < MIN_BATCH:
             raise optuna.TrialPruned(f"no batch of tile {size} fits ({model.label()}) in the fit table")
         batch = trial.suggest_int("batch_size", MIN_BATCH, cap, log=True)
         train_cfg = TrainConfig(dataset=cfg.dataset, tile_size=size, batch_size=batch, epochs=cfg.epochs,
-                                model=model, loss=loss, lr=lr, amp=space.amp, device=cfg.device,
+                                model=model, loss=loss, lr=learning_rate, amp=space.amp, device=cfg.device,
                                 panel_every=cfg.epochs)
         tags = {"bpho.study": name, "bpho.optuna_trial": str(trial.number)}
 
@@ -101,7 +103,8 @@ def hparams(cfg: HparamsConfig, progress: bool = True) -> StudyResult:
     def say(study, trial) -> None:
         if progress:
             value = f"{trial.value:+.3f} dB" if trial.value is not None else trial.state.name.lower()
-            print(f"trial {trial.number}: {value}  " + ", ".join(f"{k}={v}" for k, v in trial.params.items()), flush=True)
+            print(f"trial {trial.number}: {value}  " + ", ".join(f"{k}={v}" for k, v in trial.params.items()),
+                  flush=True)
 
     # stop when the study (all workers together) holds `trials`, counting those still running elsewhere
     finished = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
@@ -121,7 +124,8 @@ def _summarise(study, parent: str, storage: str, cfg: HparamsConfig) -> StudyRes
                          best_params=dict(best.params) if best else {},
                          best_run_id=best.user_attrs.get("mlflow_run_id") if best else None)
     with tracking.run(tracking.TUNE_EXPERIMENT, run_name=study.study_name, run_id=parent):
-        if "study.name" not in tracking.run_record(parent)["params"]:  # another worker may have logged them
+        record = tracking.run_record(parent)
+        if record is None or "study.name" not in record["params"]:  # another worker may have logged them
             tracking.log_params({"study.name": study.study_name, "study.storage": result.storage,
                                  "study.dataset": cfg.dataset, "study.epochs": cfg.epochs,
                                  **{f"space.{k}": v for k, v in asdict(cfg.space).items() if v is not None}})

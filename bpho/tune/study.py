@@ -8,7 +8,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional, cast
 
 from bpho import paths, tracking
 from bpho.config import Pruner, choice
@@ -60,7 +60,7 @@ def open_study(storage: str, name: str, direction: str, **kwargs):
 def pruner(name: Pruner | str):
     """The Optuna pruner: median (after 2 trials and 1 epoch), hyperband, or none."""
     optuna = load_optuna()
-    name = choice(Pruner, name, "tune hparams: --pruner")
+    name = cast(Pruner, choice(Pruner, name, "tune hparams: --pruner"))
     if name is Pruner.MEDIAN:
         return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
     if name is Pruner.HYPERBAND:
@@ -92,6 +92,8 @@ def end_trial_run(parent: str, tags: Dict[str, str], state: str) -> None:
 
 @dataclass
 class StudyResult:
+    """What a study run returns: the study, its storage, parent run, trials and the best trial."""
+
     study: str
     storage: str
     parent_run_id: str
@@ -117,9 +119,10 @@ def study_files(folder: Path, study, result: StudyResult) -> List[Path]:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # Optuna marks its matplotlib backend experimental
                 ax = plot(study)
-            ax.figure.set_size_inches(7, 4.5)
-            ax.figure.tight_layout()
-            ax.figure.savefig(folder / fname, dpi=100)
+            figure: Any = ax.figure  # a Figure (matplotlib's type says Figure or SubFigure)
+            figure.set_size_inches(7, 4.5)
+            figure.tight_layout()
+            figure.savefig(folder / fname, dpi=100)
             files.append(folder / fname)
         except (ValueError, RuntimeError):  # importances need two or more finished trials
             pass
