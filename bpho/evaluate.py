@@ -385,8 +385,9 @@ def evaluate(model_uri: str, dataset: Optional[str] = None, datasource: Optional
                                   + f"; {seen.describe()}. `gain_*`: model minus bicubic, "
                                   "with a 95% bootstrap interval over images (`*_ci95_low/high`).\n\n"
                                   + tracking.METRIC_UNITS)
+            # `evaluated_split`, not `split`: `mlflow run -e evaluate` logs the requested split ("" = default)
             tracking.log_params({"model_uri": model_uri, "images": len(pairs), "evaluated_on": where,
-                                 "split": str(split or "none"), "selection_used": used,
+                                 "evaluated_split": str(split or "none"), "selection_used": used,
                                  "ensemble": str(ensemble).lower()})
             tracking.log_metrics({k: v for k, v in _flat(summary).items() if v is not None and np.isfinite(v)})
             tracking.log_artifacts([out / "evaluation.csv"])

@@ -140,7 +140,7 @@ def test_evaluate_logs_table_figures_and_links(env, tmp_path):
     assert run.data.tags["bpho.model_run_id"] == single.run_id
     assert run.data.tags["bpho.dataset_digest"] == datasets.open("ev").digest
     assert run.data.tags["bpho.evaluated_images"] == ",".join(test) and run.data.tags["bpho.selection_used"] == "false"
-    assert run.data.params["split"] == "test" and run.data.tags["bpho.trained_on_scored"] == "0"
+    assert run.data.params["evaluated_split"] == "test" and run.data.tags["bpho.trained_on_scored"] == "0"
     assert "model_psnr" in run.data.metrics and "model_frc_px" in run.data.metrics
     if len(test) == 1:  # no interval over one image: said, not faked
         assert "95% CI undefined with one image" in proc.stdout and "gain_psnr_ci95_low" not in run.data.metrics
@@ -153,7 +153,7 @@ def test_evaluate_logs_table_figures_and_links(env, tmp_path):
     assert (f"scored {len(valid)} validation image(s) of dataset ev ({', '.join(valid)}); {len(valid)} of them chose "
             "the model's epoch") in proc.stdout
     run = _named(client, exp.experiment_id, "models:/ev-single/latest", "valid")
-    assert run.data.tags["bpho.selection_used"] == "true" and run.data.params["split"] == "valid"
+    assert run.data.tags["bpho.selection_used"] == "true" and run.data.params["evaluated_split"] == "valid"
     assert run.data.tags["bpho.evaluated_images"] == ",".join(valid)
     # what training logged and registered is what evaluate measures on the same images
     trained = client.get_run(single.run_id)
