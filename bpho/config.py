@@ -25,10 +25,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum
 from functools import partial
-from typing import Dict, Iterable, Literal, Mapping, Optional, Tuple, Union
+from typing import Dict, Iterable, Literal, Optional, Tuple, Union
 
 from bpho.errors import BphoError
 from bpho.models import ARCHITECTURES, ModelConfig, UNetConfig, architecture, model_config
@@ -189,14 +190,14 @@ def convert(hint, value, what: str = "value"):
                 return convert(a, value, what)
             except BphoError:
                 pass
-        raise BphoError(f"{what}={value}: not a valid {' or '.join(_NAMES.get(a, str(a)) for a in typing.get_args(kind))}")
+        names = " or ".join(_NAMES.get(a, str(a)) for a in typing.get_args(kind))
+        raise BphoError(f"{what}={value}: not a valid {names}")
     try:
         if kind is bool:
-            word = str(value).strip().lower() if text else value
-            if text and word in TRUE + FALSE:
-                return word in TRUE
             if isinstance(value, bool):
                 return value
+            if text and value.strip().lower() in TRUE + FALSE:
+                return value.strip().lower() in TRUE
         elif kind is int and not isinstance(value, bool):
             if text:
                 return int(value.strip())

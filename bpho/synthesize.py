@@ -13,8 +13,9 @@ training on real vs synthetic pairs) is in `bpho.tune.degradation`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 from tqdm import tqdm
@@ -69,7 +70,8 @@ class Degradation:
 
 
 def degradation(name: str, settings: Mapping[str, object] | Iterable[str] = (), fit_on: Optional[str] = None,
-                recipe: str = PAIRED_RECIPE, progress: bool = False, recipe_settings: Sequence[str] = ()) -> Degradation:
+                recipe: str = PAIRED_RECIPE, progress: bool = False,
+                recipe_settings: Sequence[str] = ()) -> Degradation:
     """A registered degradation (bpho/degrade) by name with parameters (values or text); one
     estimated from pairs (``fitted``) is fitted on the training pairs of `fit_on` (given settings
     then override fitted values)."""
