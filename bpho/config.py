@@ -5,8 +5,14 @@ A config is checked when it is made (`__post_init__`), so the library trusts it 
 MLproject parameters are checked against them by a test: a default changed here changes
 everywhere. Field metadata: ``help`` (shown by ``--help``), ``metavar``, ``append`` (a
 repeatable flag), ``nargs`` (a tuple given as several values after one flag: ``--tile-sizes
-64 128``; otherwise comma-separated), ``group`` (flags that exclude each other),
-``cli=False`` (not a flag).
+64 128``; otherwise comma-separated), ``group`` (flags that exclude each other; ``required``
+on a member: one of them must be given), ``positional`` (an argument, not a ``--flag``),
+``choices`` (a function giving the allowed names, read when the parser is built: a registry
+such as the degradations'), ``cli=False`` (not a flag).
+
+One converter, `convert`, turns text or Python values into a field's type: for the flags,
+for ``KEY=VALUE`` settings (`from_settings`: recipe overrides, degradation parameters) and
+for configs made in Python (`_enums` in ``__post_init__``, recipe files included).
 
 Example
 -------
@@ -19,9 +25,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum
-from typing import Dict, Iterable, Literal, Optional, Tuple
+from functools import partial
+from typing import Dict, Iterable, Literal, Optional, Tuple, Union
 
 from bpho.errors import BphoError
 from bpho.models import ARCHITECTURES, ModelConfig, UNetConfig, architecture, model_config
@@ -48,12 +56,17 @@ class Transform(StrEnum):
     AUTO = "auto"
 
 
-class Degradation(StrEnum):
-    """Models that make LR from HR (bpho/degrade)."""
+def degradations(searched: bool = False) -> list:
+    """Names of the registered degradations (bpho/degrade), in order; `searched`: only those a
+    study searches (not those estimated from pairs)."""
+    from bpho.degrade import DEGRADATIONS
 
-    CLASSIC = "classic"
-    PHYSICAL = "physical"
-    FITTED = "fitted"
+    return [name for name, d in DEGRADATIONS.items() if not searched or d.search is not None]
+
+
+PAIRED_RECIPE = "paired_001"  # the recipe of paired datasources, when none is named
+MOVIE_RECIPE = "movie_001"  # and of movie ones
+MODEL_URI_HELP = "runs:/ID/model, models:/NAME/VERSION or models:/NAME/latest"
 
 
 class Pruner(StrEnum):
@@ -91,10 +104,10 @@ def choice(enum: type, value, what: str) -> Enum:
 
 
 def _enums(cfg, what: str = "") -> None:
-    """Normalise a frozen dataclass by its type hints: an enum field's value becomes a member
-    (checked), a tuple field's sequence a tuple (of members, for a tuple of enums), a model
-    field's dict a registered architecture's config. `what` prefixes the error ("tune fit:
-    precision 'x': use one of ...")."""
+    """Normalise a frozen dataclass by its type hints (with `convert`): an enum, Literal or tuple
+    field's value becomes a member / a checked value / a tuple of converted items, a model
+    field's dict a registered architecture's config, a field with ``choices`` metadata is
+    checked against them. `what` prefixes the error ("tune fit: precision 'x': use one of ...")."""
     hints = typing.get_type_hints(type(cfg))
     for f in dataclasses.fields(cfg):
         kind, value = _base(hints[f.name]), getattr(cfg, f.name)
@@ -103,12 +116,12 @@ def _enums(cfg, what: str = "") -> None:
             continue
         if f.metadata.get("model"):
             object.__setattr__(cfg, f.name, model_config(value))
-        elif _is_enum(kind):
-            object.__setattr__(cfg, f.name, choice(kind, value, name))
-        elif typing.get_origin(kind) is tuple:
-            item = typing.get_args(kind)[0]
-            object.__setattr__(cfg, f.name, tuple(choice(item, v, name) for v in value) if _is_enum(item) else
-                               tuple(value))
+        elif "choices" in f.metadata:
+            names = list(f.metadata["choices"]())
+            if value not in names:
+                raise BphoError(f"{name} {value!r}: use one of {', '.join(names)}")
+        elif _is_enum(kind) or typing.get_origin(kind) in (tuple, Literal):
+            object.__setattr__(cfg, f.name, convert(kind, value, name))
 
 
 def _is_enum(kind) -> bool:
@@ -121,18 +134,114 @@ def _base(hint):
     return args[0] if typing.get_origin(hint) is typing.Union and len(args) == 1 else hint
 
 
-def _ints(text: str) -> Tuple[int, ...]:
-    """``"128,64,64"`` -> (128, 64, 64)."""
+TRUE, FALSE = ("true", "on", "yes", "1"), ("false", "off", "no", "0")
+_NAMES = {int: "int (a whole number)", float: "float (a number)", bool: "bool (true or false)", str: "str"}
+
+
+def convert(hint, value, what: str = "value"):
+    """`value` as type `hint`: the one conversion of bpho's settings.
+
+    Parameters
+    ----------
+    hint : type
+        A config field's type: bool, int, float, str, an enum, a ``Literal``, ``Optional[X]``,
+        ``Union[int, str]`` (the first that fits), ``Tuple[X, ...]`` or ``Tuple[X, X]``.
+    value : object
+        Text (a flag, a ``KEY=VALUE`` setting: ``"64,128"`` for a tuple, ``"none"`` or ``""``
+        for an optional) or a Python value (a recipe file, a mapping).
+    what : str
+        Names the setting in the error.
+
+    Returns
+    -------
+    object
+        The value as `hint`: a whole number is accepted as a float; a fixed-length tuple given
+        one value repeats it (``gauss_std=0.02`` is the range 0.02..0.02).
+
+    Raises
+    ------
+    BphoError
+        One line: the setting, the value and what it should be.
+    """
+    kind = _base(hint)
+    text = isinstance(value, str)
+    if kind is not hint and (value is None or (text and value.strip().lower() in ("", "none"))):
+        return None
+    origin = typing.get_origin(kind)
+    if _is_enum(kind):
+        return choice(kind, value, what)
+    if origin is Literal:
+        if value not in typing.get_args(kind):
+            raise BphoError(f"{what} {value!r}: use one of {', '.join(map(str, typing.get_args(kind)))}")
+        return value
+    if origin is tuple:
+        args = typing.get_args(kind)
+        items = [v.strip() for v in value.split(",") if v.strip()] if text else list(value)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(convert(args[0], v, what) for v in items)
+        if len(items) == 1 and len(set(args)) == 1:
+            items = items * len(args)
+        if len(items) != len(args):
+            raise BphoError(f"{what}={value}: {len(args)} comma-separated values")
+        return tuple(convert(a, v, what) for a, v in zip(args, items))
+    if origin is typing.Union:
+        for a in typing.get_args(kind):
+            try:
+                return convert(a, value, what)
+            except BphoError:
+                pass
+        names = " or ".join(_NAMES.get(a, str(a)) for a in typing.get_args(kind))
+        raise BphoError(f"{what}={value}: not a valid {names}")
     try:
-        return tuple(int(w) for w in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: comma-separated whole numbers, e.g. 128,64,64") from None
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            if text and value.strip().lower() in TRUE + FALSE:
+                return value.strip().lower() in TRUE
+        elif kind is int and not isinstance(value, bool):
+            if text:
+                return int(value.strip())
+            if float(value).is_integer():
+                return int(value)
+        elif kind is float and not isinstance(value, bool):
+            return float(value.strip() if text else value)
+        elif kind is str:
+            return value if text else str(value)
+        else:
+            return kind(value)
+    except (TypeError, ValueError):
+        pass
+    raise BphoError(f"{what}={value}: not a valid {_NAMES.get(kind, getattr(kind, '__name__', str(kind)))}")
 
 
-def _on(text: str) -> bool:
-    if text not in ("off", "on"):
-        raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from 'off', 'on')")
-    return text == "on"
+def _parser(kind):
+    """argparse's ``type`` for flags of type `kind`: `convert`, its error as argparse's."""
+    def parse(text: str):
+        try:
+            return convert(kind, text, "")
+        except BphoError as exc:
+            raise argparse.ArgumentTypeError(str(exc).lstrip("=")) from None
+
+    parse.__name__ = getattr(kind, "__name__", "value")
+    return parse
+
+
+def from_settings(cls: type, settings: Union[Mapping[str, object], Iterable[str]], what: str = "--set", base=None):
+    """A `cls` config from ``KEY=VALUE`` strings (`key_values`) or a {key: value} mapping.
+
+    Each value is converted to its field's type (`convert`); an unknown key is refused in one
+    line naming the valid ones; the fields not given keep `base`'s values (default: `cls`'s
+    defaults). E.g. the recipe's ``--set`` overrides and a degradation's parameters.
+    """
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    items = settings if isinstance(settings, Mapping) else key_values(settings, what)
+    changes = {}
+    for key, value in items.items():
+        if key not in names:
+            raise BphoError(f"{what} {key}: not a setting; use KEY=VALUE with KEY one of {', '.join(names)}")
+        changes[key] = convert(hints[key], value, f"{what} {key}")
+    return dataclasses.replace(base, **changes) if base is not None else cls(**changes)
 
 
 def _value_kw(kind) -> dict:
@@ -142,8 +251,8 @@ def _value_kw(kind) -> dict:
     if typing.get_origin(kind) is Literal:
         return {"choices": list(typing.get_args(kind))}
     if kind is bool:
-        return {"type": _on, "metavar": "{off,on}"}
-    return {"type": kind}
+        return {"type": _parser(bool), "metavar": "{off,on}"}
+    return {"type": _parser(kind)}
 
 
 MODEL_PREFIX = "model-"  # the flags of a model config's fields: --model-encoder, --model-blocks, ...
@@ -172,7 +281,7 @@ def _add_model(parser: argparse.ArgumentParser, default) -> None:
         shown = "; ".join(f"{arch} {','.join(map(str, v)) if isinstance(v, tuple) else v}"
                           for arch, v in flag["defaults"].items())
         kind = flag["kind"]
-        kw = {"type": _ints, "metavar": "N,N,..."} if typing.get_origin(kind) is tuple else _value_kw(kind)
+        kw = {"type": _parser(kind), "metavar": "N,N,..."} if typing.get_origin(kind) is tuple else _value_kw(kind)
         kw.setdefault("metavar", kw.get("metavar") or (None if "choices" in kw else name.upper()))
         parser.add_argument(f"--{MODEL_PREFIX}{name.replace('_', '-')}", dest=f"model.{name}", default=None,
                             help=f"{flag['help']} (default: {shown})", **kw)
@@ -196,7 +305,8 @@ def add_fields(parser: argparse.ArgumentParser, cls: type) -> None:
     field (metadata ``model``) adds ``--arch`` and the ``--model-*`` flags.
 
     Every flag defaults to None, so an absent flag leaves the config's own default; the
-    help shows that default. Fields without a default become required flags.
+    help shows that default. Fields without a default become required flags (or arguments:
+    metadata ``positional``).
     """
     hints = typing.get_type_hints(cls)
     groups = {}
@@ -223,14 +333,20 @@ def add_fields(parser: argparse.ArgumentParser, cls: type) -> None:
         elif f.metadata.get("nargs"):
             kw.update(nargs="+", **_value_kw(typing.get_args(kind)[0]))
         elif typing.get_origin(kind) is tuple:
-            kw["type"] = _ints
+            kw["type"] = _parser(kind)
         else:
             kw.update(_value_kw(kind))
+        if "choices" in f.metadata:
+            kw["choices"] = list(f.metadata["choices"]())
         if "metavar" in f.metadata:
             kw["metavar"] = f.metadata["metavar"]
+        if f.metadata.get("positional"):
+            parser.add_argument(f.name, **{k: v for k, v in kw.items() if k not in ("default", "required")})
+            continue
         group = f.metadata.get("group")
         if group and group not in groups:
-            groups[group] = parser.add_mutually_exclusive_group()
+            groups[group] = parser.add_mutually_exclusive_group(required=any(
+                g.metadata.get("required") for g in dataclasses.fields(cls) if g.metadata.get("group") == group))
         target = groups[group] if group else parser
         target.add_argument("--" + f.name.replace("_", "-"), **kw)
 
@@ -294,6 +410,55 @@ class PredictConfig(InferenceConfig):
 
     format: ImageFormat = field(default=ImageFormat.IMAGEJ, metadata={
         "help": "ImageJ hyperstack TIFF (Fiji) or OME-TIFF (.ome.tif: OME-XML pixel sizes, axes, channels)"})
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """`bpho evaluate`: a model scored on whole held-out images of a dataset or a datasource."""
+
+    model: str = field(metadata={"help": MODEL_URI_HELP})
+    dataset: Optional[str] = field(default=None, metadata={
+        "group": "where", "required": True,
+        "help": "its test images when it has any (no choice has seen them), else its validation images (they chose "
+                "the model's epoch; said so)"})
+    datasource: Optional[str] = field(default=None, metadata={
+        "group": "where", "help": "a paired datasource of full images never used in training"})
+    transform: Transform = field(default=Transform.AUTO, metadata={
+        "help": "how --datasource pairs are registered (auto: the simplest transform that leaves a small residual; "
+                "a dataset was registered when it was built)"})
+    split: Optional[Literal["test", "valid"]] = field(default=None, metadata={
+        "help": "with --dataset: score its test images (held out by the recipe's test_fraction) or its validation "
+                "images (those training chose the epoch on); default test when it has any"})
+    out: Optional[str] = field(default=None, metadata={"help": "folder for evaluation.csv and the figures (default: a "
+                                                             "temporary folder)"})
+    device: Device = Device.AUTO
+    ensemble: bool = field(default=InferenceConfig.ensemble,
+                           metadata=InferenceConfig.__dataclass_fields__["ensemble"].metadata)
+
+    def __post_init__(self):
+        _enums(self, "evaluate")
+        if (self.dataset is None) == (self.datasource is None):
+            raise BphoError("evaluate: give one of --dataset or --datasource")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """`bpho export`: a model as a BioImage Model Zoo package."""
+
+    model: str = field(metadata={"help": MODEL_URI_HELP})
+    out: str = field(metadata={"help": "NAME.zip (the package) or a folder"})
+    format: Literal["bioimageio"] = field(default="bioimageio", metadata={"help": "bioimage.io model spec 0.5"})
+    sample: Optional[str] = field(default=None, metadata={"help": "an LR image for the test tensors and cover "
+                                                                  "(default: the model's dataset)"})
+    name: Optional[str] = field(default=None, metadata={"help": "package name (default: the registered model name)"})
+    author: Tuple[str, ...] = field(default=(), metadata={
+        "append": True, "help": "an author (repeat; default: who trained the model)"})
+    license: str = field(default="CC-BY-4.0", metadata={"help": "SPDX license id"})
+    force: bool = field(default=False, metadata={"help": "replace --out if it exists"})
+    no_log: bool = field(default=False, metadata={"help": "do not log the package on the model's training run"})
+
+    def __post_init__(self):
+        _enums(self, "export")
 
 
 def mlproject_argv(cls: type, argv: list, switches: Tuple[str, ...] = ()) -> list:
@@ -421,6 +586,55 @@ class DemoConfig:
                                 f">= {8 * self.scale}")
 
 
+# --- datasets
+
+
+def _check_settings(items: Tuple[str, ...], what: str = "--set") -> None:
+    for item in items:
+        key_value(item, what)
+
+
+@dataclass(frozen=True)
+class DatasetMakeConfig:
+    """`bpho dataset make`: a dataset built from a datasource by a recipe."""
+
+    recipe: str = field(metadata={"positional": True, "help": "a recipe name (bpho/recipes/NAME.py) or a .py file"})
+    datasource: Optional[str] = field(default=None, metadata={"help": "use this datasource instead of the recipe's "
+                                                                      "default"})
+    set: Tuple[str, ...] = field(default=(), metadata={"append": True, "metavar": "KEY=VALUE",
+                                                       "help": "override a recipe field (repeatable)"})
+    name: Optional[str] = field(default=None, metadata={"help": "dataset name (default: the recipe's name)"})
+    force: bool = field(default=False, metadata={"help": "rebuild (replace) an existing dataset of that name"})
+    workers: Optional[int] = field(default=None, metadata={"help": "processes reading and registering images "
+                                                                   "(default: one per core)"})
+    no_png: bool = field(default=False, metadata={"help": "skip the QC and preview figures (faster; same digest)"})
+
+    def __post_init__(self):
+        _enums(self, "dataset make")
+        _check_settings(self.set)
+
+
+@dataclass(frozen=True)
+class SynthesizeConfig:
+    """`bpho synthesize`: a dataset of synthetic pairs, LR made from HR by a registered degradation."""
+
+    datasource: str = field(metadata={"help": "hr datasource, or a paired/movie one (its HR side)"})
+    degradation: str = field(metadata={"choices": degradations, "help": "the degradation model (bpho/degrade)"})
+    dataset: str = field(metadata={"help": "name of the dataset to build"})
+    set: Tuple[str, ...] = field(default=(), metadata={"append": True, "metavar": "KEY=VALUE",
+                                                       "help": "a degradation parameter, or a recipe field "
+                                                               "(repeatable)"})
+    fit_on: Optional[str] = field(default=None, metadata={"help": "a degradation estimated from pairs (fitted): the "
+                                                                  "paired datasource to fit on (its training pairs)"})
+    recipe: Optional[str] = field(default=None, metadata={"help": f"default {PAIRED_RECIPE} ({MOVIE_RECIPE} for a "
+                                                                  "movie datasource)"})
+    force: bool = False
+
+    def __post_init__(self):
+        _enums(self, "synthesize")
+        _check_settings(self.set)
+
+
 # --- tune
 
 MIN_BATCH = 2  # batch norm needs two samples to train
@@ -491,11 +705,8 @@ class SearchSpace:
                 raise BphoError(f"tune hparams: --choices {key}: not a setting of architecture {model.arch} (its "
                                 f"settings: {', '.join(names)})")
             kind = _base(hints[key])
-            convert = kind if kind in (int, float) else str
-            try:
-                out[key] = tuple(convert(v) for v in text.split(","))
-            except ValueError:
-                raise BphoError(f"tune hparams: --choices {key}={text}: {kind.__name__} values") from None
+            item = str if typing.get_origin(kind) is tuple else kind
+            out[key] = convert(Tuple[item, ...], text, f"tune hparams: --choices {key}")
         return out
 
 @dataclass(frozen=True)
@@ -530,20 +741,20 @@ class DegradationStudyConfig:
     is closest to the real LR of a paired datasource's training pairs."""
 
     datasource: str = field(metadata={"help": "a paired datasource (its training pairs are compared)"})
-    degradation: Degradation = field(metadata={"help": "classic or physical (fitted is estimated, not searched)"})
+    degradation: str = field(metadata={"choices": partial(degradations, searched=True),
+                                       "help": "a degradation with a search space (one estimated from pairs, "
+                                               "such as fitted, is not searched)"})
     trials: int = field(default=100, metadata={"help": "trials to add to the study (demo: about 15 s per 100)"})
     max_pairs: Optional[int] = field(default=4, metadata={"help": "pairs compared per trial"})
     storage: Optional[str] = field(default=None, metadata={"help": "Optuna RDB URL (default: SQLite under "
                                                                    "BPHO_ROOT/tune)"})
     study: Optional[str] = field(default=None, metadata={"help": "default degradation-<degradation>-<datasource>"})
     seed: Optional[int] = field(default=0, metadata={"cli": False})
-    recipe: str = field(default="paired_001", metadata={"cli": False, "help": "registers the pairs"})
+    recipe: str = field(default=PAIRED_RECIPE, metadata={"cli": False, "help": "registers the pairs"})
     recipe_settings: Tuple[str, ...] = field(default=(), metadata={"cli": False})
 
     def __post_init__(self):
-        _enums(self)
-        if self.degradation is Degradation.FITTED:
-            raise BphoError("tune degradation: 'fitted' (search classic or physical; fitted is estimated, not searched)")
+        _enums(self, "tune degradation")
 
 
 @dataclass(frozen=True)
@@ -553,15 +764,15 @@ class DegradationReportConfig:
 
     datasource: str = field(metadata={"help": "a paired datasource"})
     epochs: int = 10
-    trials: int = field(default=100, metadata={"help": "study trials for classic and physical "
-                                                       "(0: their default parameters)"})
+    trials: int = field(default=100, metadata={"help": "study trials per searched degradation (classic, physical; "
+                                                       "0: their default parameters)"})
     tile_size: Optional[int] = field(default=None, metadata={"help": "HR tile size (default: the dataset's smallest)"})
     batch_size: Optional[int] = field(default=None, metadata={"help": f"default {TrainConfig.batch_size}"})
     model: ModelConfig = model_field()
     recipe_settings: Tuple[str, ...] = field(default=(), metadata={"cli": False,
                                                                    "help": "recipe fields for all four datasets"})
     out: Optional[str] = field(default=None, metadata={"help": "folder for the table and figure"})
-    recipe: str = field(default="paired_001", metadata={"cli": False})
+    recipe: str = field(default=PAIRED_RECIPE, metadata={"cli": False})
     prefix: str = field(default="synth-report", metadata={"cli": False, "help": "of the datasets' names"})
 
     def __post_init__(self):

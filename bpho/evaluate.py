@@ -39,6 +39,7 @@ import numpy as np
 from tqdm import tqdm
 
 from bpho import datasets, datasources, io, metrics, paths, tracking
+from bpho.config import EvaluateConfig
 from bpho.datasets.register import apply_registration, register_pair, upsample
 from bpho.datasets.sources import plane_stack
 from bpho.errors import BphoError
@@ -151,7 +152,7 @@ def _dataset_if_here(name: Optional[str], digest: Optional[str]):
     return ds if ds.digest == digest else None
 
 
-def _pairs_from_datasource(source: datasources.Datasource, scale: int, transform: str = "auto") -> List[Pair]:
+def _pairs_from_datasource(source: datasources.Datasource, scale: int, transform: str) -> List[Pair]:
     name = source.name
     if not source.pairs:
         raise BphoError(f"datasource {name!r} has no LR/HR pairs to evaluate on")
@@ -307,8 +308,9 @@ class Evaluation:
 
 
 def evaluate(model_uri: str, dataset: Optional[str] = None, datasource: Optional[str] = None,
-             out_dir: Optional[Path] = None, device: str = "auto", progress: bool = True, track: bool = True,
-             transform: str = "auto", split: Optional[str] = None, ensemble: bool = False) -> Evaluation:
+             out_dir: Optional[Path] = None, device: str = EvaluateConfig.device, progress: bool = True,
+             track: bool = True, transform: str = EvaluateConfig.transform, split: Optional[str] = None,
+             ensemble: bool = False) -> Evaluation:
     """Score a model on whole held-out images against nearest, bilinear and bicubic upsampling.
 
     Parameters

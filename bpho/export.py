@@ -43,6 +43,7 @@ import torch
 from tqdm import tqdm
 
 from bpho import __version__, io, paths, tracking
+from bpho.config import ExportConfig
 from bpho.errors import BphoError
 from bpho.inference import SuperResolver, load_model
 
@@ -68,7 +69,7 @@ class Export:
 
 
 def export_bioimageio(model_uri: str, out: Path, sample: Optional[Path] = None, name: Optional[str] = None,
-                      authors: Optional[List[str]] = None, license: str = "CC-BY-4.0", force: bool = False,
+                      authors: Optional[List[str]] = None, license: str = ExportConfig.license, force: bool = False,
                       track: bool = True, progress: bool = True) -> Export:
     """Write the model at `model_uri` as a BioImage Model Zoo package to `out` (``*.zip``: the
     zipped package; otherwise a folder) after bioimageio.core's ``test_model`` passed on it.

@@ -1,15 +1,19 @@
-"""The `bpho dataset` commands: datasets built from datasources by recipes."""
+"""The `bpho dataset` commands: datasets built from datasources by recipes (`bpho dataset make`'s
+flags are DatasetMakeConfig's fields, bpho/config.py)."""
 
 from __future__ import annotations
 
 import json
 
+from bpho.config import DatasetMakeConfig, add_fields, from_args
+
 
 def _dataset_make(args) -> int:
     from bpho.datasets import builder
 
-    ds = builder.make(args.recipe, datasource=args.datasource, settings=args.set or [], name=args.name,
-                      force=args.force, workers=args.workers, pngs=not args.no_png)
+    cfg = from_args(DatasetMakeConfig, args)
+    ds = builder.make(cfg.recipe, datasource=cfg.datasource, settings=cfg.set, name=cfg.name, force=cfg.force,
+                      workers=cfg.workers, pngs=not cfg.no_png)
     print(f"dataset {ds.name} built at {ds.path} (digest {ds.digest[:12]})")
     print_dataset(ds)
     print_run(ds)
@@ -72,13 +76,7 @@ def add_to(sub) -> None:
     dsets = sub.add_parser("dataset", help="datasets built from datasources by recipes").add_subparsers(
         dest="action", required=True)
     p = dsets.add_parser("make", help="build a dataset from a recipe (bpho/recipes/NAME.py or a .py file)")
-    p.add_argument("recipe")
-    p.add_argument("--datasource", help="use this datasource instead of the recipe's default")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe field (repeatable)")
-    p.add_argument("--name", help="dataset name (default: the recipe's name)")
-    p.add_argument("--force", action="store_true", help="rebuild (replace) an existing dataset of that name")
-    p.add_argument("--workers", type=int, help="processes reading and registering images (default: one per core)")
-    p.add_argument("--no-png", action="store_true", help="skip the QC and preview figures (faster; same digest)")
+    add_fields(p, DatasetMakeConfig)
     p.set_defaults(func=_dataset_make)
     p = dsets.add_parser("list")
     p.set_defaults(func=_dataset_list)

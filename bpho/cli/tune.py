@@ -1,7 +1,8 @@
 """The `bpho tune` commands (Optuna studies) and `bpho synthesize` (LR made from HR).
 
-The tune flags are the fields of FitConfig, HparamsConfig (with SearchSpace),
-DegradationStudyConfig and DegradationReportConfig (bpho/config.py).
+The flags are the fields of FitConfig, HparamsConfig (with SearchSpace), DegradationStudyConfig,
+DegradationReportConfig and SynthesizeConfig (bpho/config.py); the degradations offered are the
+registered ones (bpho/degrade).
 """
 
 from __future__ import annotations
@@ -10,9 +11,8 @@ import dataclasses
 
 from bpho.cli.dataset import print_dataset
 from bpho.cli.dataset import print_run
-from bpho.config import (Degradation, DegradationReportConfig, DegradationStudyConfig, FitConfig, HparamsConfig, SearchSpace,
-                         add_fields, from_args)
-from bpho.errors import BphoError
+from bpho.config import (DegradationReportConfig, DegradationStudyConfig, FitConfig, HparamsConfig, SearchSpace,
+                         SynthesizeConfig, add_fields, from_args)
 
 
 def _tune_fit(args) -> int:
@@ -65,21 +65,9 @@ def _tune_degradation_report(args) -> int:
 
 
 def _synthesize(args) -> int:
-    from bpho import synthesize as sy
-    from bpho.config import key_values
-    from bpho.datasets.recipe import Recipe
+    from bpho import synthesize
 
-    settings = key_values(args.set or [])
-    own = {f.name for f in dataclasses.fields(sy.MODELS[args.degradation][0])}
-    recipe_fields = {f.name for f in dataclasses.fields(Recipe)}
-    unknown = [k for k in settings if k not in own and k not in recipe_fields]
-    if unknown:
-        raise BphoError(f"synthesize: --set {unknown[0]}: neither a {args.degradation} parameter ({', '.join(sorted(own))})"
-                        f" nor a recipe field")
-    deg = sy.degradation(args.degradation, {k: v for k, v in settings.items() if k in own}, fit_on=args.fit_on,
-                         recipe=args.recipe or "paired_001", progress=True)
-    ds = sy.synthesize(args.datasource, deg, args.dataset, recipe=args.recipe, force=args.force,
-                       recipe_settings=[f"{k}={v}" for k, v in settings.items() if k not in own])
+    deg, ds = synthesize.run(from_args(SynthesizeConfig, args))
     print(f"dataset {ds.name} built at {ds.path} (digest {ds.digest[:12]}) with LR synthesized by {deg.name}:")
     print("  " + ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(deg.params).items()))
     if deg.fitted_on:
@@ -120,12 +108,5 @@ def add_to(sub) -> None:
     p.set_defaults(func=_tune_degradation_report)
 
     p = sub.add_parser("synthesize", help="a dataset of synthetic pairs: LR made from HR by a degradation model")
-    p.add_argument("--datasource", required=True, help="hr datasource, or a paired/movie one (its HR side)")
-    p.add_argument("--degradation", required=True, choices=[d.value for d in Degradation])
-    p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="a degradation parameter, or a recipe field (repeatable)")
-    p.add_argument("--dataset", required=True, help="name of the dataset to build")
-    p.add_argument("--fit-on", help="fitted: the paired datasource to fit on (its training pairs)")
-    p.add_argument("--recipe", help="default paired_001 (movie_001 for a movie datasource)")
-    p.add_argument("--force", action="store_true")
+    add_fields(p, SynthesizeConfig)
     p.set_defaults(func=_synthesize)

@@ -1,19 +1,22 @@
 """Dataset recipes: one small Python file per dataset, declaring a `Recipe`.
 
 A recipe file ``bpho/recipes/NAME.py`` (or any ``.py`` path) defines ``RECIPE = Recipe(...)``.
-Fields can be overridden from the command line with ``--set key=value``; the recipe is
-validated once here and trusted by the builder.
+Fields can be overridden from the command line with ``--set key=value``. Values are converted
+to the fields' types as every setting is (`bpho.config.convert`: a recipe file's values when the
+Recipe is made, ``--set`` text in `with_overrides`); the recipe is validated once here
+(`Recipe.validated`) and trusted by the builder.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Dict, Iterable, Tuple, Union
 
-from bpho.config import Transform
+from bpho.config import Transform, _enums, from_settings
 from bpho.errors import BphoError, NotFoundError
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
@@ -72,7 +75,7 @@ class Recipe:
     percentile_low: float = 2.0
     percentile_high: float = 99.8
     register: bool = True
-    transform: str = "auto"
+    transform: Transform = Transform.AUTO
     align: str = "hr"
     min_registration_score: float = 0.5
     max_residual_hr_px: float = 0.75
@@ -82,6 +85,9 @@ class Recipe:
     valid_fraction: float = 0.2
     seed: int = 0
     test_fraction: float = 0.0  # after seed: fields added later go last (see `params`)
+
+    def __post_init__(self):
+        _enums(self, "recipe")
 
     def validated(self) -> "Recipe":
         problems = []
@@ -95,10 +101,7 @@ class Recipe:
             problems.append(f"percentiles {self.percentile_low}/{self.percentile_high} (0 <= low < high <= 100)")
         if self.align not in ("hr", "lr"):
             problems.append(f"align={self.align!r} (hr or lr)")
-        transforms = [t.value for t in Transform]
-        if self.transform not in transforms:
-            problems.append(f"transform={self.transform!r} ({', '.join(transforms[:-1])} or {transforms[-1]})")
-        elif self.transform != "translation" and self.align != "hr":
+        if self.transform != Transform.TRANSLATION and self.align != "hr":
             problems.append(f"transform={self.transform} with align={self.align} "
                             "(a warp moves the HR: align=hr, or transform=translation)")
         if not self.tile_sizes or any(s <= 0 or s % self.scale for s in self.tile_sizes):
@@ -122,42 +125,15 @@ class Recipe:
         """The parameters as the manifest records them (and the dataset digest covers). A field added
         after datasets were built is left out while it has its neutral value, so those datasets keep
         their digests: test_fraction appears only when it holds images out."""
-        out = asdict(self)
+        out = {k: v.value if isinstance(v, Enum) else v for k, v in asdict(self).items()}
         if not self.test_fraction:
             del out["test_fraction"]
         return out
 
 
-def _parse(field, text: str):
-    kind = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", str(field.type))
-    try:
-        if "Tuple" in kind:
-            return tuple(int(v) for v in text.replace(" ", "").split(",") if v)
-        if kind == "bool":
-            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError(text)
-            return text.lower() in ("true", "1", "yes")
-        if kind == "int":
-            return int(text)
-        if kind == "float":
-            return float(text)
-        if "Union" in kind:  # z: an index or "max"
-            return int(text) if text.lstrip("-").isdigit() else text
-        return text
-    except ValueError:
-        raise BphoError(f"--set {field.name}={text}: not a valid {kind}") from None
-
-
 def with_overrides(recipe: Recipe, settings: Iterable[str]) -> Recipe:
-    """Apply ``key=value`` strings (from --set) to a recipe."""
-    by_name = {f.name: f for f in fields(Recipe)}
-    changes = {}
-    for item in settings:
-        key, sep, value = item.partition("=")
-        if not sep or key not in by_name:
-            raise BphoError(f"--set {item}: expected KEY=VALUE with KEY one of {', '.join(by_name)}")
-        changes[key] = _parse(by_name[key], value)
-    return replace(recipe, **changes)
+    """Apply ``key=value`` strings (from --set) to a recipe, each converted to its field's type."""
+    return from_settings(Recipe, settings, "--set", base=recipe)
 
 
 @dataclass(frozen=True)
@@ -185,6 +161,8 @@ def load(name_or_path: str) -> LoadedRecipe:
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)
+    except BphoError as exc:  # a value the Recipe refuses
+        raise BphoError(f"{path}: {exc}") from None
     except Exception as exc:
         raise BphoError(f"{path}: the recipe file fails to run ({type(exc).__name__}: {exc})") from None
     recipe = getattr(module, "RECIPE", None)

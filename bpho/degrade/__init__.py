@@ -11,18 +11,24 @@ Each model is a small typed function ``degrade(hr, params, rng, hr_pixel_um) -> 
 - ``fitted``   (`fitted.py`): `physical` with its parameters estimated from real pairs.
 
 ``expected=True`` returns the noise-free mean LR instead of a sample (for comparisons).
+
+The registry: each module declares its degradation with one `register` line at its end (a
+`DegradationModel`: name, parameter class, degrade function, and the Optuna search space of
+``bpho tune degradation``, or a fit when it is estimated from real pairs, as ``fitted`` is).
+`bpho synthesize`, ``bpho tune degradation`` (and its report) and the commands' choices read
+`DEGRADATIONS`; a new degradation is one module here and its import at the end of this file.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Dict, Tuple
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 
+from bpho.config import from_settings
 from bpho.errors import BphoError
-
-NAMES = ("classic", "physical", "fitted")
 
 
 def as_float(hr: np.ndarray) -> np.ndarray:
@@ -66,34 +72,56 @@ def check_scale(hr: np.ndarray, scale: int) -> None:
         raise BphoError(f"degrade: HR of {hr.shape[-2]}x{hr.shape[-1]} pixels is not divisible by scale={scale}")
 
 
-def params_from(cls, settings: Dict[str, object]):
-    """A params dataclass from KEY=VALUE strings or values, with each field's type; unknown keys refused."""
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    values = {}
-    for key, raw in settings.items():
-        if key not in fields:
-            raise BphoError(f"degradation {cls.__name__}: unknown parameter {key!r} (use {', '.join(fields)})")
-        default = getattr(cls(), key)
-        try:
-            if isinstance(default, tuple):
-                parts = raw.split(",") if isinstance(raw, str) else list(raw)
-                value = tuple(float(p) for p in parts)
-                if len(value) == 1:
-                    value = (value[0], value[0])
-            elif isinstance(default, bool):
-                value = raw if isinstance(raw, bool) else str(raw).lower() in ("1", "true", "yes")
-            elif isinstance(default, int):
-                value = int(raw)
-            elif isinstance(default, float) or default is None:
-                value = float(raw) if raw not in ("", None, "none") else None
-            else:
-                value = str(raw)
-        except ValueError:
-            raise BphoError(f"degradation {cls.__name__}: {key}={raw!r} is not a valid {type(default).__name__}") from None
-        values[key] = value
-    return cls(**values).validated()
-
-
 def spread(rng: np.random.Generator, bounds: Tuple[float, float]) -> float:
     lo, hi = bounds
     return float(lo if hi <= lo else rng.uniform(lo, hi))
+
+
+@dataclass(frozen=True)
+class DegradationModel:
+    """A degradation, by name.
+
+    Attributes
+    ----------
+    name : str
+        What ``--degradation`` and the manifests call it.
+    params : type
+        Its parameters: a frozen dataclass with defaults, a ``scale`` field and ``validated()``.
+    degrade : callable
+        ``degrade(hr, params, rng=None, hr_pixel_um=None, expected=False) -> lr``.
+    search : callable, optional
+        The space ``bpho tune degradation`` searches: ``search(pairs)`` (the registered
+        training pairs, `fitted.RegisteredPair`) returns ``suggest(trial) -> {parameter:
+        value}`` for an Optuna trial; None: not searched.
+    fit : callable, optional
+        For a degradation estimated from real pairs instead: ``fit(pairs, scale)`` returns an
+        object with ``params``, ``pairs`` (their names) and ``explained``.
+    """
+
+    name: str
+    params: type
+    degrade: Callable
+    search: Optional[Callable] = None
+    fit: Optional[Callable] = None
+
+    def params_from(self, settings: Mapping[str, object]):
+        """Its parameters from {name: value or text} (`config.from_settings`), validated."""
+        return from_settings(self.params, settings, f"degradation {self.name}").validated()
+
+
+DEGRADATIONS: Dict[str, DegradationModel] = {}
+
+
+def register(model: DegradationModel) -> DegradationModel:
+    DEGRADATIONS[model.name] = model
+    return model
+
+
+def degradation_model(name: str) -> DegradationModel:
+    try:
+        return DEGRADATIONS[str(name)]
+    except KeyError:
+        raise BphoError(f"degradation {name!r} is unknown; use one of {', '.join(DEGRADATIONS)}") from None
+
+
+from bpho.degrade import classic, physical, fitted  # noqa: E402,F401  each registers itself, in this order

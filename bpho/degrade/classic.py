@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from typing import Optional, Tuple
 
 import numpy as np
-from skimage.transform import resize
 
-from bpho.degrade import as_float, bin_area, check_scale, like_input, reference_level, spread
+from bpho.degrade import (DegradationModel, as_float, bin_area, check_scale, like_input, reference_level,
+                          register, spread)
 from bpho.errors import BphoError
 
 
@@ -64,6 +64,23 @@ def degrade(hr: np.ndarray, p: ClassicParams = ClassicParams(), rng: Optional[np
     if p.downsample == "area":
         lr = bin_area(x, p.scale)
     else:
+        from skimage.transform import resize  # here: importing bpho.degrade (the commands' choices) stays quick
+
         shape = (x.shape[1] // p.scale, x.shape[2] // p.scale)
         lr = np.stack([resize(f, shape, order=1, anti_aliasing=False, mode="reflect") for f in x])
     return like_input(lr * level, hr)
+
+
+def search(pairs):
+    """The space `bpho tune degradation` searches (one noise amount per trial, not a range; the
+    downsampling); `pairs` are not needed."""
+    def suggest(trial) -> dict:
+        std = trial.suggest_float("gauss_std", 1e-3, 0.3, log=True)
+        peak = trial.suggest_float("poisson_peak", 1.0, 1000.0, log=True)
+        return {"gauss_std": (std, std), "poisson_peak": (peak, peak),
+                "downsample": trial.suggest_categorical("downsample", ["area", "bilinear"])}
+
+    return suggest
+
+
+register(DegradationModel("classic", ClassicParams, degrade, search=search))

@@ -21,14 +21,12 @@ from dataclasses import dataclass, field, replace
 from typing import List, Sequence, Tuple
 
 import numpy as np
-from scipy import optimize
 
-from bpho.degrade import physical
-from bpho.degrade.physical import PhysicalParams
+from bpho.degrade import DegradationModel, physical, register
+from bpho.degrade.physical import HR_DARK_PERCENTILE, PhysicalParams
 from bpho.errors import BphoError
 
 degrade = physical.degrade  # the fitted model is the physical one with fitted parameters
-HR_DARK_PERCENTILE = 0.5  # the HR's dark level: this low percentile of its pixels
 
 
 @dataclass
@@ -68,6 +66,8 @@ def _mapping(s: np.ndarray, lr: np.ndarray) -> Tuple[float, float, float]:
 def fit(pairs: Sequence[RegisteredPair], scale: int, psf: str = "gaussian", max_fwhm_nm: float = 800.0,
         hr_offset_percentile: float = HR_DARK_PERCENTILE, bins: int = 24, bit_depth: int = 16) -> Fit:
     """Estimate `physical` parameters from registered pairs (see the module docstring)."""
+    from scipy import optimize  # here: importing bpho.degrade (the commands' choices) stays quick
+
     if not pairs:
         raise BphoError("fitted: no registered pairs to fit on")
     base = PhysicalParams(scale=scale, psf=psf, background=0.0, bit_depth=bit_depth)
@@ -123,3 +123,6 @@ def fit(pairs: Sequence[RegisteredPair], scale: int, psf: str = "gaussian", max_
     explained = 1.0 - best.fun
     return Fit(params=params, pairs=[p.name for p in pairs], fwhm_curve=sorted(curve), noise_points=points,
                explained=float(explained))
+
+
+register(DegradationModel("fitted", PhysicalParams, degrade, fit=fit))  # estimated, not searched

@@ -21,9 +21,9 @@ from bpho import datasources, tracking
 from bpho.config import DegradationReportConfig, DegradationStudyConfig, TrainConfig
 from bpho.datasets import builder
 from bpho.datasets import recipe as recipes
-from bpho.degrade import fitted, params_from
+from bpho.degrade import DEGRADATIONS, degradation_model
 from bpho.degrade.fitted import RegisteredPair
-from bpho.synthesize import MODELS, Degradation, degradation, registered_pairs, synthesize
+from bpho.synthesize import Degradation, degradation, registered_pairs, synthesize
 from bpho.tune.study import StudyResult, default_storage, load_optuna, open_study, study_files
 
 # --- how close is synthetic LR to real LR? ------------------------------------------------
@@ -98,28 +98,6 @@ def similarity(deg: Degradation, pairs: Sequence[RegisteredPair], seed: int = 0)
     return out
 
 
-# which parameters a degradation study searches, and over what
-def _suggest(trial, name: str, levels: dict) -> Dict[str, object]:
-    if name == "classic":
-        std = trial.suggest_float("gauss_std", 1e-3, 0.3, log=True)
-        peak = trial.suggest_float("poisson_peak", 1.0, 1000.0, log=True)
-        return {"gauss_std": (std, std), "poisson_peak": (peak, peak),
-                "downsample": trial.suggest_categorical("downsample", ["area", "bilinear"])}
-    return {"psf_fwhm_nm": trial.suggest_float("psf_fwhm_nm", 0.0, 600.0),
-            "photons": trial.suggest_float("photons", 2.0, 2000.0, log=True),
-            "read_noise": trial.suggest_float("read_noise", 0.0, 20.0),
-            "hr_offset": levels["hr_offset"]}
-
-
-def _dark_levels(pairs: Sequence[RegisteredPair]) -> dict:
-    """What a physical search reads from the data instead of searching: the HR's dark level,
-    measured as `fitted` measures it. Left at 0 it counts as signal, and the search makes up
-    for it with a wrong blur (on the demo: 42 nm for 207 nm). Gain and camera offset are not
-    searched: `similarity` maps intensities linearly, so it cannot tell them apart; they keep
-    their defaults (`fitted` estimates them), while photons and read noise set the noise."""
-    return {"hr_offset": float(np.median([np.percentile(p.hr, fitted.HR_DARK_PERCENTILE) for p in pairs]))}
-
-
 @dataclass
 class DegradationStudyResult:
     """The best parameters a degradation study found, and their distances (`similarity`)."""
@@ -137,8 +115,9 @@ def tune_degradation(cfg: DegradationStudyConfig, progress: bool = True) -> Degr
     Parameters
     ----------
     cfg : DegradationStudyConfig
-        The paired datasource (its training pairs are compared), the degradation (classic or
-        physical), the trials to add and the study's storage and name (bpho/config.py).
+        The paired datasource (its training pairs are compared), the degradation (one with a
+        search space: classic, physical), the trials to add and the study's storage and name
+        (bpho/config.py).
     progress : bool
         Show progress bars.
 
@@ -148,11 +127,12 @@ def tune_degradation(cfg: DegradationStudyConfig, progress: bool = True) -> Degr
         The best parameters so far; every trial is a child MLflow run of the study's run.
     """
     optuna = load_optuna()
-    name = str(cfg.degradation)
+    name = cfg.degradation
+    model = degradation_model(name)
     pairs = registered_pairs(cfg.datasource, cfg.recipe, split="train", max_pairs=cfg.max_pairs, progress=progress,
                              recipe_settings=cfg.recipe_settings)
     scale = recipes.load(cfg.recipe).recipe.scale
-    levels = _dark_levels(pairs)
+    suggest = model.search(pairs)  # the degradation's space (what it reads from the pairs, read once)
     study = open_study(cfg.storage or default_storage(), cfg.study or f"degradation-{name}-{cfg.datasource}",
                        "minimize", sampler=optuna.samplers.TPESampler(seed=cfg.seed))
     ds = datasources.open(cfg.datasource, verify=False)
@@ -163,7 +143,7 @@ def tune_degradation(cfg: DegradationStudyConfig, progress: bool = True) -> Degr
         tracking.log_dataset_input(ds.name, ds.digest, ds.path, context="tuning")
 
         def objective(trial) -> float:
-            deg = Degradation(name, params_from(MODELS[name][0], {"scale": scale, **_suggest(trial, name, levels)}))
+            deg = Degradation(name, model.params_from({"scale": scale, **suggest(trial)}))
             with tracking.run(tracking.TUNE_EXPERIMENT, run_name=f"{study.study_name}-{trial.number}",
                               parent_run_id=parent_id, tags={**tags, "bpho.optuna_trial": str(trial.number)}):
                 tracking.log_params({f"degradation.{k}": v for k, v in asdict(deg.params).items()})
@@ -174,8 +154,8 @@ def tune_degradation(cfg: DegradationStudyConfig, progress: bool = True) -> Degr
             return scores["total"]
 
         study.optimize(objective, n_trials=cfg.trials, show_progress_bar=progress)
-        best = Degradation(name, params_from(MODELS[name][0], {"scale": scale, **_suggest(
-            optuna.trial.FixedTrial(study.best_params), name, levels)}))
+        best = Degradation(name, model.params_from({"scale": scale,
+                                                    **suggest(optuna.trial.FixedTrial(study.best_params))}))
         result = DegradationStudyResult(
             study=study.study_name, best_value=study.best_value, best_params=asdict(best.params),
             scores={k: study.best_trial.user_attrs[k] for k in ("pixel", "noise", "spectrum", "total")},
@@ -198,7 +178,7 @@ def tune_degradation(cfg: DegradationStudyConfig, progress: bool = True) -> Degr
 class ReportRow:
     """A model trained on one kind of pairs, evaluated on the held-out real pairs."""
 
-    training_pairs: str  # real, classic, physical or fitted
+    training_pairs: str  # real, or a degradation's name (classic, physical, fitted)
     psnr: float
     ssim: float
     frc_nm: Optional[float]
@@ -222,9 +202,10 @@ def report(cfg: DegradationReportConfig, progress: bool = True) -> DegradationRe
     """Train on real pairs and on pairs synthesized by each degradation; evaluate on real pairs.
 
     One model is trained on the real pairs of a paired datasource and one on pairs synthesized
-    from its HR by each degradation (classic and physical: the best of a ``cfg.trials``-trial
-    study, or their defaults with 0 trials; fitted: fitted on the training pairs), with the
-    same budget; all are evaluated on the same held-out real pairs.
+    from its HR by each registered degradation (a searched one, e.g. classic and physical: the
+    best of a ``cfg.trials``-trial study, or its defaults with 0 trials; one estimated from
+    pairs, fitted: fitted on the training pairs), with the same budget; all are evaluated on the
+    same held-out real pairs.
 
     Parameters
     ----------
@@ -245,15 +226,17 @@ def report(cfg: DegradationReportConfig, progress: bool = True) -> DegradationRe
     out = Path(cfg.out or tempfile.mkdtemp(prefix="bpho-synth-report-"))
     out.mkdir(parents=True, exist_ok=True)
     degradations = {"real": None}
-    for name in ("classic", "physical"):
+    for name, model in DEGRADATIONS.items():
+        if model.fit is not None:
+            degradations[name] = degradation(name, fit_on=cfg.datasource, recipe=cfg.recipe, progress=progress,
+                                             recipe_settings=cfg.recipe_settings)
+            continue
         params = {}
-        if cfg.trials:
+        if cfg.trials and model.search is not None:
             params = tune_degradation(DegradationStudyConfig(cfg.datasource, name, trials=cfg.trials, recipe=cfg.recipe,
                                                              recipe_settings=cfg.recipe_settings),
                                       progress=progress).best_params
         degradations[name] = degradation(name, params, recipe=cfg.recipe)
-    degradations["fitted"] = degradation("fitted", fit_on=cfg.datasource, recipe=cfg.recipe, progress=progress,
-                                         recipe_settings=cfg.recipe_settings)
     rows = []
     prefix = cfg.prefix
     with tracking.run(tracking.SYNTHESIZE_EXPERIMENT, run_name=f"{prefix}-{cfg.datasource}",
@@ -319,7 +302,7 @@ def _report_figure(png: Path, result: DegradationReport) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
     for ax, key, label in ((axes[0], "gain_psnr", "PSNR gain over bicubic (dB)"),
                            (axes[1], "gain_ssim", "SSIM gain over bicubic")):
-        ax.bar(names, [getattr(r, key) for r in result.rows], color=["k", "C0", "C1", "C2"][:len(names)])
+        ax.bar(names, [getattr(r, key) for r in result.rows], color=["k"] + [f"C{i}" for i in range(len(names) - 1)])
         ax.set_ylabel(label)
         ax.axhline(0, color="grey", lw=0.8)
     fig.suptitle("models trained on real vs synthetic pairs, evaluated on held-out real pairs")
