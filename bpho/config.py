@@ -29,19 +29,23 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum
 from functools import partial
-from typing import Dict, Iterable, Literal, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Literal, Optional, Tuple, Union, cast
 
 from bpho.errors import BphoError
 from bpho.models import ARCHITECTURES, ModelConfig, UNetConfig, architecture, model_config
 
 
 class Loss(StrEnum):
+    """The training loss."""
+
     L1 = "l1"
     MSE = "mse"
     L1_SSIM = "l1+ssim"
 
 
 class Device(StrEnum):
+    """Where the network runs (auto: CUDA when there is a GPU)."""
+
     AUTO = "auto"
     CPU = "cpu"
     CUDA = "cuda"
@@ -70,6 +74,8 @@ MODEL_URI_HELP = "runs:/ID/model, models:/NAME/VERSION or models:/NAME/latest"
 
 
 class Pruner(StrEnum):
+    """The Optuna pruner of a hyperparameter search."""
+
     MEDIAN = "median"
     HYPERBAND = "hyperband"
     NONE = "none"
@@ -91,11 +97,18 @@ class Realism(StrEnum):
 
 
 class ImageFormat(StrEnum):
+    """The file format `bpho predict` writes."""
+
     IMAGEJ = "imagej"
     OME_TIFF = "ome-tiff"
 
 
-def choice(enum: type, value, what: str) -> Enum:
+def _made(f: dataclasses.Field) -> Any:
+    """A field's default made by its default_factory (the model field's architecture config)."""
+    return cast(Callable[[], Any], f.default_factory)()
+
+
+def choice(enum: Any, value, what: str) -> Enum:
     """`value` as a member of `enum`, or a one-line BphoError naming the choices."""
     try:
         return enum(value)
@@ -215,7 +228,7 @@ def convert(hint, value, what: str = "value"):
 
 
 def _parser(kind):
-    """argparse's ``type`` for flags of type `kind`: `convert`, its error as argparse's."""
+    """Argparse's ``type`` for flags of type `kind`: `convert`, its error as argparse's."""
     def parse(text: str):
         try:
             return convert(kind, text, "")
@@ -245,7 +258,7 @@ def from_settings(cls: type, settings: Union[Mapping[str, object], Iterable[str]
 
 
 def _value_kw(kind) -> dict:
-    """argparse's type / choices for one value of type `kind`."""
+    """Argparse's type / choices for one value of type `kind`."""
     if _is_enum(kind):
         return {"choices": [m.value for m in kind]}
     if typing.get_origin(kind) is Literal:
@@ -314,7 +327,7 @@ def add_fields(parser: argparse.ArgumentParser, cls: type) -> None:
         if not f.metadata.get("cli", True):
             continue
         if f.metadata.get("model"):
-            _add_model(parser, f.default_factory())
+            _add_model(parser, _made(f))
             continue
         kind = _base(hints[f.name])
         default = None if f.default is dataclasses.MISSING else f.default
@@ -358,7 +371,7 @@ def from_args(cls: type, args: argparse.Namespace, **extra):
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
     for f in dataclasses.fields(cls):
         if f.metadata.get("model") and f.metadata.get("cli", True) and f.name not in extra:
-            values[f.name] = _model_from_args(args, f.default_factory())
+            values[f.name] = _model_from_args(args, _made(f))
     return cls(**values, **extra)
 
 
@@ -370,7 +383,7 @@ def flag_defaults(cls: type) -> Dict[str, object]:
         if not f.metadata.get("cli", True):
             continue
         if f.metadata.get("model"):
-            model = f.default_factory()
+            model = _made(f)
             out["arch"] = model.arch
             for name in model_flags():
                 out[f"model_{name}"] = getattr(model, name, dataclasses.MISSING)
@@ -653,7 +666,8 @@ class FitConfig:
     backward, optimizer step) within a memory budget, for one model."""
 
     dataset: str = field(metadata={"help": "the dataset whose training tiles are stepped on"})
-    tile_sizes: Optional[Tuple[int, ...]] = field(default=None, metadata={"nargs": "+", "help": "default: the dataset's"})
+    tile_sizes: Optional[Tuple[int, ...]] = field(default=None, metadata={"nargs": "+",
+                                                                          "help": "default: the dataset's"})
     memory_gb: Optional[float] = field(default=None, metadata={"help": "budget (default: the device's free memory)"})
     model: ModelConfig = model_field()
     precision: Optional[Tuple[TrainPrecision, ...]] = field(default=None, metadata={
@@ -681,7 +695,8 @@ class SearchSpace:
                 "encoder=resnet18,resnet34 mode=lr,pre, but settings fixed with --model-*); FIELD=A alone fixes "
                 "it; repeatable"})
     losses: Tuple[Loss, ...] = field(default=tuple(Loss), metadata={"nargs": "+"})
-    tile_sizes: Optional[Tuple[int, ...]] = field(default=None, metadata={"nargs": "+", "help": "default: the dataset's"})
+    tile_sizes: Optional[Tuple[int, ...]] = field(default=None, metadata={"nargs": "+",
+                                                                          "help": "default: the dataset's"})
     lr_min: float = 1e-4
     lr_max: float = 3e-3
     max_batch: int = field(default=16, metadata={"help": "batch cap where no fit table exists"})

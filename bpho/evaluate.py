@@ -379,6 +379,7 @@ def evaluate(model_uri: str, dataset: Optional[str] = None, datasource: Optional
         with tracking.run(tracking.EVALUATE_EXPERIMENT, run_name=f"eval-{dataset or datasource}", tags=tags) as active:
             result.run_id = active.info.run_id
             scored = ds if ds is not None else source
+            assert scored is not None  # one of them, checked above
             tracking.log_dataset_input(scored.name, scored.digest, scored.path, context="evaluation",
                                        tags={"split": str(split or "none")})
             tracking.describe_run(f"bpho evaluate: {model_uri}{ENSEMBLE_NOTE if ensemble else ''}"

@@ -31,6 +31,7 @@ BPHO_01_MODEL = {"depth": None, "head_channels": None, "padding": "zeros"}
 
 
 def pick_device(device: str = "auto") -> torch.device:
+    """The torch device for `device` (auto: CUDA when available); a missing CUDA gets one line."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
@@ -42,11 +43,12 @@ def with_index(device: torch.device) -> torch.device:
     """A CUDA device with its index (``cuda`` -> ``cuda:<current>``): some CUDA calls, such as
     ``set_per_process_memory_fraction``, refuse a device without one."""
     if device.type == "cuda" and device.index is None:
-        return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cuda", torch.cuda.current_device())  # type: ignore[unreachable]
     return device
 
 
 def save_model(folder: Path, net: torch.nn.Module, meta: dict) -> Path:
+    """Write the network's weights (safetensors) and `meta` (bpho_model.json) into `folder`; returns it."""
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -115,10 +117,12 @@ class SuperResolver:
 
     @property
     def scale(self) -> int:
+        """The model's upscaling factor (HR pixels per LR pixel)."""
         return int(self.meta["model"]["scale"])
 
     @property
     def frames(self) -> int:
+        """The LR frames the model takes per output frame."""
         return int(self.meta["model"]["frames"])
 
     def _normalisation(self, data: np.ndarray):
@@ -139,8 +143,8 @@ class SuperResolver:
         weight = torch.zeros_like(out)
         th, tw = _fitted(h, tile, self.overlap), _fitted(w, tile, self.overlap)
         boxes = [(y, x) for y in _starts(h, th, self.overlap) for x in _starts(w, tw, self.overlap)]
-        padded = np.pad(window, ((0, 0), (c, c), (c, c)), mode="reflect" if min(h, w) > 1 else "edge")
-        padded = torch.from_numpy(padded).to(dev, PRECISIONS[self.precision], non_blocking=True)
+        padded = torch.from_numpy(np.pad(window, ((0, 0), (c, c), (c, c)), mode="reflect" if min(h, w) > 1 else "edge"))
+        padded = padded.to(dev, PRECISIONS[self.precision], non_blocking=True)
         ramp = self.overlap * s // 2
         win = torch.outer(torch.from_numpy(_blend_window(th * s, ramp)), torch.from_numpy(_blend_window(tw * s, ramp)))
         win = win.to(dev)
@@ -158,7 +162,7 @@ class SuperResolver:
         float32 mean of its 8 predictions of the flipped and rotated tiles, each turned back."""
         if not self.ensemble:
             return self.net(x)
-        total = 0.0
+        total = torch.zeros((), device=x.device)
         for flip in (False, True):
             for k in range(4):  # rot90 by k quarter turns swaps h and w for odd k: the network takes any size
                 t = torch.rot90(torch.flip(x, (-1,)) if flip else x, k, (-2, -1))

@@ -15,7 +15,7 @@ import queue
 import sys
 import threading
 from pathlib import Path
-from typing import Iterable, Iterator, List
+from typing import Any, Dict, Iterable, Iterator, List
 
 import numpy as np
 import tifffile
@@ -81,7 +81,8 @@ def _predict_image(model, img: io.Image, target: Path, progress: bool, fmt: str 
     s = model.scale
     bar = tqdm(total=t * c * z, desc=img.path.name, unit="frame", disable=not progress, leave=False)
 
-    first, failed = [], []
+    first: list = []
+    failed: list = []
     base = target.name[:-len(".ome.tif")] if target.name.endswith(".ome.tif") else target.stem
     png, png_part = target.with_name(f"{base}.png"), target.with_name(f".{base}.part.png")
 
@@ -115,7 +116,7 @@ def _predict_image(model, img: io.Image, target: Path, progress: bool, fmt: str 
                 **({"PhysicalSizeX": px / s, "PhysicalSizeXUnit": "µm"} if px else {}),
                 **({"PhysicalSizeY": py / s, "PhysicalSizeYUnit": "µm"} if py else {}),
                 **({"PhysicalSizeZ": pz, "PhysicalSizeZUnit": "µm"} if pz else {})}
-        kind = {"ome": True}
+        kind: Dict[str, Any] = {"ome": True}
     else:  # ImageJ hyperstack; no calibration where the input has none (not 1 um a pixel)
         meta = {"axes": "TZCYX", **({"unit": "um"} if px and py else {}), **({"spacing": pz} if pz else {})}
         kind = {"imagej": True, **({"resolution": (s / px, s / py)} if px and py else {})}

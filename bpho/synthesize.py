@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 from tqdm import tqdm
@@ -57,14 +57,18 @@ def registered_pairs(datasource: str, recipe: str = PAIRED_RECIPE, split: Option
 
 @dataclass
 class Degradation:
+    """A degradation by name with its parameters (and, for fitted, what it was fitted on): HR -> LR."""
+
     name: str
-    params: object
+    params: Any  # the degradation's parameter dataclass
     fitted_on: Optional[dict] = None
 
     def record(self) -> dict:
+        """What the manifest and MLflow record: name, parameters and what it was fitted on."""
         return {"name": self.name, "parameters": asdict(self.params), "fitted_on": self.fitted_on}
 
     def __call__(self, hr: np.ndarray, hr_pixel_um: Optional[float] = None, rng=None, expected: bool = False):
+        """LR from `hr` (a sample; the noise-free mean with `expected`)."""
         return degradation_model(self.name).degrade(hr, self.params, rng=rng, hr_pixel_um=hr_pixel_um,
                                                     expected=expected)
 
@@ -76,7 +80,7 @@ def degradation(name: str, settings: Mapping[str, object] | Iterable[str] = (), 
     estimated from pairs (``fitted``) is fitted on the training pairs of `fit_on` (given settings
     then override fitted values)."""
     model = degradation_model(name)
-    settings = dict(settings) if isinstance(settings, Mapping) else key_values(settings)
+    settings = dict(settings) if isinstance(settings, Mapping) else dict[str, Any](key_values(settings))
     settings.setdefault("scale", recipes.load(recipe).recipe.scale)
     if model.fit is None:
         return Degradation(name, model.params_from(settings))
@@ -121,7 +125,8 @@ def synthesize(datasource: str, degradation_: Degradation, dataset: str, recipe:
     """Dataset `dataset` of synthetic pairs from the HR images of `datasource`."""
     ds = datasources.open(datasource, verify=False)
     recipe = recipe or (MOVIE_RECIPE if ds.kind == "movie" else PAIRED_RECIPE)
-    return builder.make(recipe, datasource=datasource, settings=[f"scale={degradation_.params.scale}", *recipe_settings],
+    return builder.make(recipe, datasource=datasource,
+                        settings=[f"scale={degradation_.params.scale}", *recipe_settings],
                         name=dataset, force=force, progress=progress, track=track,
                         lr_provider=sources.DegradedLR(record=degradation_.record(), degrade=degradation_))
 

@@ -533,8 +533,9 @@ def name_champion(name: str, version: str) -> str:
             return (f"{name} version {version} is not the {CHAMPION}: its validation gain over bicubic "
                     f"{gain:+.3f} dB does not beat version {old.version}'s {best:+.3f} dB on the same dataset")
     client.set_registered_model_alias(name, CHAMPION, version)
-    client.update_registered_model(name, description=f"The {CHAMPION} (`models:/{name}@{CHAMPION}`) is version {version}, "
-                                                     f"chosen by its validation gain over bicubic. {new.description}")
+    client.update_registered_model(name, description=f"The {CHAMPION} (`models:/{name}@{CHAMPION}`) is version "
+                                                     f"{version}, chosen by its validation gain over bicubic. "
+                                                     f"{new.description}")
     was = f" (was version {old.version})" if old is not None and old.version != new.version else ""
     return f"{name} version {version} is the {CHAMPION}{was}: models:/{name}@{CHAMPION}, {gain:+.2f} dB over bicubic"
 

@@ -12,15 +12,14 @@ import sys
 import warnings
 from typing import List, Optional
 
-from bpho.cli import dataset, datasource, demo, evaluate, server, train, tune
-from bpho.cli import ui
+from bpho.cli import dataset, datasource, demo, evaluate, server, train, tune, ui
 from bpho.errors import BphoError, BphoWarning
 
-GROUPS = (demo, datasource, dataset, train, evaluate, tune, server)  # the order of `bpho --help`
-GROUPS += (ui,)
+GROUPS = (demo, datasource, dataset, train, evaluate, tune, server, ui)  # the order of `bpho --help`
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `bpho` argument parser: one subcommand group per module of `bpho.cli`."""
     from bpho import __version__
 
     parser = argparse.ArgumentParser(prog="bpho", description="bpho: microscopy super-resolution and denoising models, "
@@ -33,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _one_line_warnings() -> None:
-    """bpho's own warnings as `bpho: warning: ...` lines; others as Python prints them."""
+    """Bpho's own warnings as `bpho: warning: ...` lines; others as Python prints them."""
     default = warnings.formatwarning
 
     def fmt(message, category, *args, **kwargs):
@@ -45,6 +44,7 @@ def _one_line_warnings() -> None:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """Run `bpho` with `argv` (default: the command line); returns the exit status."""
     args = build_parser().parse_args(argv)
     _one_line_warnings()
     try:

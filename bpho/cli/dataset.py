@@ -30,6 +30,7 @@ def print_run(ds) -> None:
 
 
 def print_dataset(ds) -> None:
+    """Print a built dataset's recipe, datasource, tile counts and held-out images."""
     m = ds.manifest
     print(f"  recipe {m['recipe']['name']} on datasource {m['datasource']['name']} ({m['datasource']['digest'][:12]})")
     for size, info in m["tiles"].items():
@@ -73,6 +74,7 @@ def _dataset_show(args) -> int:
 
 
 def add_to(sub) -> None:
+    """Add `bpho dataset` and `bpho synthesize` to the subcommands `sub`."""
     dsets = sub.add_parser("dataset", help="datasets built from datasources by recipes").add_subparsers(
         dest="action", required=True)
     p = dsets.add_parser("make", help="build a dataset from a recipe (bpho/recipes/NAME.py or a .py file)")

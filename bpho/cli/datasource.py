@@ -70,6 +70,7 @@ def _datasource_verify(args) -> int:
 
 
 def add_to(sub) -> None:
+    """Add `bpho datasource` to the subcommands `sub`."""
     from bpho.datasources import KINDS
 
     p = sub.add_parser("info", help="print shape, axes and pixel size of image files")

@@ -14,6 +14,7 @@ def _demo_data(args) -> int:
 
 
 def add_to(sub) -> None:
+    """Add `bpho demo-data` to the subcommands `sub`."""
     p = sub.add_parser("demo-data", help="write realistic demo microscopy as real CZI files")
     p.add_argument("dir")
     add_fields(p, DemoConfig)

@@ -16,7 +16,8 @@ def _evaluate(args) -> int:
     s = result.summary
     used = ENSEMBLE_NOTE if result.ensemble else ""
     print(f"evaluated {cfg.model}{used} on {result.images} image(s); table and figures in {result.out}")
-    print(result.provenance.describe())
+    if result.provenance is not None:
+        print(result.provenance.describe())
     print(f"{'method':10s} {'PSNR':>7s} {'SSIM':>6s} {'MS-SSIM':>8s} {'NRMSE':>7s} {'FRC px':>7s} {'FRC nm':>7s}")
     fmt = lambda v, f: format(v, f) if v is not None else "-"  # noqa: E731
     for method in ("model", "bicubic", "bilinear", "nearest"):
@@ -64,6 +65,7 @@ def _export(args) -> int:
 
 
 def add_to(sub) -> None:
+    """Add `bpho evaluate`, `bpho predict` and `bpho export` to the subcommands `sub`."""
     p = sub.add_parser("evaluate", help="PSNR/SSIM/FRC of a model against nearest/bilinear/bicubic on full images")
     add_fields(p, EvaluateConfig)
     p.set_defaults(func=_evaluate)

@@ -20,6 +20,7 @@ def _tracking_uri(args) -> int:
 
 
 def add_to(sub) -> None:
+    """Add `bpho server` and `bpho tracking-uri` to the subcommands `sub`."""
     p = sub.add_parser("server", help="the group's MLflow tracking server (127.0.0.1 unless --host says otherwise)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every network; use with --auth)")
     p.add_argument("--port", type=int, default=5000)

@@ -18,6 +18,7 @@ def _train(args) -> int:
 
 
 def add_to(sub) -> None:
+    """Add `bpho train` to the subcommands `sub`."""
     p = sub.add_parser("train", help="train a U-Net on a dataset's tiles; logs and registers it in MLflow")
     add_fields(p, TrainConfig)
     p.add_argument("--resume", metavar="RUN_ID", help="continue a killed run from its last checkpoint")

@@ -86,6 +86,7 @@ def _see_it(run_id) -> None:
 
 
 def add_to(sub) -> None:
+    """Add `bpho tune` to the subcommands `sub`."""
     tune = sub.add_parser("tune", help="Optuna: batch sizes that fit the card; hyperparameter search").add_subparsers(
         dest="action", required=True)
     p = tune.add_parser("fit", help="largest batch per tile size within a memory budget, with tiles/s")

@@ -10,6 +10,7 @@ def _ui(args) -> int:
 
 
 def add_to(sub) -> None:
+    """Add `bpho ui` to the subcommands `sub`."""
     p = sub.add_parser("ui", help="the MLflow UI on the training runs: serves the embedded store on 127.0.0.1 "
                                   "(or prints the tracking server's address)")
     p.add_argument("--port", type=int, default=0, help="port for the embedded store (default: a free one)")

@@ -90,6 +90,7 @@ class Recipe:
         _enums(self, "recipe")
 
     def validated(self) -> "Recipe":
+        """The recipe itself when its settings are consistent; otherwise one BphoError naming every problem."""
         problems = []
         if self.kind not in ("paired", "movie", "denoise"):
             problems.append(f"kind={self.kind!r} (use paired, movie or denoise)")
@@ -138,6 +139,8 @@ def with_overrides(recipe: Recipe, settings: Iterable[str]) -> Recipe:
 
 @dataclass(frozen=True)
 class LoadedRecipe:
+    """A recipe as loaded: its name, file, the file's sha256 and the Recipe it defines."""
+
     name: str
     path: Path
     sha256: str
@@ -145,6 +148,7 @@ class LoadedRecipe:
 
 
 def available() -> list:
+    """The names of the built-in recipes (`bpho/recipes/*.py`)."""
     return sorted(p.stem for p in RECIPES_DIR.glob("*.py") if not p.name.startswith("_"))
 
 
@@ -158,6 +162,8 @@ def load(name_or_path: str) -> LoadedRecipe:
     elif not path.is_file():
         raise NotFoundError(f"{path}: recipe file not found")
     spec = importlib.util.spec_from_file_location(f"bpho_recipe_{path.stem}", path)
+    if spec is None or spec.loader is None:
+        raise BphoError(f"{path}: not a Python file that can be loaded as a recipe")
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)

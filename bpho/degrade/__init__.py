@@ -68,11 +68,13 @@ def reference_level(x: np.ndarray, percentile: float) -> float:
 
 
 def check_scale(hr: np.ndarray, scale: int) -> None:
+    """Refuse a scale below 1 or one that does not divide the HR's height and width."""
     if scale < 1 or hr.shape[-1] % scale or hr.shape[-2] % scale:
         raise BphoError(f"degrade: HR of {hr.shape[-2]}x{hr.shape[-1]} pixels is not divisible by scale={scale}")
 
 
 def spread(rng: np.random.Generator, bounds: Tuple[float, float]) -> float:
+    """A value drawn uniformly from `bounds` (their lower end when the range is empty)."""
     lo, hi = bounds
     return float(lo if hi <= lo else rng.uniform(lo, hi))
 
@@ -113,11 +115,13 @@ DEGRADATIONS: Dict[str, DegradationModel] = {}
 
 
 def register(model: DegradationModel) -> DegradationModel:
+    """Add `model` to the registry under its name (a later one with the same name replaces it)."""
     DEGRADATIONS[model.name] = model
     return model
 
 
 def degradation_model(name: str) -> DegradationModel:
+    """The registered degradation `name`; an unknown name gets one line listing the known ones."""
     try:
         return DEGRADATIONS[str(name)]
     except KeyError:

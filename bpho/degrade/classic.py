@@ -29,6 +29,8 @@ from bpho.errors import BphoError
 
 @dataclass(frozen=True)
 class ClassicParams:
+    """Parameters of the classic degradation (tuples are ranges drawn per image)."""
+
     scale: int = 4
     gauss_std: Tuple[float, float] = (0.01, 0.05)  # x reference level, drawn per image
     poisson_peak: Tuple[float, float] = (20.0, 100.0)  # photons at the reference level, drawn per image; 0: off
@@ -38,6 +40,7 @@ class ClassicParams:
     level: Optional[float] = None  # the reference level itself (default: from the percentile)
 
     def validated(self) -> "ClassicParams":
+        """The parameters themselves when valid; otherwise one BphoError."""
         if self.downsample not in ("area", "bilinear"):
             raise BphoError(f"classic: downsample={self.downsample!r} (use area or bilinear)")
         if min(self.gauss_std) < 0 or min(self.poisson_peak) < 0 or not 0 <= self.salt_pepper < 1 or self.scale < 1:

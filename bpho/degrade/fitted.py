@@ -31,6 +31,8 @@ degrade = physical.degrade  # the fitted model is the physical one with fitted p
 
 @dataclass
 class RegisteredPair:
+    """One real pair for fitting: raw LR, HR registered onto it, the HR pixel size and the margin."""
+
     name: str
     lr: np.ndarray  # (Y, X) raw LR
     hr: np.ndarray  # (Y, X) raw HR, registered onto the LR
@@ -40,6 +42,8 @@ class RegisteredPair:
 
 @dataclass
 class Fit:
+    """A fitted physical degradation: its parameters, the pairs it was fitted on and how well it fits."""
+
     params: PhysicalParams
     pairs: List[str]
     fwhm_curve: List[Tuple[float, float]] = field(default_factory=list)  # (fwhm nm, relative residual)
@@ -47,6 +51,7 @@ class Fit:
     explained: float = 0.0  # R^2 of the intensity mapping at the best FWHM
 
     def noise_std(self, mean_adu: float) -> float:
+        """The fitted detector's noise standard deviation (ADU) at a mean signal of `mean_adu`."""
         p = self.params
         return float(np.sqrt(max(p.gain * (mean_adu - p.offset), 0) + p.read_noise ** 2))
 
@@ -100,7 +105,8 @@ def fit(pairs: Sequence[RegisteredPair], scale: int, psf: str = "gaussian", max_
         photons.append(a * np.percentile(s, base.reference_percentile))  # ADU above dark at the reference
         darks.append(b)
     mu, r = np.concatenate(means), np.concatenate(resid)
-    edges = np.linspace(*np.percentile(mu, (0.5, 99.8)), bins + 1)  # even in intensity: the bright end has leverage
+    low, high = np.percentile(mu, (0.5, 99.8))
+    edges = np.linspace(low, high, bins + 1)  # even in intensity: the bright end has leverage
     points, weights = [], []
     for lo, hi in zip(edges[:-1], edges[1:]):
         inside = (mu >= lo) & (mu < hi)

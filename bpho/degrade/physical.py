@@ -34,6 +34,8 @@ HR_DARK_PERCENTILE = 0.5  # the HR's dark level: this low percentile of its pixe
 
 @dataclass(frozen=True)
 class PhysicalParams:
+    """Parameters of the physical degradation (optics, detector, exposure), in physical units."""
+
     scale: int = 4
     psf_fwhm_nm: float = 207.0
     psf: str = "gaussian"  # gaussian | airy
@@ -48,6 +50,7 @@ class PhysicalParams:
     hr_pixel_nm: Optional[float] = None  # default: the file's pixel size
 
     def validated(self) -> "PhysicalParams":
+        """The parameters themselves when valid; otherwise one BphoError."""
         if self.psf not in ("gaussian", "airy"):
             raise BphoError(f"physical: psf={self.psf!r} (use gaussian or airy)")
         bad = [k for k in ("psf_fwhm_nm", "photons", "background", "gain", "read_noise") if getattr(self, k) < 0]
@@ -87,6 +90,7 @@ def blur(x: np.ndarray, fwhm_nm: float, pixel_nm: float, kind: str = "gaussian")
 
 
 def pixel_nm(p: PhysicalParams, hr_pixel_um: Optional[float]) -> float:
+    """The HR pixel size in nanometres: the parameter, else the file's; refused when neither is known."""
     nm = p.hr_pixel_nm or (hr_pixel_um * 1000.0 if hr_pixel_um else None)
     if not nm:
         raise BphoError("physical: the HR pixel size is unknown; set hr_pixel_nm=...")
@@ -102,6 +106,7 @@ def signal_of(hr: np.ndarray, p: PhysicalParams, hr_pixel_um: Optional[float]) -
 
 def degrade(hr: np.ndarray, p: PhysicalParams = PhysicalParams(), rng: Optional[np.random.Generator] = None,
             hr_pixel_um: Optional[float] = None, expected: bool = False) -> np.ndarray:
+    """LR from HR through the PSF, pixel integration and a Poisson-Gaussian detector (the mean LR with `expected`)."""
     rng = rng or np.random.default_rng()
     s = signal_of(hr, p, hr_pixel_um)
     lam = np.clip(s / reference_level(s, p.reference_percentile) * p.photons, 0, None) + p.background

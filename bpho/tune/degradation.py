@@ -23,6 +23,7 @@ from bpho.datasets import builder
 from bpho.datasets import recipe as recipes
 from bpho.degrade import DEGRADATIONS, degradation_model
 from bpho.degrade.fitted import RegisteredPair
+from bpho.errors import BphoError
 from bpho.synthesize import Degradation, degradation, registered_pairs, synthesize
 from bpho.tune.study import StudyResult, default_storage, load_optuna, open_study, study_files
 
@@ -35,7 +36,8 @@ def _radial_log_power(img: np.ndarray, bins: int = 24) -> np.ndarray:
     yy, xx = np.mgrid[:h, :w]
     r = np.hypot((yy - h // 2) / h, (xx - w // 2) / w)
     idx = np.minimum((r / 0.5 * bins).astype(int), bins)
-    power = np.bincount(idx.ravel(), f.ravel(), bins + 1)[:bins] / np.maximum(np.bincount(idx.ravel(), None, bins + 1)[:bins], 1)
+    counts = np.bincount(idx.ravel(), None, bins + 1)[:bins]
+    power = np.bincount(idx.ravel(), f.ravel(), bins + 1)[:bins] / np.maximum(counts, 1)
     return np.log10(power + 1e-12)
 
 
@@ -89,7 +91,8 @@ def similarity(deg: Degradation, pairs: Sequence[RegisteredPair], seed: int = 0)
         real, mean, sample = _synthetic_beside_real(deg, p, rng)
         pixel.append(np.mean((mean - real) ** 2) / max(real.var(), 1e-12))
         edges = np.unique(np.percentile(mean, np.linspace(1, 99, 11)))
-        ratio = _noise_curve(mean.ravel(), (sample - mean).ravel(), edges) / _noise_curve(mean.ravel(), (real - mean).ravel(), edges)
+        ratio = (_noise_curve(mean.ravel(), (sample - mean).ravel(), edges)
+                 / _noise_curve(mean.ravel(), (real - mean).ravel(), edges))
         ratio = ratio[np.isfinite(ratio) & (ratio > 0)]
         noise.append(np.mean(np.log(ratio) ** 2) if ratio.size else 10.0)
         spectrum.append(np.mean((_radial_log_power(sample) - _radial_log_power(real)) ** 2))
@@ -129,6 +132,8 @@ def tune_degradation(cfg: DegradationStudyConfig, progress: bool = True) -> Degr
     optuna = load_optuna()
     name = cfg.degradation
     model = degradation_model(name)
+    if model.search is None:
+        raise BphoError(f"tune degradation: {name!r} is estimated from pairs, not searched")
     pairs = registered_pairs(cfg.datasource, cfg.recipe, split="train", max_pairs=cfg.max_pairs, progress=progress,
                              recipe_settings=cfg.recipe_settings)
     scale = recipes.load(cfg.recipe).recipe.scale
@@ -190,6 +195,8 @@ class ReportRow:
 
 @dataclass
 class DegradationReport:
+    """A degradation report: its rows, output folder, MLflow run and the pair most missed."""
+
     rows: List[ReportRow]
     out: Path  # report.json, report.txt, report.png and missed.png
     run_id: str
@@ -225,7 +232,7 @@ def report(cfg: DegradationReportConfig, progress: bool = True) -> DegradationRe
 
     out = Path(cfg.out or tempfile.mkdtemp(prefix="bpho-synth-report-"))
     out.mkdir(parents=True, exist_ok=True)
-    degradations = {"real": None}
+    degradations: Dict[str, Optional[Degradation]] = {"real": None}
     for name, model in DEGRADATIONS.items():
         if model.fit is not None:
             degradations[name] = degradation(name, fit_on=cfg.datasource, recipe=cfg.recipe, progress=progress,
