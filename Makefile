@@ -29,8 +29,8 @@ demo: install
 	test -d $(BPHO_ROOT)/datasets/paired_001/images || $(BIN)/bpho dataset make paired_001 --force
 	$(BIN)/bpho dataset list
 	$(BIN)/bpho train --dataset paired_001 --minutes 2
-	$(BIN)/bpho evaluate --model models:/bpho-paired_001/latest --dataset paired_001 --out $(BPHO_ROOT)/evaluation/paired_001
-	$(BIN)/bpho predict --model models:/bpho-paired_001/latest $(DEMO)/movie/lr/movie_000.czi --out $(BPHO_ROOT)/predictions
+	$(BIN)/bpho evaluate --model models:/bpho-paired_001@champion --dataset paired_001 --out $(BPHO_ROOT)/evaluation/paired_001
+	$(BIN)/bpho predict --model models:/bpho-paired_001@champion $(DEMO)/movie/lr/movie_000.czi --out $(BPHO_ROOT)/predictions
 	@echo "See the runs and the registered model: $(BIN)/bpho ui --open"
 
 test: install

@@ -11,8 +11,9 @@ def _train(args) -> int:
 
     result = train(from_args(TrainConfig, args), resume=args.resume, setup_since=process_start())
     if result.registered_version:
-        print(f"run {result.run_id}: model registered as {result.registered_name} version {result.registered_version}"
-              f" (load it with mlflow.pyfunc.load_model('models:/{result.registered_name}/latest'))")
+        name, version = result.registered_name, result.registered_version
+        print(f"run {result.run_id}: model registered as {name} version {version}"
+              f" (load it with mlflow.pyfunc.load_model('models:/{name}/{version}'))")
         print(f"see it: {tracking.run_url(result.run_id)}")
     return 0
 
