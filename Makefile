@@ -33,8 +33,10 @@ demo: install
 	$(BIN)/bpho predict --model models:/bpho-paired_001@champion $(DEMO)/movie/lr/movie_000.czi --out $(BPHO_ROOT)/predictions
 	@echo "See the runs and the registered model: $(BIN)/bpho ui --open"
 
+# every test, one process per core (pytest-xdist; a test file stays in one process, so its module
+# fixtures are made once) with one torch thread each, so that two cores are not asked for four threads
 test: install
-	$(BIN)/python -m pytest -q
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n auto --dist loadfile
 
 # the inner loop: the unit tests only (pyproject's markers; under 2 minutes on 2 cores)
 test-fast: install

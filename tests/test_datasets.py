@@ -228,9 +228,14 @@ def test_digest_stable_and_sensitive(root, demo, tmp_path):
     add_demo(demo, tmp_path, "paired", "pairs", "paired")
     a = builder.make("paired_001", datasource="pairs", settings=SMALL_TILES, name="a", progress=False, track=False,
                      workers=1)
-    # images prepared by 3 processes, without figures: the same tiles, the same digest
-    b = builder.make("paired_001", datasource="pairs", settings=SMALL_TILES, name="b", progress=False, track=False,
+    # images prepared by 3 processes, without figures, by a copy of the recipe file elsewhere (another
+    # checkout): the same tiles, the same digest
+    elsewhere = tmp_path / "elsewhere" / "paired_001.py"
+    elsewhere.parent.mkdir()
+    shutil.copy(recipe.load("paired_001").path, elsewhere)
+    b = builder.make(str(elsewhere), datasource="pairs", settings=SMALL_TILES, name="b", progress=False, track=False,
                      workers=3, pngs=False)
+    assert b.manifest["recipe"]["file"] == str(elsewhere)
     assert not (b.path / "qc").exists() and any((a.path / "qc").glob("*.png"))
     c = builder.make("paired_001", datasource="pairs", settings=SMALL_TILES + ["seed=1"], name="c", progress=False,
                      track=False)

@@ -479,7 +479,8 @@ def test_mlflow_run_evaluate_and_predict_entry_points(env, tmp_path):
     the test below; the other five entry points: test_mlproject, test_datasets, test_degrade, test_train, test_tune)."""
     _mlflow_run("evaluate", tmp_path, model="models:/ev-two/latest", datasource="pairs")
     client = MlflowClient(env["server"])
-    runs = client.search_runs([client.get_experiment_by_name("bpho-evaluate").experiment_id],
+    # `mlflow run` makes the run (in the experiment it is given, else Default); bpho evaluate logs into it
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
                               filter_string="tags.`bpho.model_uri` = 'models:/ev-two/latest' and "
                                             "tags.`bpho.evaluated_on` = 'datasource:pairs'")
     assert len(runs) == 1, [r.data.tags for r in runs]

@@ -21,7 +21,8 @@ tiling.py, qc.py and tracking; dataset.py reads what it writes.
   tile counts and tile file digests, which images are kept whole for validation and for
   testing (``validation_images``, ``test_images``; the latter only with a test split), bpho
   version, git commit, and the dataset digest over all of it (without
-  the dataset's name, creation time and git commit: the same inputs give the same digest).
+  the dataset's name, creation time, git commit and where the recipe file lies: the same inputs
+  give the same digest on every machine; the recipe's content counts through its sha256).
 """
 
 from __future__ import annotations
@@ -169,9 +170,10 @@ def make(recipe_name: str, datasource: Optional[str] = None, settings: Iterable[
         if not any(info["train"] for info in tile_info.values()):
             raise BphoError(f"dataset {out_name}: no tile passed the content threshold "
                             f"({r.content_threshold}); lower content_threshold or check the images")
+        recipe = {"name": loaded.name, "sha256": loaded.sha256}
         manifest = {
             "name": out_name,
-            "recipe": {"name": loaded.name, "file": str(loaded.path), "sha256": loaded.sha256},
+            "recipe": {**recipe, "file": str(loaded.path)},
             "parameters": r.params(),
             "datasource": {"name": source.name, "kind": source.kind, "digest": source.digest},
             **({"degradation": lr_provider.record} if lr_provider.record is not None else {}),
@@ -185,7 +187,7 @@ def make(recipe_name: str, datasource: Optional[str] = None, settings: Iterable[
             "git_commit": tracking.git_commit(),
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }
-        manifest["digest"] = datasources.digest_json(manifest, exclude=_DIGEST_EXCLUDES)
+        manifest["digest"] = datasources.digest_json({**manifest, "recipe": recipe}, exclude=_DIGEST_EXCLUDES)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
     dataset = open_dataset(out_name)
     if track:
