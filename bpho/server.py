@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 from bpho import paths
 from bpho.config import env_admin_password
@@ -104,13 +104,21 @@ def serve(**kwargs) -> int:
           f"clients: export MLFLOW_TRACKING_URI=http://{host}:{port}", flush=True)
     # its own process group: MLflow starts uvicorn, a job runner and huey consumers, and
     # subprocess.call would pass none of our signals on to them
-    proc = subprocess.Popen(argv, env=env, start_new_session=True)
+    return foreground(subprocess.Popen(argv, env=env, start_new_session=True))
+
+
+def foreground(proc: subprocess.Popen, ready: Optional[Callable[[], None]] = None) -> int:
+    """Wait for `proc` (started in its own process group) until it ends or we get SIGTERM, SIGINT
+    or SIGHUP; `ready` runs first (a failure there stops it too). Its whole group is stopped on
+    the way out; returns its exit code, or 128 + the signal."""
 
     def forward(signum, frame):
         raise _Stop(signum)
 
     previous = {sig: signal.signal(sig, forward) for sig in STOP_SIGNALS}
     try:
+        if ready is not None:
+            ready()
         return proc.wait()
     except _Stop as stop:
         return 128 + stop.signum

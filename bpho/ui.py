@@ -10,7 +10,6 @@ SIGTERM, and stops MLflow's whole process group as `bpho server` does.
 
 from __future__ import annotations
 
-import signal
 import socket
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from typing import List, Optional
 
 from bpho import tracking
 from bpho.errors import BphoError
-from bpho.server import STOP_SIGNALS, _Stop, stop_group
+from bpho.server import foreground
 
 HOST = "127.0.0.1"
 
@@ -104,19 +103,8 @@ def serve(port: int = 0, open_browser: bool = False, run_id: Optional[str] = Non
     # and its messages on stderr: stdout holds bpho's lines (the addresses) only
     proc = subprocess.Popen(command(port), stdout=2, start_new_session=True)
 
-    def forward(signum, frame):
-        raise _Stop(signum)
-
-    previous = {sig: signal.signal(sig, forward) for sig in STOP_SIGNALS}
-    try:
+    def ready() -> None:
         _wait_healthy(proc, address, timeout_s)
         _show(urls, open_browser)
-        return proc.wait()
-    except _Stop as stop:
-        return 128 + stop.signum
-    except KeyboardInterrupt:
-        return 130
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        stop_group(proc)
+
+    return foreground(proc, ready)
