@@ -114,16 +114,21 @@ class RealSource:
 
 
 GROUPS = ("tune", "held_out")
+# ndev-sampledata's 4-channel neuron: three of its channels are sources of their own
+_NEURON = dict(
+    package="ndev-sampledata", version="0.0.3",
+    member="ndev_sampledata/samples/neuron-4Ch.tiff",
+    sha256="8459b61fa1b7d8a1b7f94e8746de09014782134b8349060b92f86d3d2ffecb07",
+    credit="ndev-sampledata sample 'neuron_2d_4ch' (channels NCOA4, Ferritin, Phalloidin, DAPI), Tim Monko",
+    license="BSD-3-Clause (the package's license)",
+)
+
 SOURCES: Dict[str, RealSource] = {
     "neuron_actin": RealSource(
-        package="ndev-sampledata", version="0.0.3",
-        member="ndev_sampledata/samples/neuron-4Ch.tiff",
-        sha256="8459b61fa1b7d8a1b7f94e8746de09014782134b8349060b92f86d3d2ffecb07",
+        **_NEURON,
         channel=2,
         structure="F-actin (phalloidin, AF488 channel) of a cultured neuron: soma, neurites, growth cones, filopodia; "
                   "one cell on an empty background",
-        credit="ndev-sampledata sample 'neuron_2d_4ch' (channels NCOA4, Ferritin, Phalloidin, DAPI), Tim Monko",
-        license="BSD-3-Clause (the package's license)",
     ),
     "nuclei_dsb2018": RealSource(
         package="stardist", version="0.9.2",
@@ -138,25 +143,17 @@ SOURCES: Dict[str, RealSource] = {
                   "--implementation", "cp"),
     ),
     "neuron_ferritin": RealSource(
-        package="ndev-sampledata", version="0.0.3",
-        member="ndev_sampledata/samples/neuron-4Ch.tiff",
-        sha256="8459b61fa1b7d8a1b7f94e8746de09014782134b8349060b92f86d3d2ffecb07",
+        **_NEURON,
         channel=1,
         structure="ferritin (AF568 channel): puncta and vesicle-like organelles, dense in the soma, sparse along "
                   "the neurites; the same cell and field as neuron_actin",
-        credit="ndev-sampledata sample 'neuron_2d_4ch' (channels NCOA4, Ferritin, Phalloidin, DAPI), Tim Monko",
-        license="BSD-3-Clause (the package's license)",
         group="held_out",
     ),
     "neuron_ncoa4": RealSource(
-        package="ndev-sampledata", version="0.0.3",
-        member="ndev_sampledata/samples/neuron-4Ch.tiff",
-        sha256="8459b61fa1b7d8a1b7f94e8746de09014782134b8349060b92f86d3d2ffecb07",
+        **_NEURON,
         channel=0,
         structure="NCOA4 (AF647 channel): dim puncta on a noisy background, mostly in the soma; the same cell and "
                   "field as neuron_actin",
-        credit="ndev-sampledata sample 'neuron_2d_4ch' (channels NCOA4, Ferritin, Phalloidin, DAPI), Tim Monko",
-        license="BSD-3-Clause (the package's license)",
         group="held_out",
     ),
 }
