@@ -38,6 +38,8 @@ class Image:
     path: the file it came from.
     scene: the scene index for multi-scene CZI files, else 0.
     n_scenes: how many scenes the file holds.
+    channel_names: one name per channel as the file's metadata gives it (None where it gives
+        none; empty when the reader does not know).
     """
 
     data: np.ndarray
@@ -46,6 +48,11 @@ class Image:
     path: Path
     scene: int = 0
     n_scenes: int = 1
+    channel_names: Tuple[Optional[str], ...] = ()
+
+    def channel_name(self, index: int) -> Optional[str]:
+        """The name of channel `index` in the file's metadata, or None."""
+        return self.channel_names[index] if index < len(self.channel_names) else None
 
     @property
     def rgb(self) -> bool:

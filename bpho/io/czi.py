@@ -75,6 +75,18 @@ def _pixel_size(f, path: Path) -> PixelSize:
     return (found.get("Z"), found.get("Y"), found.get("X"))
 
 
+def _channel_names(f) -> tuple:
+    """Channel names from Metadata/Information/Image/Dimensions/Channels (None where unnamed)."""
+    try:
+        root = ET.fromstring(f.metadata())
+    except Exception:
+        return ()
+    channels = root.find(".//Information/Image/Dimensions/Channels")
+    if channels is None:
+        return ()
+    return tuple(ch.get("Name") or None for ch in channels.findall("Channel"))
+
+
 def _decode(entry, path: Path) -> np.ndarray:
     segment = entry.data_segment()
     dtype = np.dtype(entry.dtype).base
@@ -130,6 +142,7 @@ def read(path: Path, scene: Optional[int] = None) -> Image:
             path=path,
             scene=scenes.index(scene),
             n_scenes=len(scenes),
+            channel_names=_channel_names(f),
         )
 
 

@@ -30,6 +30,7 @@ def read(path: Path) -> Image:
             axes = series.axes
             data = series.asarray()
             pixel_size = _pixel_size(tf, series)
+            names = _channel_names(tf)
     except FileFormatError:
         raise
     except Exception as exc:
@@ -37,7 +38,22 @@ def read(path: Path) -> Image:
             f"{path}: cannot read the TIFF ({type(exc).__name__}: {exc}); "
             "the file is probably truncated or corrupt"
         ) from None
-    return Image(data=_to_tczyx(data, axes, path), pixel_size=pixel_size, axes_source=axes, path=path)
+    return Image(data=_to_tczyx(data, axes, path), pixel_size=pixel_size, axes_source=axes, path=path,
+                 channel_names=names)
+
+
+def _channel_names(tf: tifffile.TiffFile) -> tuple:
+    """Channel names from OME-XML (Channel Name), else from ImageJ's per-channel labels; () if none."""
+    if tf.is_ome and tf.ome_metadata:
+        try:
+            root = ET.fromstring(tf.ome_metadata)
+        except ET.ParseError:
+            return ()
+        pixels = next((e for e in root.iter() if e.tag.endswith("Pixels")), None)
+        if pixels is None:
+            return ()
+        return tuple(ch.get("Name") or None for ch in pixels if ch.tag.endswith("Channel"))
+    return ()
 
 
 def _to_tczyx(data: np.ndarray, axes: str, path: Path) -> np.ndarray:
