@@ -101,6 +101,7 @@ class ImageFormat(StrEnum):
 
     IMAGEJ = "imagej"
     OME_TIFF = "ome-tiff"
+    OME_ZARR = "ome-zarr"
 
 
 def _made(f: dataclasses.Field) -> Any:
@@ -412,6 +413,8 @@ class InferenceConfig:
     precision: Precision = field(default=Precision.FP32, metadata={"help": "of the network"})
     ensemble: bool = field(default=False, metadata={"help": "average each tile's predictions in its 8 flips and "
                                                             "90-degree rotations (8 times the compute)"})
+    block: int = field(default=1024, metadata={"help": "LR pixels per side of the squares a large image is predicted "
+                                                       "and written in: memory follows the block, not the image"})
 
     def __post_init__(self):
         _enums(self)
@@ -422,7 +425,17 @@ class PredictConfig(InferenceConfig):
     """`bpho predict`: inference, and the file format written."""
 
     format: ImageFormat = field(default=ImageFormat.IMAGEJ, metadata={
-        "help": "ImageJ hyperstack TIFF (Fiji) or OME-TIFF (.ome.tif: OME-XML pixel sizes, axes, channels)"})
+        "help": "ImageJ hyperstack TIFF (Fiji), OME-TIFF (.ome.tif: OME-XML pixel sizes, axes, channels) or "
+                "OME-Zarr (.ome.zarr: OME-NGFF 0.5, chunked, multiscale, for napari and large images)"})
+    dask: Optional[str] = field(default=None, metadata={
+        "help": "spread the blocks over Dask workers: local:N (N worker processes on this machine) or a scheduler "
+                "address such as tcp://host:8786 (inputs and --out on a disk every worker sees)"})
+    overwrite: bool = field(default=False, metadata={"help": "replace outputs that exist (default: refuse)"})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.dask and self.dask.startswith("local:") and not self.dask[6:].isdigit():
+            raise BphoError(f"--dask {self.dask}: write local:N with N a number of workers, or a scheduler address")
 
 
 @dataclass(frozen=True)

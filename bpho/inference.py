@@ -92,7 +92,9 @@ class SuperResolver:
     mirrored beyond its edges once, for all tiles alike) and only its own part is kept, so a
     pixel is predicted from at least the same neighbourhood whatever the tile size (on the demo
     the PSNR moves by 0.001 dB from 32 to 256 px tiles). `overlap` blends what is left of the seams.
-    Tiles are cut, predicted and blended on the model's device; one HR frame comes back.
+    Tiles are cut, predicted and blended on the model's device; one HR frame comes back. An
+    image wider or higher than `block` px is predicted in `block` px squares, each tiled on its
+    own with the image around it as context (memory follows the block, not the image).
     `precision` (fp32, fp16, bf16) is the network's; blending is always float32.
     `ensemble`: each tile (with its context, every frame alike) is predicted in its 8 flips and
     90-degree rotations, each prediction turned back and the 8 averaged (8 forward passes a tile).
@@ -107,11 +109,14 @@ class SuperResolver:
     precision: str = InferenceConfig.precision
     context: int = InferenceConfig.context
     ensemble: bool = InferenceConfig.ensemble
+    block: int = InferenceConfig.block
 
     def __post_init__(self):
-        if self.tile < 1 or self.overlap < 0 or self.context < 0 or self.batch < 1 or self.overlap >= self.tile:
+        if (self.tile < 1 or self.overlap < 0 or self.context < 0 or self.batch < 1 or self.overlap >= self.tile
+                or self.block < 1):
             raise BphoError(f"inference tiles: tile={self.tile}, overlap={self.overlap}, context={self.context}, "
-                            f"batch={self.batch}; need tile >= 1, 0 <= overlap < tile, context >= 0, batch >= 1")
+                            f"batch={self.batch}, block={self.block}; need tile >= 1, 0 <= overlap < tile, "
+                            "context >= 0, batch >= 1, block >= 1")
         if self.precision not in PRECISIONS:
             raise BphoError(f"inference precision {self.precision!r}: use one of {', '.join(PRECISIONS)}")
 
@@ -132,18 +137,62 @@ class SuperResolver:
             raise BphoError("the input holds NaN or infinite values")
         return float(lo), float(max(hi - lo, 1e-6))
 
-    @torch.no_grad()
+    def blocks(self, h: int, w: int) -> list:
+        """The blocks (y, x, h, w) an (h, w) LR image is predicted in: `block` px squares from the
+        top left (smaller at the right and bottom edges). Each is tiled on its own with `context`
+        px of the image around it, so memory follows the block and blocks can be predicted in
+        any order or process with the same result."""
+        b = self.block
+        return [(y, x, min(b, h - y), min(b, w - x)) for y in range(0, h, b) for x in range(0, w, b)]
+
+    def predict_block(self, series, t: int, box, lo: float, span: float) -> np.ndarray:
+        """The HR of block `box` = (y, x, h, w) of frame `t` of a (T, Y, X) LR `series` (a numpy
+        array, or a lazy one such as dask's: only the rows and columns the block needs, with its
+        context and the model's frame window, are read), normalised by (`lo`, `span`);
+        (h*scale, w*scale) float32 in the input's units."""
+        n_t, h, w = series.shape
+        half = self.frames // 2
+        frames = [_reflect(i, n_t) for i in range(t - half, t + half + 1)]
+        rows, cols = self._around(box, h, w)
+        r0, c0 = int(rows.min()), int(cols.min())
+        region = np.asarray(series[frames, r0:int(rows.max()) + 1, c0:int(cols.max()) + 1])
+        padded = (region[:, rows - r0][:, :, cols - c0].astype(np.float32) - lo) / span
+        return self._predict_padded(padded, box[2], box[3], lo, span)
+
+    def _around(self, box, h: int, w: int):
+        """Row and column indices of `box` with `context` px around it, mirrored beyond the image
+        (numpy's reflect padding; edge padding for an image one pixel high or wide)."""
+        y, x, bh, bw = box
+        c = self.context
+        rows, cols = np.arange(y - c, y + bh + c), np.arange(x - c, x + bw + c)
+        if min(h, w) <= 1:
+            return np.clip(rows, 0, h - 1), np.clip(cols, 0, w - 1)
+        return _reflect_all(rows, h), _reflect_all(cols, w)
+
     def predict_normalized(self, window: np.ndarray, lo: float = 0.0, span: float = 1.0) -> np.ndarray:
-        """(frames, h, w) normalised LR -> (h*scale, w*scale) HR, tiled and blended, times `span`
-        plus `lo` (the input's units)."""
+        """(frames, h, w) normalised LR -> (h*scale, w*scale) HR, tiled and blended block by block,
+        times `span` plus `lo` (the input's units)."""
         f, h, w = window.shape
+        s = self.scale
+        out = np.empty((h * s, w * s), np.float32)
+        for box in self.blocks(h, w):
+            y, x, bh, bw = box
+            rows, cols = self._around(box, h, w)
+            padded = window[:, rows][:, :, cols]
+            out[y * s:(y + bh) * s, x * s:(x + bw) * s] = self._predict_padded(padded, bh, bw, lo, span)
+        return out
+
+    @torch.no_grad()
+    def _predict_padded(self, window: np.ndarray, h: int, w: int, lo: float, span: float) -> np.ndarray:
+        """(frames, h + 2 context, w + 2 context) normalised LR with its context around it ->
+        (h*scale, w*scale) HR, tiled and blended, times `span` plus `lo`."""
         s, tile, c = self.scale, self.tile, self.context
         dev = self.device
         out = torch.zeros((h * s, w * s), dtype=torch.float32, device=dev)
         weight = torch.zeros_like(out)
         th, tw = _fitted(h, tile, self.overlap), _fitted(w, tile, self.overlap)
         boxes = [(y, x) for y in _starts(h, th, self.overlap) for x in _starts(w, tw, self.overlap)]
-        padded = torch.from_numpy(np.pad(window, ((0, 0), (c, c), (c, c)), mode="reflect" if min(h, w) > 1 else "edge"))
+        padded = torch.from_numpy(np.ascontiguousarray(window, dtype=np.float32))
         padded = padded.to(dev, PRECISIONS[self.precision], non_blocking=True)
         ramp = self.overlap * s // 2
         win = torch.outer(torch.from_numpy(_blend_window(th * s, ramp)), torch.from_numpy(_blend_window(tw * s, ramp)))
@@ -214,6 +263,13 @@ def _reflect(i: int, n: int) -> int:
     return i if i < n else period - i
 
 
+def _reflect_all(i: np.ndarray, n: int) -> np.ndarray:
+    """`_reflect` of every index in `i`: numpy's reflect padding, however far beyond 0..n-1."""
+    period = 2 * (n - 1)
+    i = np.mod(i, period)
+    return np.where(i < n, i, period - i)
+
+
 def load_model(folder: Path, device: str = InferenceConfig.device, precision: str = InferenceConfig.precision,
                **options) -> SuperResolver:
     """Rebuild the network from its saved config and load its weights (safetensors only).
@@ -227,11 +283,17 @@ def load_model(folder: Path, device: str = InferenceConfig.device, precision: st
         state = load_file(str(folder / WEIGHTS))
     except (OSError, ValueError) as exc:
         raise BphoError(f"{folder}: not a bpho model folder ({exc})") from None
+    return build(meta, state, device, precision, **options)
+
+
+def build(meta: dict, state: dict, device: str = InferenceConfig.device,
+          precision: str = InferenceConfig.precision, **options) -> SuperResolver:
+    """A SuperResolver from a model's meta (bpho_model.json) and its tensors, as `load_model` describes."""
     net = build_model({**BPHO_01_MODEL, **meta["model"]})
     net.load_state_dict(state)
     dev = pick_device(device)
     if dev.type == "cpu" and precision == "fp16":
-        warnings.warn("fp16 inference needs a GPU; running in fp32 on the CPU", BphoWarning, stacklevel=2)
+        warnings.warn("fp16 inference needs a GPU; running in fp32 on the CPU", BphoWarning, stacklevel=3)
         precision = "fp32"
     if options.get("tile") is None:
         options["tile"] = 512 if dev.type == "cuda" else SuperResolver.tile

@@ -1,143 +1,354 @@
-"""Predict: LR images, z-stacks and movies (CZI or TIFF) to HR ImageJ TIFF that Fiji opens,
-or OME-TIFF (``fmt="ome-tiff"``: physical pixel sizes, axes and channel names in OME-XML).
+"""Predict: LR images, z-stacks and movies (CZI, TIFF, OME-Zarr) to HR ImageJ TIFF that Fiji opens,
+OME-TIFF (``ome-tiff``: physical pixel sizes, axes and channel names in OME-XML) or OME-Zarr
+(``ome-zarr``: OME-NGFF 0.5, chunked and multiscale, with the model's lineage in its metadata).
 
-Every scene of every input becomes ``OUT/<stem>.tif`` or ``OUT/<stem>.ome.tif`` (and
-``<stem>.png``, its first frame next to the LR) (``<stem>_s<N>...`` for multi-scene
-files): axes (T, Z, C, Y, X) kept, pixel size y/x divided by the model's scale, float32.
-Each channel and z plane is super-resolved on its own; a multi-frame model slides its
-frame window along T (edges padded by reflection). Frames are written as they are
-predicted, so output memory stays at one frame; the file appears only when complete.
+Every scene of every input becomes ``OUT/<stem><suffix>`` (and ``<stem>.png``, its first frame
+next to the LR) (``<stem>_s<N>...`` for multi-scene files): axes (T, C, Z, Y, X) kept, pixel
+size y/x divided by the model's scale, float32. Each channel and z plane is super-resolved on
+its own; a multi-frame model slides its frame window along T (edges padded by reflection).
+
+Memory follows blocks, not files: the input is read lazily, each plane is predicted in
+``--block`` px squares (with their context) and each HR block is written as soon as it is
+made, so a 8192 px image or a 300-frame movie needs no more memory than one block. With
+``--dask`` the blocks of every file go to Dask workers (``local:N`` or a scheduler address),
+which write them straight into the output; the output is the same, byte for byte.
+
+The intensity normalisation of a (channel, z) series uses its exact percentiles up to
+`EXACT_PERCENTILE_PIXELS` pixels, else the percentiles of a regular subsample: up to 16
+frames evenly spread along T and every k-th pixel along Y and X, k the smallest stride that
+keeps the sample under that count (benchmarks/big_predict.py prints the difference).
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
+import os
 import queue
-import sys
 import threading
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, List
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
-import tifffile
 from tqdm import tqdm
 
 from bpho import io, tracking
 from bpho.config import PredictConfig
 from bpho.errors import BphoError
-from bpho.inference import load_model
-from bpho.paths import atomic_file
+from bpho.inference import SuperResolver, load_model
+from bpho.io import writers
+
+FORMATS = writers.SUFFIXES
+EXACT_PERCENTILE_PIXELS = 2 ** 24  # 16.8 M: a 4096 px plane, or 16 frames of 1024 px
+SAMPLE_FRAMES = 16
+
+
+@dataclass
+class _Job:
+    """One scene of one input and the output it becomes."""
+
+    image: io.Image
+    target: Path
+    channels: List[int]  # input channels predicted, in output order
+    names: List[str]
+    norms: Dict[Tuple[int, int], Tuple[float, float]] = field(default_factory=dict)  # (c, z) -> (lo, span)
+    layout: Optional[writers.Layout] = None
+
+    def units(self, model: SuperResolver) -> List[tuple]:
+        """(t, output channel, input channel, z, block) for every block of the output."""
+        t, _c, z, y, x = self.image.shape
+        return [(ti, co, ci, zi, box) for ti in range(t) for zi in range(z) for co, ci in enumerate(self.channels)
+                for box in model.blocks(y, x)]
 
 
 def predict_files(model_uri: str, inputs: Iterable, out_dir, cfg: PredictConfig = PredictConfig(),
                   progress: bool = True) -> List[Path]:
-    """Super-resolve image files (CZI, TIFF; every scene, frame and plane) into `out_dir`.
+    """Super-resolve image files (CZI, TIFF, OME-Zarr; every scene, frame and plane) into `out_dir`.
 
     Parameters
     ----------
     model_uri : str
-        ``runs:/ID/model``, ``models:/NAME/VERSION`` or ``models:/NAME/latest``.
+        ``runs:/ID/model``, ``models:/NAME/VERSION``, ``models:/NAME/latest`` or ``models:/NAME@ALIAS``.
     inputs : iterable of path
-        LR files; all are checked before the model is loaded or anything written.
+        LR files; all are checked, and every output name, before the model runs or anything is written.
     out_dir : path
-        Output folder: one TIFF per input scene (``NAME.tif`` or ``NAME.ome.tif``) and a PNG preview.
+        Output folder: one image per input scene (``NAME.tif``, ``NAME.ome.tif`` or ``NAME.ome.zarr``)
+        and a PNG preview.
     cfg : PredictConfig
-        Tiles, context, precision, device, the 8-fold flip/rotation ensemble and the file format.
+        Tiles, blocks, context, precision, device, the flip/rotation ensemble, the file format,
+        ``dask`` (a scheduler address or ``local:N``) and ``overwrite``.
+    progress : bool
+        Show a progress bar over the blocks.
 
     Returns
     -------
     list of Path
-        The files written.
+        The images written.
     """
-    fmt = cfg.format
+    fmt = str(cfg.format)
     inputs = [Path(p) for p in inputs]
     for path in inputs:  # check every input before loading the model or writing anything
         io.file_kind(path)
-    model = load_model(tracking.download_model(model_uri), device=cfg.device, tile=cfg.tile, overlap=cfg.overlap,
-                       batch=cfg.batch, context=cfg.context, precision=cfg.precision, ensemble=cfg.ensemble)
+    folder = tracking.download_model(model_uri)
+    model = load_model(folder, device=cfg.device, tile=cfg.tile, overlap=cfg.overlap, batch=cfg.batch,
+                       context=cfg.context, precision=cfg.precision, ensemble=cfg.ensemble, block=cfg.block)
     out_dir = Path(out_dir)
-    written = []
-    for path in tqdm(inputs, desc="files", unit="file", disable=not progress or len(inputs) < 2):
-        n = io.count_scenes(path)
-        for scene in range(n):
-            img = io.read(path, scene=scene)
-            stem = path.stem[:-4] if path.stem.endswith(".ome") else path.stem
-            target = out_dir / (f"{stem}{FORMATS[fmt]}" if n == 1 else f"{stem}_s{scene}{FORMATS[fmt]}")
-            written.append(_predict_image(model, img, target, progress, fmt))
+    jobs = _plan(inputs, out_dir, fmt, model, cfg.overwrite)
+    info = {"model": model_uri, "run_id": model.meta.get("run_id"), "dataset": model.meta.get("dataset"),
+            "dataset_digest": model.meta.get("dataset_digest"), "scale": model.scale, "frames": model.frames}
+    written: List[Path] = []
+    try:
+        for job in jobs:
+            _prepare(job, model, fmt)
+        if cfg.dask:
+            _run_dask(cfg.dask, folder, cfg, model, jobs, progress)
+        else:
+            _run_here(model, jobs, progress)
+        for job in jobs:
+            assert job.layout is not None
+            img = job.image
+            meta = {**info, "source": str(img.path), "scene": img.scene,
+                    "normalization": {f"c{c}z{z}": [lo, span] for (c, z), (lo, span) in job.norms.items()}}
+            written.append(writers.finish(job.layout, _hr_pixel_size(img, model.scale), job.names, meta,
+                                          cfg.overwrite))
+            _preview(job, model.scale)
+    finally:
+        for job in jobs:
+            if job.layout is not None and job.target not in written:
+                writers.discard(job.layout)
     return written
 
 
-FORMATS = {"imagej": ".tif", "ome-tiff": ".ome.tif"}
+def _plan(inputs: List[Path], out_dir: Path, fmt: str, model: SuperResolver, overwrite: bool) -> List[_Job]:
+    """Open every scene lazily and name its output; an output that exists (without `overwrite`),
+    or two inputs with one output name, stop here, before anything is written."""
+    jobs: List[_Job] = []
+    for path in inputs:
+        n = io.count_scenes(path)
+        name = path.name[:-len(".ome.zarr")] if path.name.endswith(".ome.zarr") else path.stem
+        stem = name[:-4] if name.endswith(".ome") else name
+        for scene in range(n):
+            img = io.open_image(path, scene=scene).check_grey()
+            t, c, _z, _y, _x = img.shape
+            if model.frames > 1 and t < model.frames:
+                raise BphoError(f"{path}: {t} frames is shorter than the model's frame window ({model.frames})")
+            target = out_dir / (f"{stem}{FORMATS[fmt]}" if n == 1 else f"{stem}_s{scene}{FORMATS[fmt]}")
+            if target.exists() and not overwrite:
+                raise BphoError(f"{target}: already exists; remove it, choose another --out, or pass --overwrite")
+            if any(job.target == target for job in jobs):
+                raise BphoError(f"{path}: its output {target.name} is also another input's; predict them into "
+                                "separate --out folders")
+            names = [img.channel_name(i) or f"C{i}" for i in range(c)]
+            jobs.append(_Job(img, target, list(range(c)), names))
+    return jobs
 
 
-def _predict_image(model, img: io.Image, target: Path, progress: bool, fmt: str = "imagej") -> Path:
-    t, c, z, y, x = img.shape
-    if model.frames > 1 and t < model.frames:
-        raise BphoError(f"{img.path}: {t} frames is shorter than the model's frame window ({model.frames})")
-    img.check_grey()
-    if not np.isfinite(img.data).all():
+def _prepare(job: _Job, model: SuperResolver, fmt: str) -> None:
+    """Check the image (finite, not all zero), take each series' normalisation and lay out its output."""
+    img = job.image
+    data = img.data
+    if data.dtype.kind == "f" and not bool(_computed(_all_finite(data))):
         raise BphoError(f"{img.path}: the image holds NaN or infinite values; fix or re-export it")
-    if not img.data.any():
+    if not bool(_computed(data.any())):
         raise BphoError(f"{img.path}: the image is all zero (an empty or failed acquisition); check the file")
+    p = model.meta["normalization"]
+    for c in job.channels:
+        for z in range(img.shape[2]):
+            job.norms[(c, z)] = normalisation(data[:, c, z], p["percentile_low"], p["percentile_high"])
+    t, _c, z, y, x = img.shape
     s = model.scale
-    bar = tqdm(total=t * c * z, desc=img.path.name, unit="frame", disable=not progress, leave=False)
+    job.layout = writers.create(job.target, fmt, (t, len(job.channels), z, y * s, x * s), _hr_pixel_size(img, s),
+                                job.names, model.block * s)
 
-    first: list = []
-    failed: list = []
-    base = target.name[:-len(".ome.tif")] if target.name.endswith(".ome.tif") else target.stem
-    png, png_part = target.with_name(f"{base}.png"), target.with_name(f".{base}.part.png")
 
-    def draw():
-        try:
-            save_prediction_preview(png_part, img.data[0, 0, 0], first[0], s)
-        except Exception as exc:  # raised in the caller, after the TIFF
-            failed.append(exc)
+def normalisation(series, low: float, high: float) -> Tuple[float, float]:
+    """(lo, span) of a (T, Y, X) series, numpy or lazy: its `low` and `high` percentiles, exact up to
+    `EXACT_PERCENTILE_PIXELS` pixels, else of the regular subsample the module docstring describes."""
+    n_t, h, w = series.shape
+    if n_t * h * w <= EXACT_PERCENTILE_PIXELS:
+        sample = np.asarray(series)
+    else:
+        frames = np.unique(np.linspace(0, n_t - 1, min(n_t, SAMPLE_FRAMES)).round().astype(int)).tolist()
+        k = math.ceil(math.sqrt(len(frames) * h * w / EXACT_PERCENTILE_PIXELS))
+        sample = np.asarray(series[frames, ::k, ::k])
+    lo, hi = np.percentile(sample, (low, high))
+    return float(lo), float(max(hi - lo, 1e-6))
 
-    preview = threading.Thread(target=draw, daemon=True)
 
-    def frames():
-        # one (c, z) series at a time along T; pages must come out in ImageJ's T, Z, C order
-        series = {}
-        for zi in range(z):
-            for ci in range(c):
-                series[(zi, ci)] = model.predict_frames(img.data[:, ci, zi])
-        for _ in range(t):
-            for zi in range(z):
-                for ci in range(c):
-                    bar.update()
-                    frame = next(series[(zi, ci)]).astype(np.float32, copy=False)
-                    if not first:  # its PNG is drawn while the TIFF is written
-                        first.append(frame)
-                        preview.start()
-                    yield frame
+def _all_finite(data):
+    if hasattr(data, "compute"):
+        import dask.array as da
 
+        return da.isfinite(data).all()
+    return np.isfinite(data).all()
+
+
+def _computed(value):
+    return value.compute() if hasattr(value, "compute") else value
+
+
+def _hr_pixel_size(img: io.Image, scale: int):
     pz, py, px = img.pixel_size
-    if fmt == "ome-tiff":  # OME-XML: physical sizes in um, axes, channel names
-        meta = {"axes": "TZCYX", "Channel": {"Name": [f"C{i}" for i in range(c)]},
-                **({"PhysicalSizeX": px / s, "PhysicalSizeXUnit": "µm"} if px else {}),
-                **({"PhysicalSizeY": py / s, "PhysicalSizeYUnit": "µm"} if py else {}),
-                **({"PhysicalSizeZ": pz, "PhysicalSizeZUnit": "µm"} if pz else {})}
-        kind: Dict[str, Any] = {"ome": True}
-    else:  # ImageJ hyperstack; no calibration where the input has none (not 1 um a pixel)
-        meta = {"axes": "TZCYX", **({"unit": "um"} if px and py else {}), **({"spacing": pz} if pz else {})}
-        kind = {"imagej": True, **({"resolution": (s / px, s / py)} if px and py else {})}
+    return (pz, py / scale if py else None, px / scale if px else None)
+
+
+def _predict_unit(model: SuperResolver, data, norms, unit) -> np.ndarray:
+    t, _co, ci, z, box = unit
+    lo, span = norms[(ci, z)]
+    return model.predict_block(data[:, ci, z], t, box, lo, span)
+
+
+def _write_unit(layout: writers.Layout, scale: int, unit, hr: np.ndarray) -> None:
+    t, co, _ci, z, (y, x, _h, _w) = unit
+    writers.write_block(layout, t, co, z, y * scale, x * scale, hr)
+
+
+def _run_here(model: SuperResolver, jobs: List[_Job], progress: bool) -> None:
+    """Every block in this process; the next block is predicted while this one is written."""
+    work = [(job, unit) for job in jobs for unit in job.units(model)]
+    with tqdm(total=len(work), desc="predict", unit="block", disable=not progress, leave=False) as bar:
+        made = ((job, unit, _predict_unit(model, job.image.data, job.norms, unit)) for job, unit in work)
+        for job, unit, hr in ahead(made):
+            assert job.layout is not None
+            _write_unit(job.layout, model.scale, unit, hr)
+            bar.update()
+
+
+# --- Dask: the same blocks on workers -------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Remote:
+    """What a worker needs to rebuild the model once: its files' bytes and the inference options."""
+
+    key: str
+    meta_json: str
+    weights: bytes
+    options: dict
+    threads: Optional[int]
+
+
+_WORKER: Dict[str, Any] = {}  # on a worker: the model and the opened inputs, built once
+
+
+def _worker_model(remote: _Remote) -> SuperResolver:
+    if _WORKER.get("key") != remote.key:
+        import json
+
+        import torch
+        from safetensors.torch import load as load_weights
+
+        from bpho.inference import build
+
+        if remote.threads:
+            torch.set_num_threads(remote.threads)
+        options = dict(remote.options)
+        if options["device"] in ("auto", "cuda") and torch.cuda.is_available():
+            options["device"] = f"cuda:{_worker_index() % torch.cuda.device_count()}"  # one GPU a worker
+        _WORKER.clear()
+        _WORKER.update(key=remote.key, images={},
+                       model=build(json.loads(remote.meta_json), load_weights(remote.weights), **options))
+    return _WORKER["model"]
+
+
+def _worker_index() -> int:
+    from distributed import get_worker
+
+    name = get_worker().name
+    return int(name) if str(name).isdigit() else 0
+
+
+def _remote_unit(remote: _Remote, path: str, scene: int, norms, layout: writers.Layout, unit) -> None:
+    """One block on a worker: read, predict, write into the output (inputs and output on a shared disk)."""
+    import dask
+
+    model = _worker_model(remote)
+    images = _WORKER["images"]
+    if (path, scene) not in images:
+        images[(path, scene)] = io.open_image(path, scene=scene)
+    with dask.config.set(scheduler="synchronous"):  # the reads stay in this task, not on the cluster
+        hr = _predict_unit(model, images[(path, scene)].data, norms, unit)
+    _write_unit(layout, model.scale, unit, hr)
+
+
+def _run_dask(address: str, folder: Path, cfg: PredictConfig, model: SuperResolver, jobs: List[_Job],
+              progress: bool) -> None:
+    """Every block as a task on Dask workers (`address`: ``local:N`` or a scheduler's address)."""
+    from distributed import Client, LocalCluster, as_completed
+
+    from bpho.inference import META, WEIGHTS
+
+    weights = (folder / WEIGHTS).read_bytes()
+    cluster = None
+    threads = None
+    if address.startswith("local:"):
+        workers = int(address.split(":", 1)[1])
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                               silence_logs=40)
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        address = cluster.scheduler_address
+    options = {"device": str(cfg.device), "tile": cfg.tile, "overlap": cfg.overlap, "batch": cfg.batch,
+               "context": cfg.context, "precision": str(cfg.precision), "ensemble": cfg.ensemble, "block": cfg.block}
+    remote = _Remote(hashlib.sha256(weights).hexdigest(), (folder / META).read_text(), weights, options, threads)
     try:
-        with atomic_file(target, suffix=".tif") as tmp:
-            tifffile.imwrite(tmp, ahead(frames()), shape=(t, z, c, y * s, x * s), dtype=np.float32, metadata=meta,
-                             **kind)
+        with Client(address) as client:
+            remote_future = client.scatter(remote, broadcast=True)
+            futures = []
+            for job in jobs:
+                for unit in job.units(model):
+                    futures.append(client.submit(_remote_unit, remote_future, str(job.image.path), job.image.scene,
+                                                 job.norms, job.layout, unit, pure=False))
+            with tqdm(total=len(futures), desc="predict", unit="block", disable=not progress, leave=False) as bar:
+                for future in as_completed(futures):
+                    future.result()  # a task's error (a corrupt chunk) is raised here
+                    bar.update()
     finally:
-        bar.close()  # also on an error, so that its message starts a clean line
-        if preview.is_alive():
-            preview.join()
-        if failed or sys.exc_info()[0] is not None:
-            png_part.unlink(missing_ok=True)
-    if failed:
-        raise failed[0]
-    png_part.replace(png)
-    return target
+        if cluster is not None:
+            cluster.close()
+
+
+# --- previews and helpers -------------------------------------------------------------------------
+
+def _preview(job: _Job, scale: int, side: int = 512) -> None:
+    """`<stem>.png`: the first frame of the first predicted channel and plane, LR | prediction, each at
+    most `side` px wide (subsampled from the written output; the image holds every pixel)."""
+    from bpho.plots import save_grid
+
+    target = job.target
+    _t, _c, _z, h, w = job.image.shape
+    step = max(1, -(-max(h, w) * scale // side))
+    hr = _first_plane(target, step)
+    rows, cols = (np.minimum(np.arange(n) * step // scale, m - 1) for n, m in zip(hr.shape, (h, w)))
+    lr = np.asarray(job.image.data[0, job.channels[0], 0][rows][:, cols])
+    panels = []
+    for image in (lr, hr):
+        lo, hi = np.percentile(image, (1, 99.8))
+        panels.append((image - lo) / max(hi - lo, 1e-12))
+    base = target.name[:-len(".ome.zarr")] if target.name.endswith(".ome.zarr") else target.name.split(".")[0]
+    png = target.with_name(f"{base}.png")
+    save_grid(png, [panels], labels=("LR", "bpho prediction"))
+
+
+def _first_plane(target: Path, step: int) -> np.ndarray:
+    """Every `step`-th pixel of the first HR plane of a written output (a pyramid level of OME-Zarr)."""
+    if target.name.endswith(".ome.zarr"):
+        import zarr
+
+        group = zarr.open_group(str(target), mode="r")
+        level = min(int(math.log2(step)), len(list(group.array_keys())) - 1)
+        sub = step // 2 ** level
+        return np.asarray(zarr.open_array(f"{target}/{level}", mode="r")[0, 0, 0, ::sub, ::sub])
+    import tifffile
+
+    with tifffile.TiffFile(target) as tf:
+        page = tf.pages[0]
+        plane = np.memmap(target, dtype=page.dtype.newbyteorder("<"), mode="r",  # type: ignore[union-attr]
+                          offset=page.dataoffsets[0], shape=page.shape)
+        return np.array(plane[::step, ::step])
 
 
 def ahead(items: Iterator, depth: int = 2) -> Iterator:
-    """`items` computed in a thread, up to `depth` ahead of the consumer: the next frame is
+    """`items` computed in a thread, up to `depth` ahead of the consumer: the next block is
     predicted while this one is written. An error in the thread is raised here."""
     q: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
@@ -171,20 +382,3 @@ def ahead(items: Iterator, depth: int = 2) -> Iterator:
     finally:
         stop.set()
         thread.join()
-
-
-def save_prediction_preview(png: Path, lr: np.ndarray, hr: np.ndarray, scale: int, side: int = 512) -> None:
-    """First frame, first channel and plane: LR (pixels repeated) | prediction, each at most
-    `side` px wide (a big image is subsampled for the view; the TIFF holds every pixel), each
-    scaled to its own 1-99.8th percentiles."""
-    from bpho.plots import save_grid
-
-    step = max(1, -(-max(hr.shape) // side))
-    view = hr[::step, ::step]
-    rows, cols = (np.arange(n) * step // scale for n in view.shape)
-    lr_view = lr[np.ix_(np.minimum(rows, lr.shape[0] - 1), np.minimum(cols, lr.shape[1] - 1))]
-    panels = []
-    for image in (lr_view, view):
-        lo, hi = np.percentile(image, (1, 99.8))
-        panels.append((image - lo) / max(hi - lo, 1e-12))
-    save_grid(png, [panels], labels=("LR", "bpho prediction"))

@@ -1,0 +1,221 @@
+"""Large images (#22): predict block by block into ImageJ TIFF, OME-TIFF and OME-Zarr, the same pixels as
+the in-memory path; Dask workers give the same bytes, also when one is killed; faults leave nothing that
+looks complete."""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+import zarr
+
+from bpho import io
+from bpho.config import PredictConfig
+from bpho.errors import BphoError
+from bpho.inference import load_model, save_model
+from bpho.models import build_model
+from bpho.models.unet_config import UNetConfig
+from bpho.predict import normalisation, predict_files
+
+from conftest import assert_one_line_error, run_bpho
+
+META = {"normalization": {"percentile_low": 2, "percentile_high": 99.8}, "run_id": "0a1b2c", "dataset": "big_001",
+        "dataset_digest": "d1g35t"}
+
+
+def _model(folder: Path, frames: int = 1) -> Path:
+    """A real network with its weights and meta as training saves them (the weights need not be trained
+    to check where pixels go)."""
+    torch.manual_seed(frames)
+    cfg = UNetConfig(encoder="resnet18", decoder_widths=(32, 16, 16, 8, 8), scale=2, frames=frames).to_dict()
+    return save_model(folder, build_model(cfg), {**META, "model": cfg})
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    where = tmp_path_factory.mktemp("big-models")
+    return {"single": _model(where / "single"), "movie": _model(where / "movie", frames=3)}
+
+
+def _czi(path: Path, shape, pixel_um=0.1, names=None, seed=0) -> Path:
+    rng = np.random.default_rng(seed)
+    data = rng.poisson(40, shape).astype(np.uint16) + np.linspace(0, 300, shape[-1]).astype(np.uint16)
+    return io.write_czi(path, data, (0.5 if shape[2] > 1 else None, pixel_um, pixel_um), channel_names=names)
+
+
+def _in_memory(folder: Path, path: Path, block: int) -> np.ndarray:
+    """(T, C, Z, Y*s, X*s) by the in-memory path: the whole image read, each series predicted whole."""
+    model = load_model(folder, device="cpu", tile=24, overlap=4, block=block)
+    img = io.read(path)
+    t, c, z, _y, _x = img.shape
+    out = np.zeros((t, c, z) + tuple(n * model.scale for n in img.shape[3:]), np.float32)
+    for ci in range(c):
+        for zi in range(z):
+            out[:, ci, zi] = np.stack(list(model.predict_frames(img.data[:, ci, zi])))
+    return out
+
+
+def _read(path: Path) -> np.ndarray:
+    if path.name.endswith(".ome.zarr"):
+        return np.asarray(zarr.open_array(str(path / "0"), mode="r"))
+    return io.read(path).data
+
+
+@pytest.mark.parametrize("fmt, block", [("imagej", 1024), ("ome-tiff", 16), ("ome-zarr", 16)])
+def test_streamed_output_equals_the_in_memory_path(tmp_path, models, fmt, block):
+    """Blocks of 16 LR px (several per plane, ragged at the edges) are written into one image that equals
+    the in-memory prediction with the same blocks exactly, and the one-block prediction within a tolerance
+    of tiling; T, C and Z kept."""
+    src = _czi(tmp_path / "cells.czi", (2, 2, 2, 37, 45), names={0: "DAPI", 1: "GFP"})
+    cfg = PredictConfig(device="cpu", tile=24, overlap=4, block=block, format=fmt)
+    [out] = predict_files(str(models["single"]), [src], tmp_path / "out", cfg, progress=False)
+    assert out.name == "cells" + {"imagej": ".tif", "ome-tiff": ".ome.tif", "ome-zarr": ".ome.zarr"}[fmt]
+    assert sorted(p.name for p in out.parent.iterdir()) == sorted([out.name, "cells.png"])  # no part left
+    got = _read(out)
+    assert got.shape == (2, 2, 2, 74, 90) and got.dtype == np.float32
+    np.testing.assert_array_equal(got, _in_memory(models["single"], src, block))
+    whole = _in_memory(models["single"], src, 1024)
+    assert np.abs(got - whole).max() <= 0.02 * np.abs(whole).max()
+
+
+def test_multiframe_model_streams_a_movie(tmp_path, models):
+    src = _czi(tmp_path / "movie.czi", (5, 1, 1, 30, 26))
+    cfg = PredictConfig(device="cpu", tile=24, overlap=4, block=16, format="ome-zarr")
+    [out] = predict_files(str(models["movie"]), [src], tmp_path / "out", cfg, progress=False)
+    np.testing.assert_array_equal(_read(out), _in_memory(models["movie"], src, 16))
+
+
+def test_ome_zarr_reads_back_with_scale_channels_pyramid_and_lineage(tmp_path, models):
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+
+    src = _czi(tmp_path / "wide.czi", (1, 2, 1, 300, 310), pixel_um=0.14, names={0: "DAPI", 1: "mito"})
+    proc = run_bpho("predict", "--model", models["single"], src, "--out", tmp_path / "out", "--format", "ome-zarr",
+                    "--device", "cpu", "--block", "128", "--tile", "64")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / "out" / "wide.ome.zarr"
+    assert proc.stdout.split() == [str(out)]
+    [node] = list(Reader(parse_url(str(out)))())
+    axes = node.metadata["axes"]
+    assert [a["name"] for a in axes] == ["t", "c", "z", "y", "x"] and axes[-1]["unit"] == "micrometer"
+    scales = [t[0]["scale"] for t in node.metadata["coordinateTransformations"]]
+    assert scales[0][-2:] == pytest.approx([0.07, 0.07])  # LR 0.14 um / scale 2
+    assert scales[1][-2:] == pytest.approx([0.14, 0.14]) and len(node.data) == 2  # 620 px -> 310 px level
+    assert node.metadata["channel_names"] == ["DAPI", "mito"]
+    full, half = (np.asarray(level) for level in node.data)
+    assert full.shape == (1, 2, 1, 600, 620) and half.shape == (1, 2, 1, 300, 310)
+    np.testing.assert_allclose(half, full.reshape(1, 2, 1, 300, 2, 310, 2).mean(axis=(4, 6)), rtol=1e-5, atol=1e-3)
+    lineage = zarr.open_group(str(out), mode="r").attrs["ome"]["multiscales"][0]["metadata"]["bpho"]
+    assert lineage["model"] == str(models["single"]) and lineage["run_id"] == "0a1b2c"
+    assert lineage["dataset_digest"] == "d1g35t" and lineage["source"] == str(src)
+    assert (tmp_path / "out" / "wide.png").is_file()
+
+
+@pytest.mark.unit
+def test_percentiles_of_a_huge_series_come_from_a_subsample(monkeypatch):
+    import dask.array as da
+
+    import bpho.predict as predict
+
+    rng = np.random.default_rng(3)
+    series = rng.gamma(2.0, 50.0, (12, 300, 280)).astype(np.float32)
+    exact = normalisation(series, 2, 99.8)
+    monkeypatch.setattr(predict, "EXACT_PERCENTILE_PIXELS", 100_000)  # the sample is used above this
+    lazy = normalisation(da.from_array(series, chunks=(1, 100, 100)), 2, 99.8)
+    assert lazy != exact  # a subsample, not the whole series...
+    assert lazy == pytest.approx(exact, rel=0.03)  # ... with nearly the same percentiles
+
+
+def test_dask_workers_give_the_same_bytes_also_when_one_is_killed(tmp_path, models):
+    from distributed import Client, LocalCluster
+
+    src = _czi(tmp_path / "field.czi", (1, 1, 1, 160, 160))
+    base = dict(device="cpu", tile=24, overlap=4, block=16, format="ome-tiff")
+    [here] = predict_files(str(models["single"]), [src], tmp_path / "here", PredictConfig(**base), progress=False)
+    expected = tifffile.imread(here)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        [spread] = predict_files(str(models["single"]), [src], tmp_path / "spread",
+                                 PredictConfig(**base, dask=cluster.scheduler_address), progress=False)
+        assert tifffile.imread(spread).tobytes() == expected.tobytes()
+
+        pids = client.run(os.getpid)
+        victim = sorted(pids.values())[0]
+        part = tmp_path / "killed" / ".field.ome.tif.part"
+        killed = threading.Event()
+
+        def kill_when_writing():  # once blocks are being written, a worker dies
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and not killed.is_set():
+                if part.exists() and os.stat(part).st_blocks * 512 > 40_000:
+                    os.kill(victim, signal.SIGKILL)
+                    killed.set()
+                time.sleep(0.02)
+
+        watcher = threading.Thread(target=kill_when_writing, daemon=True)
+        watcher.start()
+        [survived] = predict_files(str(models["single"]), [src], tmp_path / "killed",
+                                   PredictConfig(**base, dask=cluster.scheduler_address), progress=False)
+        watcher.join()
+        assert killed.is_set() and victim not in client.run(os.getpid).values()
+        assert tifffile.imread(survived).tobytes() == expected.tobytes()
+
+
+def test_existing_output_and_bad_dask_address_are_refused_in_one_line(tmp_path, models):
+    src = _czi(tmp_path / "a.czi", (1, 1, 1, 20, 20))
+    out = tmp_path / "out"
+    assert run_bpho("predict", "--model", models["single"], src, "--out", out, "--device", "cpu").returncode == 0
+    before = (out / "a.tif").read_bytes()
+    assert_one_line_error(run_bpho("predict", "--model", models["single"], src, "--out", out, "--device", "cpu"),
+                          "a.tif", "already exists", "--overwrite")
+    assert (out / "a.tif").read_bytes() == before
+    proc = run_bpho("predict", "--model", models["single"], src, "--out", out, "--device", "cpu", "--overwrite")
+    assert proc.returncode == 0 and sorted(p.name for p in out.iterdir()) == ["a.png", "a.tif"]
+    assert_one_line_error(run_bpho("predict", "--model", models["single"], src, "--out", tmp_path / "o2",
+                                   "--dask", "local:two"), "--dask local:two", "local:N")
+
+
+@pytest.mark.parametrize("fmt", ["imagej", "ome-zarr"])
+def test_full_disk_gives_one_line_and_no_image(tmp_path, models, fmt):
+    """A file-size limit (what a full disk looks like to a writer) stops the run with one line; neither
+    the image nor its part is left."""
+    src = _czi(tmp_path / "big.czi", (1, 1, 1, 200, 200))
+    out = tmp_path / "out"
+    script = (f"import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+              f"resource.setrlimit(resource.RLIMIT_FSIZE, (60_000, 60_000)); from bpho.cli import main; "
+              f"sys.exit(main(['predict', '--model', {str(models['single'])!r}, {str(src)!r}, '--out', {str(out)!r}, "
+              f"'--device', 'cpu', '--format', {fmt!r}]))")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=os.environ.copy())
+    assert_one_line_error(proc, "cannot write", "free space")
+    assert not out.exists() or list(out.iterdir()) == []
+    assert resource.getrlimit(resource.RLIMIT_FSIZE)[0] != 60_000  # the limit stayed in the child
+
+
+def test_a_killed_run_leaves_only_a_hidden_part_and_the_next_run_completes(tmp_path, models):
+    src = _czi(tmp_path / "slow.czi", (6, 1, 1, 96, 96))
+    out = tmp_path / "out"
+    argv = [sys.executable, "-m", "bpho.cli", "predict", "--model", str(models["single"]), str(src), "--out", str(out),
+            "--device", "cpu", "--format", "ome-zarr", "--block", "32", "--tile", "24", "--overlap", "4"]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    part = out / ".slow.part"
+    deadline = time.monotonic() + 120
+    while not (part / "0" / "c").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert [p.name for p in out.iterdir()] == [".slow.part"]  # nothing under the final name
+    with pytest.raises(BphoError, match="unknown file type|multiscales"):
+        io.open_image(part)
+    assert subprocess.run(argv, capture_output=True).returncode == 0
+    assert sorted(p.name for p in out.iterdir()) == ["slow.ome.zarr", "slow.png"]
+    np.testing.assert_array_equal(_read(out / "slow.ome.zarr"), _in_memory(models["single"], src, 32))
