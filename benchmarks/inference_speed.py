@@ -47,7 +47,6 @@ def breakdown(model, src: Path, work: Path) -> dict:
     import tifffile
 
     from bpho import io
-    from bpho.predict import save_prediction_preview
 
     clock, parts = time.perf_counter(), {}
 
@@ -68,8 +67,6 @@ def breakdown(model, src: Path, work: Path) -> dict:
     lap("tiles+network+blend+to host")
     tifffile.imwrite(work / "parts.tif", hr, imagej=True)
     lap("write TIFF")
-    save_prediction_preview(work / "parts.png", lr, hr, model.scale)
-    lap("PNG preview")
     return parts
 
 
@@ -89,7 +86,8 @@ def main() -> None:
     from bpho import io
     from bpho.inference import PRECISIONS, load_model, save_model
     from bpho.models import UNetConfig, build_model
-    from bpho.predict import _predict_image
+    from bpho.config import PredictConfig
+    from bpho.predict import predict_files
 
     work = Path(tempfile.mkdtemp(prefix="bpho-bench-infer-"))
     cfg = UNetConfig(encoder=a.encoder, scale=a.scale, mode=a.mode)
@@ -113,8 +111,9 @@ def main() -> None:
                 with torch.no_grad():
                     model.net(x)
 
-            def full():
-                _predict_image(model, io.read(src), work / "hr.tif", progress=False)
+            def full():  # the whole command: model loaded, file read, blocks predicted and written, PNG
+                predict_files(str(folder), [src], work / "out", PredictConfig(
+                    device=device, precision=precision, tile=a.tile, batch=a.batch, overwrite=True), progress=False)
 
             t_bare = best_of(bare, model.device, a.repeats)
             t_full = best_of(full, model.device, a.repeats)
