@@ -172,9 +172,9 @@ def test_dataset_and_model_record_the_channel_and_lr_pixel_size(root, demo, tmp_
 def test_synthesized_lr_and_files_that_disagree_are_recorded_not_refused(root, demo, tmp_path):
     from bpho import synthesize as sy
 
-    # two HR files: channel 1 named differently, and HR pixels 1.2x apart
+    # two HR files: channel 1 named differently, and HR pixels 1.5x apart
     first = _two_channel_pairs(demo, tmp_path / "a", {0: "DAPI", 1: "mito"}, ("field_000",))
-    second = _two_channel_pairs(demo, tmp_path / "b", {0: "DAPI", 1: "MitoTracker"}, ("field_001",), 1.2)
+    second = _two_channel_pairs(demo, tmp_path / "b", {0: "DAPI", 1: "MitoTracker"}, ("field_001",), 1.5)
     hr = tmp_path / "hr"
     shutil.copytree(first / "hr", hr)
     shutil.copy(second / "hr/field_001.czi", hr)
@@ -185,8 +185,9 @@ def test_synthesized_lr_and_files_that_disagree_are_recorded_not_refused(root, d
     got = ds.manifest["input"]
     assert np.allclose(got["pixel_sizes_um"], sizes) and got["pixel_size_um"] is None
     assert got["channel_names"] == ["mito", "MitoTracker"] and got["channel_name"] is None and got["channel"] == 1
-    # a model of such data: by index, and any input within 10 % of its range of pixel sizes passes
+    # a model of such data: by index, and an input within 10 % of its range of pixel sizes passes
     meta = {"input": got}
     assert plan_channels(("DAPI", "GFP"), 2, {None: meta}, None).channels == [(1, None)]
-    assert check_pixel_size([sizes[1][0] * 1.05] * 2, meta) is None
-    assert check_pixel_size([sizes[0][0] * 0.85] * 2, meta) is not None
+    low, high = sizes[0][0], sizes[1][0]
+    assert [check_pixel_size([v] * 2, meta) for v in (low * 0.95, low * 1.05, high * 0.95, high * 1.05)] == [None] * 4
+    assert all(check_pixel_size([v] * 2, meta) for v in (low * 0.85, high * 1.15))
