@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from bpho import datasets, evaluate, paths, tracking
+from bpho.channels import model_input
 from bpho.config import Loss, TrainConfig, choice, env_torchrun, env_tracking_wait, mix_item
 from bpho.errors import BphoError, BphoWarning, NotFoundError
 from bpho.inference import SuperResolver, pick_device, save_model
@@ -485,7 +486,8 @@ def _setup(cfg: TrainConfig, resume: Optional[str], called: float) -> Tuple[Setu
               "normalization": {"percentile_low": norm["percentile_low"], "percentile_high": norm["percentile_high"]},
               "dataset": dataset.name, "dataset_digest": dataset.digest, "tile_size": size,
               "datasource": dataset.manifest["datasource"]["name"],
-              "datasource_digest": dataset.manifest["datasource"]["digest"]},
+              "datasource_digest": dataset.manifest["datasource"]["digest"],
+              "input": model_input(dataset.manifest)},  # the channel and LR pixel size it learnt on
         name=cfg.model_name or f"bpho-{cfg.dataset}",
         wait=env_tracking_wait())
     state = RunState(plan=plan)

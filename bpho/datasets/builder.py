@@ -22,7 +22,10 @@ tiling.py, qc.py and tracking; dataset.py reads what it writes.
   testing (``validation_images``, ``test_images``; the latter only with a test split), bpho
   version, git commit, and the dataset digest over all of it (without
   the dataset's name, creation time, git commit and where the recipe file lies: the same inputs
-  give the same digest on every machine; the recipe's content counts through its sha256).
+  give the same digest on every machine; the recipe's content counts through its sha256);
+  ``input``, what a model trained on the dataset sees (`_input_record`: channel index and
+  name, LR pixel size), is also outside the digest: it is read from the files' metadata, which
+  the datasource digest covers already, and datasets built before it existed keep their digests.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ import numpy as np
 from tqdm import tqdm
 
 import bpho
-from bpho import datasources, paths, tracking
+from bpho import datasources, io, paths, tracking
 from bpho.datasets import recipe as recipes
 from bpho.datasets.dataset import MANIFEST, SPLITS, Dataset
 from bpho.datasets.dataset import open as open_dataset
@@ -55,7 +58,7 @@ from bpho.datasets.sources import (LRProvider, ReadLR, Source, check_shapes, pix
 from bpho.datasets.tiling import TileWriter, cut_tiles, load_tiles
 from bpho.errors import BphoError, BphoWarning, ConflictError, FileFormatError
 
-_DIGEST_EXCLUDES = ("name", "created", "git_commit", "digest")
+_DIGEST_EXCLUDES = ("name", "created", "git_commit", "digest", "input")
 
 
 def make(recipe_name: str, datasource: Optional[str] = None, settings: Iterable[str] = (),
@@ -113,6 +116,7 @@ def make(recipe_name: str, datasource: Optional[str] = None, settings: Iterable[
     pixel = pixel_sizes(source)
     rng = np.random.default_rng(r.seed)
     records: List[dict] = []
+    inputs: List[dict] = []
     warned: List[str] = []
     kept: List[bool] = []
     workers = max(1, min(workers or os.cpu_count() or 1, len(sources)))
@@ -124,15 +128,16 @@ def make(recipe_name: str, datasource: Optional[str] = None, settings: Iterable[
                 for src in sources]
         prepared = _prepare_all(_Work(jobs, r, tmp, lr_provider, pngs, kept), workers)
         try:  # workers stop before the temporary folder is removed on an error
-            for job, (record, lr_stack, hr_stack, margin) in tqdm(zip(jobs, prepared), total=len(jobs),
-                                                                  desc=f"dataset {out_name}", unit="image",
-                                                                  disable=not progress):
+            for job, (record, lr_stack, hr_stack, margin, seen) in tqdm(zip(jobs, prepared), total=len(jobs),
+                                                                        desc=f"dataset {out_name}", unit="image",
+                                                                        disable=not progress):
                 src = job.src
                 kept.append("image" in record and job.split != "test")  # whole images to validate on
                 # test images are never tiled: nothing trains or chooses on them
                 tiled = record["included"] and job.split != "test"
                 tiles = cut_tiles(src, r, rng, lr_stack, hr_stack, margin) if tiled else {}
                 records.append(record)
+                inputs.append(seen)
                 if not record["included"]:
                     lr_name = src.pair.lr.name if src.pair.lr else "synthetic"
                     message = f"{lr_name} / {src.pair.hr.name} ({src.key}): excluded, {record['reason']}"
@@ -178,6 +183,7 @@ def make(recipe_name: str, datasource: Optional[str] = None, settings: Iterable[
             "datasource": {"name": source.name, "kind": source.kind, "digest": source.digest},
             **({"degradation": lr_provider.record} if lr_provider.record is not None else {}),
             "sources": records,
+            "input": _input_record(r.channel, inputs),
             "tiles": tile_info,
             "validation_images": {"split": held_split, "sources": [rec["source"] for rec in records
                                                                    if "image" in rec and rec["split"] != "test"]},
@@ -216,12 +222,12 @@ class _Work:
     kept: List[bool]
 
     def prepare(self, i: int) -> tuple:
-        """`_prepare` of job `i`."""
+        """`_prepare` of job `i`, and `_input_seen` of its source (one more tuple element)."""
         job = self.jobs[i]
         # with no held-out split, the first training image that is included is kept (workers == 1 there)
         keep = job.held and (job.split in ("valid", "test") or not any(self.kept))
-        return _prepare(job.src, self.r, self.tmp, job.split, self.lr_provider, keep_image=keep,
-                        pixel_um=job.pixel_um, pngs=self.pngs)
+        return (*_prepare(job.src, self.r, self.tmp, job.split, self.lr_provider, keep_image=keep,
+                          pixel_um=job.pixel_um, pngs=self.pngs), _input_seen(job.src, self.r, self.lr_provider))
 
 
 def _prepare_all(work: _Work, workers: int) -> Generator[tuple, None, None]:
@@ -328,6 +334,33 @@ def _prepare(src: Source, r: Recipe, tmp: Path, split: str, lr_provider: LRProvi
             np.save(tmp / rel, np.ascontiguousarray(arr, dtype=np.float32))
             record["image"]["files"][side] = {"path": rel, "sha256": datasources.sha256_file(tmp / rel)}
     return record, lr_stack, hr_stack, margin
+
+
+def _input_seen(src: Source, r: Recipe, lr_provider: LRProvider) -> dict:
+    """The recipe's channel's name in `src`'s LR file (for a synthesized LR, its HR file) and
+    the LR pixel size (y, x) in um: the LR file's own, or the HR's times the scale (None where
+    unknown)."""
+    synthesized = lr_provider.record is not None
+    path = src.pair.hr if synthesized or src.pair.lr is None else src.pair.lr
+    img = io.read(path, scene=src.scene)
+    factor = r.scale if synthesized else 1
+    size = [None if v is None else float(f"{v * factor:.10g}") for v in img.pixel_size[1:]]
+    return {"channel_name": img.channel_name(r.channel), "pixel_size_um": size if any(size) else None}
+
+
+def _input_record(channel: int, seen: List[dict]) -> dict:
+    """What a model trained on the dataset sees, for the manifest's ``input`` (and the model's meta).
+
+    ``channel`` (the recipe's index), ``channel_name`` (the name the files give it; None when
+    they name none) and ``pixel_size_um`` (the LR pixel size, [y, x] in um; None when unknown).
+    Files that disagree are recorded, not refused: the name or the size is then None, and
+    ``channel_names`` / ``pixel_sizes_um`` list every distinct value met, in source order."""
+    names = list(dict.fromkeys(s["channel_name"] for s in seen))
+    sizes = [list(v) if v else None for v in dict.fromkeys(tuple(s["pixel_size_um"] or ()) for s in seen)]
+    return {"channel": channel, "channel_name": names[0] if len(names) == 1 else None,
+            "pixel_size_um": sizes[0] if len(sizes) == 1 else None,
+            **({"channel_names": names} if len(names) > 1 else {}),
+            **({"pixel_sizes_um": sizes} if len(sizes) > 1 else {})}
 
 
 def _file_name(key: str) -> str:
