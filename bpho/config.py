@@ -431,6 +431,9 @@ class PredictConfig(InferenceConfig):
         "help": "spread the blocks over Dask workers: local:N (N worker processes on this machine) or a scheduler "
                 "address such as tcp://host:8786 (inputs and --out on a disk every worker sees)"})
     overwrite: bool = field(default=False, metadata={"help": "replace outputs that exist (default: refuse)"})
+    channels: Optional[str] = field(default=None, metadata={
+        "help": "which channels of a multi-channel file: all, or names / indices separated by commas (default: the "
+                "channel the model was trained on, said on stderr)"})
 
     def __post_init__(self):
         super().__post_init__()

@@ -25,17 +25,20 @@ import hashlib
 import math
 import os
 import queue
+import sys
 import threading
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from tqdm import tqdm
 
 from bpho import io, tracking
 from bpho.config import PredictConfig
-from bpho.errors import BphoError
+from bpho.channels import check_pixel_size, parse_model_specs, plan_channels
+from bpho.errors import BphoError, BphoWarning
 from bpho.inference import SuperResolver, load_model
 from bpho.io import writers
 
@@ -50,26 +53,31 @@ class _Job:
 
     image: io.Image
     target: Path
-    channels: List[int]  # input channels predicted, in output order
+    channels: List[Tuple[int, Optional[str]]]  # (input channel, model key) per output channel
     names: List[str]
     norms: Dict[Tuple[int, int], Tuple[float, float]] = field(default_factory=dict)  # (c, z) -> (lo, span)
     layout: Optional[writers.Layout] = None
 
-    def units(self, model: SuperResolver) -> List[tuple]:
-        """(t, output channel, input channel, z, block) for every block of the output."""
+    def units(self, block: int) -> List[tuple]:
+        """(t, output channel, input channel, model key, z, block) for every block of the output."""
         t, _c, z, y, x = self.image.shape
-        return [(ti, co, ci, zi, box) for ti in range(t) for zi in range(z) for co, ci in enumerate(self.channels)
-                for box in model.blocks(y, x)]
+        boxes = [(by, bx, min(block, y - by), min(block, x - bx)) for by in range(0, y, block)
+                 for bx in range(0, x, block)]
+        return [(ti, co, ci, key, zi, box) for ti in range(t) for zi in range(z)
+                for co, (ci, key) in enumerate(self.channels) for box in boxes]
 
 
-def predict_files(model_uri: str, inputs: Iterable, out_dir, cfg: PredictConfig = PredictConfig(),
-                  progress: bool = True) -> List[Path]:
+def predict_files(model_uri: Union[str, Sequence[str]], inputs: Iterable, out_dir,
+                  cfg: PredictConfig = PredictConfig(), progress: bool = True) -> List[Path]:
     """Super-resolve image files (CZI, TIFF, OME-Zarr; every scene, frame and plane) into `out_dir`.
 
     Parameters
     ----------
-    model_uri : str
-        ``runs:/ID/model``, ``models:/NAME/VERSION``, ``models:/NAME/latest`` or ``models:/NAME@ALIAS``.
+    model_uri : str or sequence of str
+        ``runs:/ID/model``, ``models:/NAME/VERSION``, ``models:/NAME/latest`` or ``models:/NAME@ALIAS``;
+        or ``CHANNEL=URI`` values (a channel name or index each), one model per channel into one output.
+        A single model predicts the channel it was trained on (`bpho.channels.plan_channels`), or
+        ``cfg.channels``.
     inputs : iterable of path
         LR files; all are checked, and every output name, before the model runs or anything is written.
     out_dir : path
@@ -90,29 +98,40 @@ def predict_files(model_uri: str, inputs: Iterable, out_dir, cfg: PredictConfig 
     inputs = [Path(p) for p in inputs]
     for path in inputs:  # check every input before loading the model or writing anything
         io.file_kind(path)
-    folder = tracking.download_model(model_uri)
-    model = load_model(folder, device=cfg.device, tile=cfg.tile, overlap=cfg.overlap, batch=cfg.batch,
-                       context=cfg.context, precision=cfg.precision, ensemble=cfg.ensemble, block=cfg.block)
+    uris = parse_model_specs([model_uri] if isinstance(model_uri, str) else list(model_uri))
+    folders = {key: tracking.download_model(uri) for key, uri in uris.items()}
+    models = {key: load_model(folder, device=cfg.device, tile=cfg.tile, overlap=cfg.overlap, batch=cfg.batch,
+                              context=cfg.context, precision=cfg.precision, ensemble=cfg.ensemble, block=cfg.block)
+              for key, folder in folders.items()}
+    scales = {key: m.scale for key, m in models.items()}
+    if len(set(scales.values())) > 1:
+        raise BphoError(f"the models scale by {', '.join(f'{k}: {v}x' for k, v in scales.items())}; one output "
+                        "needs one scale: give models of the same scale")
+    scale = next(iter(scales.values()))
     out_dir = Path(out_dir)
-    jobs = _plan(inputs, out_dir, fmt, model, cfg.overwrite)
-    info = {"model": model_uri, "run_id": model.meta.get("run_id"), "dataset": model.meta.get("dataset"),
-            "dataset_digest": model.meta.get("dataset_digest"), "scale": model.scale, "frames": model.frames}
+    jobs = _plan(inputs, out_dir, fmt, models, cfg)
+    lineage = {str(key): {"model": uris[key], "run_id": m.meta.get("run_id"), "dataset": m.meta.get("dataset"),
+                          "dataset_digest": m.meta.get("dataset_digest"), "frames": m.frames}
+               for key, m in models.items()}
+    info = {**(lineage["None"] if None in models else {"models": lineage}), "scale": scale}
     written: List[Path] = []
     try:
         for job in jobs:
-            _prepare(job, model, fmt)
+            _prepare(job, models, fmt, cfg.block * scale)
         if cfg.dask:
-            _run_dask(cfg.dask, folder, cfg, model, jobs, progress)
+            _run_dask(cfg.dask, folders, cfg, scale, jobs, progress)
         else:
-            _run_here(model, jobs, progress)
+            _run_here(models, scale, cfg.block, jobs, progress)
         for job in jobs:
             assert job.layout is not None
             img = job.image
             meta = {**info, "source": str(img.path), "scene": img.scene,
+                    "channels": [{"name": name, "source_channel": c, "model": uris[key]}
+                                 for name, (c, key) in zip(job.names, job.channels)],
                     "normalization": {f"c{c}z{z}": [lo, span] for (c, z), (lo, span) in job.norms.items()}}
-            written.append(writers.finish(job.layout, _hr_pixel_size(img, model.scale), job.names, meta,
+            written.append(writers.finish(job.layout, _hr_pixel_size(img, scale), job.names, meta,
                                           cfg.overwrite))
-            _preview(job, model.scale)
+            _preview(job, scale)
     finally:
         for job in jobs:
             if job.layout is not None and job.target not in written:
@@ -120,9 +139,14 @@ def predict_files(model_uri: str, inputs: Iterable, out_dir, cfg: PredictConfig 
     return written
 
 
-def _plan(inputs: List[Path], out_dir: Path, fmt: str, model: SuperResolver, overwrite: bool) -> List[_Job]:
-    """Open every scene lazily and name its output; an output that exists (without `overwrite`),
-    or two inputs with one output name, stop here, before anything is written."""
+def _plan(inputs: List[Path], out_dir: Path, fmt: str, models: Dict[Optional[str], SuperResolver],
+          cfg: PredictConfig) -> List[_Job]:
+    """Open every scene lazily, choose its channels and name its output; an output that exists
+    (without `overwrite`), or two inputs with one output name, stop here, before anything is
+    written. Which channels are predicted is said on stderr, a pixel size far from the training
+    data's is warned about."""
+    frames = max(m.frames for m in models.values())
+    metas = {key: m.meta for key, m in models.items()}
     jobs: List[_Job] = []
     for path in inputs:
         n = io.count_scenes(path)
@@ -131,20 +155,27 @@ def _plan(inputs: List[Path], out_dir: Path, fmt: str, model: SuperResolver, ove
         for scene in range(n):
             img = io.open_image(path, scene=scene).check_grey()
             t, c, _z, _y, _x = img.shape
-            if model.frames > 1 and t < model.frames:
-                raise BphoError(f"{path}: {t} frames is shorter than the model's frame window ({model.frames})")
+            if frames > 1 and t < frames:
+                raise BphoError(f"{path}: {t} frames is shorter than the model's frame window ({frames})")
+            plan = plan_channels(img.channel_names, c, metas, cfg.channels, source=str(path))
+            if plan.message and scene == 0:
+                print(f"{path.name}: {plan.message}", file=sys.stderr)
+            for key in {key for _c, key in plan.channels}:
+                warning = check_pixel_size(img.pixel_size[1:], metas[key], source=str(path))
+                if warning and scene == 0:
+                    warnings.warn(warning, BphoWarning, stacklevel=3)
             target = out_dir / (f"{stem}{FORMATS[fmt]}" if n == 1 else f"{stem}_s{scene}{FORMATS[fmt]}")
-            if target.exists() and not overwrite:
+            if target.exists() and not cfg.overwrite:
                 raise BphoError(f"{target}: already exists; remove it, choose another --out, or pass --overwrite")
             if any(job.target == target for job in jobs):
                 raise BphoError(f"{path}: its output {target.name} is also another input's; predict them into "
                                 "separate --out folders")
-            names = [img.channel_name(i) or f"C{i}" for i in range(c)]
-            jobs.append(_Job(img, target, list(range(c)), names))
+            names = [name or f"C{i}" for name, (i, _key) in zip(plan.names, plan.channels)]
+            jobs.append(_Job(img, target, plan.channels, names))
     return jobs
 
 
-def _prepare(job: _Job, model: SuperResolver, fmt: str) -> None:
+def _prepare(job: _Job, models: Dict[Optional[str], SuperResolver], fmt: str, shard: int) -> None:
     """Check the image (finite, not all zero), take each series' normalisation and lay out its output."""
     img = job.image
     data = img.data
@@ -152,14 +183,14 @@ def _prepare(job: _Job, model: SuperResolver, fmt: str) -> None:
         raise BphoError(f"{img.path}: the image holds NaN or infinite values; fix or re-export it")
     if not bool(_computed(data.any())):
         raise BphoError(f"{img.path}: the image is all zero (an empty or failed acquisition); check the file")
-    p = model.meta["normalization"]
-    for c in job.channels:
+    for c, key in job.channels:
+        p = models[key].meta["normalization"]
         for z in range(img.shape[2]):
             job.norms[(c, z)] = normalisation(data[:, c, z], p["percentile_low"], p["percentile_high"])
     t, _c, z, y, x = img.shape
-    s = model.scale
+    s = next(iter(models.values())).scale
     job.layout = writers.create(job.target, fmt, (t, len(job.channels), z, y * s, x * s), _hr_pixel_size(img, s),
-                                job.names, model.block * s)
+                                job.names, shard)
 
 
 def normalisation(series, low: float, high: float) -> Tuple[float, float]:
@@ -194,24 +225,25 @@ def _hr_pixel_size(img: io.Image, scale: int):
 
 
 def _predict_unit(model: SuperResolver, data, norms, unit) -> np.ndarray:
-    t, _co, ci, z, box = unit
+    t, _co, ci, _key, z, box = unit
     lo, span = norms[(ci, z)]
     return model.predict_block(data[:, ci, z], t, box, lo, span)
 
 
 def _write_unit(layout: writers.Layout, scale: int, unit, hr: np.ndarray) -> None:
-    t, co, _ci, z, (y, x, _h, _w) = unit
+    t, co, _ci, _key, z, (y, x, _h, _w) = unit
     writers.write_block(layout, t, co, z, y * scale, x * scale, hr)
 
 
-def _run_here(model: SuperResolver, jobs: List[_Job], progress: bool) -> None:
+def _run_here(models: Dict[Optional[str], SuperResolver], scale: int, block: int, jobs: List[_Job],
+              progress: bool) -> None:
     """Every block in this process; the next block is predicted while this one is written."""
-    work = [(job, unit) for job in jobs for unit in job.units(model)]
+    work = [(job, unit) for job in jobs for unit in job.units(block)]
     with tqdm(total=len(work), desc="predict", unit="block", disable=not progress, leave=False) as bar:
-        made = ((job, unit, _predict_unit(model, job.image.data, job.norms, unit)) for job, unit in work)
+        made = ((job, unit, _predict_unit(models[unit[3]], job.image.data, job.norms, unit)) for job, unit in work)
         for job, unit, hr in ahead(made):
             assert job.layout is not None
-            _write_unit(job.layout, model.scale, unit, hr)
+            _write_unit(job.layout, scale, unit, hr)
             bar.update()
 
 
@@ -228,11 +260,11 @@ class _Remote:
     threads: Optional[int]
 
 
-_WORKER: Dict[str, Any] = {}  # on a worker: the model and the opened inputs, built once
+_WORKER: Dict[str, Any] = {"models": {}, "images": {}}  # on a worker: the models and opened inputs, built once
 
 
 def _worker_model(remote: _Remote) -> SuperResolver:
-    if _WORKER.get("key") != remote.key:
+    if remote.key not in _WORKER["models"]:
         import json
 
         import torch
@@ -245,10 +277,8 @@ def _worker_model(remote: _Remote) -> SuperResolver:
         options = dict(remote.options)
         if options["device"] in ("auto", "cuda") and torch.cuda.is_available():
             options["device"] = f"cuda:{_worker_index() % torch.cuda.device_count()}"  # one GPU a worker
-        _WORKER.clear()
-        _WORKER.update(key=remote.key, images={},
-                       model=build(json.loads(remote.meta_json), load_weights(remote.weights), **options))
-    return _WORKER["model"]
+        _WORKER["models"][remote.key] = build(json.loads(remote.meta_json), load_weights(remote.weights), **options)
+    return _WORKER["models"][remote.key]
 
 
 def _worker_index() -> int:
@@ -271,14 +301,13 @@ def _remote_unit(remote: _Remote, path: str, scene: int, norms, layout: writers.
     _write_unit(layout, model.scale, unit, hr)
 
 
-def _run_dask(address: str, folder: Path, cfg: PredictConfig, model: SuperResolver, jobs: List[_Job],
+def _run_dask(address: str, folders: Dict[Optional[str], Path], cfg: PredictConfig, scale: int, jobs: List[_Job],
               progress: bool) -> None:
     """Every block as a task on Dask workers (`address`: ``local:N`` or a scheduler's address)."""
     from distributed import Client, LocalCluster, as_completed
 
     from bpho.inference import META, WEIGHTS
 
-    weights = (folder / WEIGHTS).read_bytes()
     cluster = None
     threads = None
     if address.startswith("local:"):
@@ -289,15 +318,19 @@ def _run_dask(address: str, folder: Path, cfg: PredictConfig, model: SuperResolv
         address = cluster.scheduler_address
     options = {"device": str(cfg.device), "tile": cfg.tile, "overlap": cfg.overlap, "batch": cfg.batch,
                "context": cfg.context, "precision": str(cfg.precision), "ensemble": cfg.ensemble, "block": cfg.block}
-    remote = _Remote(hashlib.sha256(weights).hexdigest(), (folder / META).read_text(), weights, options, threads)
+    remotes = {}
+    for key, folder in folders.items():
+        weights = (folder / WEIGHTS).read_bytes()
+        digest = hashlib.sha256(weights + repr(sorted(options.items())).encode()).hexdigest()
+        remotes[key] = _Remote(digest, (folder / META).read_text(), weights, options, threads)
     try:
         with Client(address) as client:
-            remote_future = client.scatter(remote, broadcast=True)
+            scattered = {key: client.scatter(remote, broadcast=True) for key, remote in remotes.items()}
             futures = []
             for job in jobs:
-                for unit in job.units(model):
-                    futures.append(client.submit(_remote_unit, remote_future, str(job.image.path), job.image.scene,
-                                                 job.norms, job.layout, unit, pure=False))
+                for unit in job.units(cfg.block):
+                    futures.append(client.submit(_remote_unit, scattered[unit[3]], str(job.image.path),
+                                                 job.image.scene, job.norms, job.layout, unit, pure=False))
             with tqdm(total=len(futures), desc="predict", unit="block", disable=not progress, leave=False) as bar:
                 for future in as_completed(futures):
                     future.result()  # a task's error (a corrupt chunk) is raised here
@@ -319,7 +352,7 @@ def _preview(job: _Job, scale: int, side: int = 512) -> None:
     step = max(1, -(-max(h, w) * scale // side))
     hr = _first_plane(target, step)
     rows, cols = (np.minimum(np.arange(n) * step // scale, m - 1) for n, m in zip(hr.shape, (h, w)))
-    lr = np.asarray(job.image.data[0, job.channels[0], 0][rows][:, cols])
+    lr = np.asarray(job.image.data[0, job.channels[0][0], 0][rows][:, cols])
     panels = []
     for image in (lr, hr):
         lo, hi = np.percentile(image, (1, 99.8))

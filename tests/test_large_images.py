@@ -219,3 +219,44 @@ def test_a_killed_run_leaves_only_a_hidden_part_and_the_next_run_completes(tmp_p
     assert subprocess.run(argv, capture_output=True).returncode == 0
     assert sorted(p.name for p in out.iterdir()) == ["slow.ome.zarr", "slow.png"]
     np.testing.assert_array_equal(_read(out / "slow.ome.zarr"), _in_memory(models["single"], src, 32))
+
+
+def test_channels_on_purpose_one_model_per_channel_and_the_pixel_size_warning(tmp_path, models, capsys):
+    """A model trained on 'GFP' predicts that channel of a 3-channel file and says so; --channels all takes
+    every channel; DAPI=... mito=... puts two models' channels into one output, each as its model alone
+    predicts it; a pixel size 2x the training data's is warned about with both numbers."""
+    import json
+
+    from bpho.errors import BphoWarning
+
+    gfp = tmp_path / "gfp"
+    meta = json.loads((models["single"] / "bpho_model.json").read_text())
+    (gfp).mkdir()
+    (gfp / "weights.safetensors").write_bytes((models["single"] / "weights.safetensors").read_bytes())
+    (gfp / "bpho_model.json").write_text(json.dumps(
+        {**meta, "input": {"channel": 1, "channel_name": "GFP", "pixel_size_um": [0.1, 0.1]}}))
+    src = _czi(tmp_path / "three.czi", (3, 3, 1, 30, 34), pixel_um=0.2, names={0: "DAPI", 1: "GFP", 2: "mito"})
+    cfg = dict(device="cpu", tile=24, overlap=4, format="ome-zarr")
+    with pytest.warns(BphoWarning, match=r"pixel size 0\.2 x 0\.2 um.*0\.1 x 0\.1 um"):
+        [one] = predict_files(str(gfp), [src], tmp_path / "one", PredictConfig(**cfg), progress=False)
+    assert "predicting channel 1 'GFP' only" in capsys.readouterr().err
+    every = predict_files(str(gfp), [src], tmp_path / "all", PredictConfig(**cfg, channels="all"), progress=False)[0]
+    got_one, got_all = _read(one), _read(every)
+    assert got_one.shape[1] == 1 and got_all.shape[1] == 3
+    np.testing.assert_array_equal(got_one[:, 0], got_all[:, 1])
+    attrs = zarr.open_group(str(every), mode="r").attrs["ome"]
+    assert [c["label"] for c in attrs["omero"]["channels"]] == ["DAPI", "GFP", "mito"]
+
+    [pair] = predict_files([f"DAPI={models['single']}", f"2={models['movie']}"], [src], tmp_path / "pair",
+                           PredictConfig(**cfg), progress=False)
+    assert "each with its own model; left out (no --model for them): channel 1 'GFP'" in capsys.readouterr().err
+    got_pair = _read(pair)
+    assert got_pair.shape[1] == 2
+    np.testing.assert_array_equal(got_pair[:, 0], got_all[:, 0])  # DAPI by the same weights
+    movie_alone = _in_memory(models["movie"], src, 1024)
+    np.testing.assert_array_equal(got_pair[:, 1], movie_alone[:, 2])
+    lineage = zarr.open_group(str(pair), mode="r").attrs["ome"]["multiscales"][0]["metadata"]["bpho"]
+    assert [(c["name"], c["source_channel"]) for c in lineage["channels"]] == [("DAPI", 0), ("mito", 2)]
+    with pytest.raises(BphoError, match="'nucleus'.*0 'DAPI', 1 'GFP', 2 'mito'"):
+        predict_files(str(gfp), [src], tmp_path / "bad", PredictConfig(**cfg, channels="nucleus"), progress=False)
+    assert not (tmp_path / "bad").exists()

@@ -70,8 +70,11 @@ def add_to(sub) -> None:
     add_fields(p, EvaluateConfig)
     p.set_defaults(func=_evaluate)
 
-    p = sub.add_parser("predict", help="LR images / stacks / movies (CZI, TIFF) to HR ImageJ TIFF")
-    p.add_argument("--model", required=True, help=MODEL_URI_HELP)
+    p = sub.add_parser("predict", help="LR images / stacks / movies (CZI, TIFF, OME-Zarr) to HR ImageJ TIFF, "
+                                       "OME-TIFF or OME-Zarr, block by block")
+    p.add_argument("--model", required=True, action="append",
+                   help=f"{MODEL_URI_HELP}; or CHANNEL=URI, repeated: one model per channel (a name or an index) "
+                        "into one output")
     p.add_argument("inputs", nargs="+")
     p.add_argument("--out", required=True, help="output folder")
     add_fields(p, PredictConfig)
