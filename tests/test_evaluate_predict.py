@@ -241,7 +241,7 @@ def test_predict_real_czi_movie_to_imagej_tiff(env, tmp_path, model):
     written = _write_movie(movie, (7, 2, 2, 37, 45))
     out = tmp_path / "out"
     proc = run_bpho("predict", "--model", f"models:/{model}/latest", movie, "--out", out, "--tile", "16",
-                    "--overlap", "4")
+                    "--overlap", "4", "--channels", "all")
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = out / "cell.tif"
     img = io.read(result)
@@ -354,7 +354,7 @@ def test_predict_writes_ome_tiff_with_physical_pixel_sizes(env, tmp_path):
     _write_movie(movie, (2, 2, 1, 24, 30), pixel_um=0.14)
     out = tmp_path / "out"
     proc = run_bpho("predict", "--model", "models:/ev-single/latest", movie, "--out", out, "--format", "ome-tiff",
-                    "--tile", "16", "--overlap", "4")
+                    "--tile", "16", "--overlap", "4", "--channels", "all")
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = out / "cell.ome.tif"
     assert proc.stdout.split() == [str(result)] and (out / "cell.png").is_file()
