@@ -306,7 +306,7 @@ def _lineage(meta: dict, tags: dict, model_uri: str, source: str) -> dict:
            "datasource": meta.get("datasource") or tags.get("bpho.datasource"),
            "datasource_digest": meta.get("datasource_digest") or tags.get("bpho.datasource_digest"),
            "recipe": tags.get("bpho.recipe"), "git_commit": tags.get("mlflow.source.git.commit"),
-           "training_tile_size": meta.get("tile_size"), "model": meta["model"],
+           "training_tile_size": meta.get("tile_size"), "training_input": meta.get("input"), "model": meta["model"],
            "normalization": meta["normalization"], "validation": meta.get("validation", {}),
            "test_tensor_from": source, "bpho_version": __version__}
     return out
