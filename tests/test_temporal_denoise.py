@@ -36,7 +36,8 @@ def _scene(rng, size: int, spots: int = 30) -> np.ndarray:
 def test_flicker_sees_what_per_frame_scores_cannot():
     """A still scene: independent noise in every frame flickers (about s * sqrt(2)); the same noise
     frozen in place scores the same frame by frame and does not; a copy of the truth translated
-    by the same 3 px in every frame is worse frame by frame, and does not flicker."""
+    by the same 3 px in every frame is worse frame by frame, and does not flicker. A moving scene:
+    its exact copy does not flicker, a prediction that stands still does."""
     rng = np.random.default_rng(0)
     still = ndimage.gaussian_filter(rng.normal(size=(96, 96)), 3)  # a smooth texture: little is clipped
     truth = np.repeat(still[None], 8, axis=0)
@@ -54,6 +55,9 @@ def test_flicker_sees_what_per_frame_scores_cannot():
     assert metrics.flicker(fresh, truth) == pytest.approx(s * np.sqrt(2) / (hi - lo), rel=0.1)
     assert metrics.flicker(frozen, truth) < 1e-9 and metrics.flicker(moved, truth) < 1e-9
     assert metrics.flicker(truth, truth) == 0
+    # the truth's own changes are no flicker; standing still while the truth moves is
+    moving = np.stack([np.roll(still, t, axis=1) for t in range(8)])  # 1 px a frame
+    assert metrics.flicker(moving, moving) < 1e-9 and metrics.flicker(np.repeat(moving[:1], 8, 0), moving) > 0.02
     # a brightness that pumps from frame to frame flickers (one fit for the whole stack, not per frame)
     pumping = truth * (1 + 0.1 * (np.arange(8) % 2))[:, None, None]
     assert metrics.flicker(pumping, truth) > 0.01  # measured 0.014; 0 were each frame fitted on its own
