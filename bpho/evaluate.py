@@ -279,19 +279,25 @@ def tune_denoisers(pairs: List[Pair], methods: Optional[Sequence[str]] = None) -
     of `denoisers()`), in `DENOISERS` order; a one-line BphoError for a denoiser not available."""
     if not pairs:
         raise BphoError("choosing the denoisers' parameters needs validation images, and there are none")
-    here = denoisers()
-    for method in methods or ():
-        if method not in here:
-            raise BphoError(f"denoiser {method!r}: use one of {', '.join(here)}"
-                            + ("; bm3d needs its package: pip install 'bpho[bm3d]'" if method == "bm3d" else ""))
     out = {}
-    for method in [m for m in here if not methods or m in methods]:
+    for method in _denoisers_asked(methods):
         psnr = [float(np.mean([metrics.compare(denoise(p.lr[0], method, params)[_interior(p)],
                                                p.hr[0][_interior(p)])["psnr"] for p in pairs]))
                 for params in DENOISERS[method]]
         best = int(np.argmax(psnr))
         out[method] = {"params": DENOISERS[method][best], "psnr": psnr[best]}
     return out
+
+
+def _denoisers_asked(methods: Optional[Sequence[str]]) -> List[str]:
+    """`methods` (default: every one of `denoisers()`) in `DENOISERS` order; a one-line BphoError
+    for one that does not run here."""
+    here = denoisers()
+    for method in methods or ():
+        if method not in here:
+            raise BphoError(f"--denoiser {method!r}: use one of {', '.join(here)}"
+                            + ("; bm3d needs its package: pip install 'bpho[bm3d]'" if method == "bm3d" else ""))
+    return [m for m in here if not methods or m in methods]
 
 
 Method = Callable[[np.ndarray], np.ndarray]
@@ -489,6 +495,10 @@ def evaluate(model_uri: str, dataset: Optional[str] = None, datasource: Optional
     folder = tracking.download_model(model_uri)
     model = load_model(folder, device=device, ensemble=ensemble)
     s = model.scale
+    if denoise_with and s > 1:
+        raise BphoError(f"--denoiser: the denoising baselines are for scale-1 models; {model_uri} super-resolves "
+                        f"{s}x (its baselines are nearest, bilinear and bicubic upsampling)")
+    _denoisers_asked(denoise_with)  # an unknown one refused before any work
     if source is not None:  # exactly one of dataset, datasource
         pairs, source_digest = _pairs_from_datasource(source, s, transform), source.digest
     else:

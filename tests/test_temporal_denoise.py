@@ -149,6 +149,10 @@ def test_scale_1_model_is_scored_against_denoisers_tuned_on_validation_images(de
     ds = datasets.open("dn")
     (test,), (valid,) = ds.test_images(), ds.validation_images()
     out = tmp_path / "eval"
+    assert main(["evaluate", "--model", "models:/dn-26/latest", "--dataset", "dn", "--out", str(out),
+                 "--denoiser", "median"]) == 2
+    assert "bpho: error: --denoiser 'median': use one of gaussian, nl_means, wavelet" in capsys.readouterr().err
+    assert not out.exists()  # refused before anything was written
     used = ["gaussian", "nl_means", "wavelet"]
     assert main(["evaluate", "--model", "models:/dn-26/latest", "--dataset", "dn", "--out", str(out),
                  *[a for m in used for a in ("--denoiser", m)]]) == 0
