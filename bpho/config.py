@@ -463,6 +463,10 @@ class EvaluateConfig:
     device: Device = Device.AUTO
     ensemble: bool = field(default=InferenceConfig.ensemble,
                            metadata=InferenceConfig.__dataclass_fields__["ensemble"].metadata)
+    denoiser: Tuple[str, ...] = field(default=(), metadata={
+        "append": True, "metavar": "NAME",
+        "help": "scale-1 models: compare with this denoiser (gaussian, nl_means, wavelet, bm3d; repeatable; default: "
+                "all, bm3d where installed, each with parameters chosen on the validation images)"})
 
     def __post_init__(self):
         _enums(self, "evaluate")

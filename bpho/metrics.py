@@ -14,6 +14,11 @@ evaluation uses the prediction against the HR target, which was acquired indepen
 the LR); `frc_single` splits one image in two by its checkerboard diagonals (the
 "two-halves" method, with the half-pixel shift between halves undone in Fourier space).
 Resolution is 1 / the first frequency where the curve falls below 1/7.
+
+Flicker (`flicker`, movies): the RMSE between the prediction's frame-to-frame differences and the
+target's, after the same protocol applied to the whole (T, Y, X) stacks (one normalisation of the
+target, one scale and offset for the prediction, so that a brightness that pumps from frame to
+frame counts); in NRMSE's unit, 0 when the prediction changes exactly as the target does.
 """
 
 from __future__ import annotations
@@ -64,6 +69,26 @@ def compare(pred: np.ndarray, target: np.ndarray) -> Dict[str, float]:
     }
     out["ms_ssim"] = float(piq.multi_scale_ssim(pt, tt, data_range=1.0)) if min(p.shape) > 160 else float("nan")
     return out
+
+
+def flicker(pred: np.ndarray, target: np.ndarray) -> float:
+    """Temporal flicker of a (T, Y, X) prediction against its (T, Y, X) target, T >= 2.
+
+    Both stacks are prepared as `compare` prepares an image, but once for the whole stack: the
+    target scaled so that its 0.1 / 99.9 percentiles over all frames become 0 / 1, the prediction
+    mapped onto it by one least-squares scale and offset, both clipped to [0, 1]. Flicker is then
+    ``sqrt(mean((p[t+1] - p[t] - (h[t+1] - h[t]))**2))`` over every t and pixel: the RMSE of the
+    frame-to-frame changes against the target's, in units of the target's range (as NRMSE). It is
+    0 for a prediction that changes as the target does (a copy of the target, or one shifted by the
+    same amount in every frame, where the target stands still), and about ``s * sqrt(2)`` for
+    independent noise of standard deviation ``s`` added to each frame of a still target. Lower is
+    better; what a per-frame score cannot see: noise frozen in place scores as well as noise that
+    changes every frame, but only the latter shimmers.
+    """
+    if pred.ndim != 3 or pred.shape != target.shape or pred.shape[0] < 2:
+        raise ValueError(f"flicker needs two equal (T, Y, X) stacks with T >= 2, got {pred.shape} and {target.shape}")
+    p, t = prepare(pred, target)
+    return float(np.sqrt(np.mean((np.diff(p, axis=0) - np.diff(t, axis=0)) ** 2)))
 
 
 @dataclass(frozen=True)

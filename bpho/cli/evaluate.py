@@ -12,23 +12,29 @@ def _evaluate(args) -> int:
 
     cfg = from_args(EvaluateConfig, args)
     result = evaluate(cfg.model, dataset=cfg.dataset, datasource=cfg.datasource, out_dir=cfg.out, device=cfg.device,
-                      transform=cfg.transform, split=cfg.split, ensemble=cfg.ensemble)
+                      transform=cfg.transform, split=cfg.split, ensemble=cfg.ensemble,
+                      denoise_with=cfg.denoiser)
     s = result.summary
     used = ENSEMBLE_NOTE if result.ensemble else ""
     print(f"evaluated {cfg.model}{used} on {result.images} image(s); table and figures in {result.out}")
     if result.provenance is not None:
         print(result.provenance.describe())
-    print(f"{'method':10s} {'PSNR':>7s} {'SSIM':>6s} {'MS-SSIM':>8s} {'NRMSE':>7s} {'FRC px':>7s} {'FRC nm':>7s}")
+    movie = "flicker" in s["model"]  # movies: the error of the frame-to-frame changes too
+    print(f"{'method':10s} {'PSNR':>7s} {'SSIM':>6s} {'MS-SSIM':>8s} {'NRMSE':>7s} {'FRC px':>7s} {'FRC nm':>7s}"
+          + (f" {'flicker':>8s}" if movie else ""))
     fmt = lambda v, f: format(v, f) if v is not None else "-"  # noqa: E731
-    for method in ("model", "bicubic", "bilinear", "nearest"):
+    for method in result.methods:
         m = s[method]
         print(f"{method:10s} {fmt(m['psnr'], '7.2f')} {fmt(m['ssim'], '6.3f')} {fmt(m['ms_ssim'], '8.3f')} "
-              f"{fmt(m['nrmse'], '7.4f')} {fmt(m['frc_px'], '7.2f')} {fmt(m['frc_nm'], '7.0f')}")
+              f"{fmt(m['nrmse'], '7.4f')} {fmt(m['frc_px'], '7.2f')} {fmt(m['frc_nm'], '7.0f')}"
+              + (f" {fmt(m['flicker'], '8.4f')}" if movie else ""))
+    for method, choice in result.denoisers.items():
+        print(f"{method}: {choice['params']} (PSNR {choice['psnr']:.2f} dB on {', '.join(result.tuned_on)})")
     for k in ("psnr", "ssim"):
         g = s[f"gain_{k}"]
         ci = (f"95% CI {g['ci95_low']:+.3f} .. {g['ci95_high']:+.3f} over images" if g["ci95_low"] is not None
               else "95% CI undefined with one image")
-        print(f"gain over bicubic, {k.upper()}: {g['mean']:+.3f} ({ci})")
+        print(f"gain over {result.reference}, {k.upper()}: {g['mean']:+.3f} ({ci})")
     if result.run_id:
         from bpho import tracking
 
@@ -66,7 +72,8 @@ def _export(args) -> int:
 
 def add_to(sub) -> None:
     """Add `bpho evaluate`, `bpho predict` and `bpho export` to the subcommands `sub`."""
-    p = sub.add_parser("evaluate", help="PSNR/SSIM/FRC of a model against nearest/bilinear/bicubic on full images")
+    p = sub.add_parser("evaluate", help="PSNR/SSIM/FRC (and flicker for movies) of a model against "
+                       "nearest/bilinear/bicubic, or denoisers for scale 1, on full images")
     add_fields(p, EvaluateConfig)
     p.set_defaults(func=_evaluate)
 
