@@ -4,7 +4,7 @@ peak resident memory of the whole process tree beside the output's size.
     python benchmarks/big_predict.py [--sizes 2048,4096,8192] [--movie 1024x300] [--scale 4]
                                      [--formats ome-zarr] [--workers 2048:1,2048:2] [--model FOLDER]
 
-Each case writes a tiled uint16 TIFF as input (read lazily through tifffile's zarr store), runs
+Each case writes a uint16 TIFF as input (read lazily, memory-mapped), runs
 `bpho predict` in a subprocess and samples the resident memory of it and all its children (Dask
 workers included) every 50 ms. Printed per case: HR output size (float32), wall time (model
 load and process start included), HR megapixels per second, peak resident memory, peak / output
@@ -57,7 +57,7 @@ def run(argv: list) -> tuple:
 
 
 def make_input(path: Path, frames: int, side: int, seed: int = 0) -> Path:
-    """A tiled uint16 TIFF of `frames` x side x side: shot noise on a gradient with bright spots,
+    """A uint16 TIFF of `frames` x side x side: shot noise on a gradient with bright spots,
     written frame by frame (the benchmark itself never holds more than one frame)."""
     rng = np.random.default_rng(seed)
     ramp = np.linspace(100, 1500, side, dtype=np.float32)
@@ -69,7 +69,7 @@ def make_input(path: Path, frames: int, side: int, seed: int = 0) -> Path:
             frame[spots[:, 0], spots[:, 1]] = 20000
             yield frame
 
-    tifffile.imwrite(path, frames_(), shape=(frames, side, side), dtype=np.uint16, tile=(512, 512),
+    tifffile.imwrite(path, frames_(), shape=(frames, side, side), dtype=np.uint16,
                      metadata={"axes": "TYX"}, bigtiff=True)
     return path
 

@@ -189,22 +189,28 @@ class SuperResolver:
         s, tile, c = self.scale, self.tile, self.context
         dev = self.device
         out = torch.zeros((h * s, w * s), dtype=torch.float32, device=dev)
-        weight = torch.zeros_like(out)
         th, tw = _fitted(h, tile, self.overlap), _fitted(w, tile, self.overlap)
-        boxes = [(y, x) for y in _starts(h, th, self.overlap) for x in _starts(w, tw, self.overlap)]
+        ys, xs = _starts(h, th, self.overlap), _starts(w, tw, self.overlap)
         padded = torch.from_numpy(np.ascontiguousarray(window, dtype=np.float32))
         padded = padded.to(dev, PRECISIONS[self.precision], non_blocking=True)
         ramp = self.overlap * s // 2
-        win = torch.outer(torch.from_numpy(_blend_window(th * s, ramp)), torch.from_numpy(_blend_window(tw * s, ramp)))
-        win = win.to(dev)
+        win_y, win_x = (torch.from_numpy(_blend_window(n * s, ramp)).to(dev) for n in (th, tw))
+        win = torch.outer(win_y, win_x)
+        # the tiles form a grid, so the blending weights sum to an outer product: two vectors, not a frame
+        weight_y, weight_x = torch.zeros(h * s, device=dev), torch.zeros(w * s, device=dev)
+        for y in ys:
+            weight_y[y * s:(y + th) * s] += win_y
+        for x in xs:
+            weight_x[x * s:(x + tw) * s] += win_x
+        boxes = [(y, x) for y in ys for x in xs]
         for i in range(0, len(boxes), self.batch):
             chunk = boxes[i:i + self.batch]
             x = torch.stack([padded[:, y:y + th + 2 * c, x0:x0 + tw + 2 * c] for y, x0 in chunk])
             pred = self._forward(x)[:, 0, c * s:(c + th) * s, c * s:(c + tw) * s].float()
             for (y, x0), p in zip(chunk, pred):
                 out[y * s:(y + th) * s, x0 * s:(x0 + tw) * s] += p * win
-                weight[y * s:(y + th) * s, x0 * s:(x0 + tw) * s] += win
-        return (out.div_(weight).mul_(span).add_(lo)).cpu().numpy()
+        out.div_(weight_y[:, None]).div_(weight_x[None, :])
+        return out.mul_(span).add_(lo).cpu().numpy()
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         """(n, frames, h, w) -> (n, 1, h*scale, w*scale): the network, or with `ensemble` the

@@ -241,7 +241,7 @@ def _run_here(models: Dict[Optional[str], SuperResolver], scale: int, block: int
     work = [(job, unit) for job in jobs for unit in job.units(block)]
     with tqdm(total=len(work), desc="predict", unit="block", disable=not progress, leave=False) as bar:
         made = ((job, unit, _predict_unit(models[unit[3]], job.image.data, job.norms, unit)) for job, unit in work)
-        for job, unit, hr in ahead(made):
+        for job, unit, hr in ahead(made, depth=1):
             assert job.layout is not None
             _write_unit(job.layout, scale, unit, hr)
             bar.update()

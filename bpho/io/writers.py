@@ -123,13 +123,21 @@ def write_block(layout: Layout, t: int, c: int, z: int, y: int, x: int, data: np
         fd = os.open(layout.part, os.O_WRONLY)
         try:
             if x == 0 and w == n_x:  # whole rows: one contiguous run of bytes
-                os.pwrite(fd, data.tobytes(), layout.offset + (page * n_y + y) * n_x * 4)
+                _pwrite_all(fd, data.data.cast("B"), layout.offset + (page * n_y + y) * n_x * 4)
             else:
                 for row in range(h):
-                    os.pwrite(fd, data[row].tobytes(), layout.offset + ((page * n_y + y + row) * n_x + x) * 4)
+                    _pwrite_all(fd, data[row].data.cast("B"),
+                                layout.offset + ((page * n_y + y + row) * n_x + x) * 4)
         finally:
             os.close(fd)
     _io(Path(layout.part), put)
+
+
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    """os.pwrite until every byte is written (a write may be short)."""
+    while len(data):
+        n = os.pwrite(fd, data, offset)
+        data, offset = data[n:], offset + n
 
 
 def finish(layout: Layout, pixel_size: PixelSize, channel_names: Sequence[str], metadata: dict,
