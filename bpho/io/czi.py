@@ -29,16 +29,17 @@ _PIXEL_TYPES = {"Gray8": (np.uint8, 1), "Gray16": (np.uint16, 1), "Gray32Float":
 
 @contextlib.contextmanager
 def _open(path: Path) -> Iterator[pyczi.CziReader]:
+    """The open reader; a file libCZI cannot open is a FileFormatError (errors while reading pass through)."""
+    stack = contextlib.ExitStack()
     try:
-        with pyczi.open_czi(str(path)) as reader:
-            yield reader
-    except FileFormatError:
-        raise
+        reader = stack.enter_context(pyczi.open_czi(str(path)))
     except Exception as exc:  # pylibCZIrw raises RuntimeError with libCZI's message
         raise FileFormatError(
             f"{path}: cannot read the CZI structure ({type(exc).__name__}: {_one_line(exc)}); "
             "the file is probably truncated or corrupt, copy it again from the source"
         ) from None
+    with stack:
+        yield reader
 
 
 def _one_line(exc: Exception) -> str:
