@@ -6,6 +6,7 @@ written by tifffile, OME-Zarr written by ome-zarr-py.
 
 from __future__ import annotations
 
+import multiprocessing
 import pickle
 import subprocess
 import sys
@@ -308,3 +309,32 @@ def test_corrupt_czi_subblock_fails_when_its_plane_is_read(tmp_path):
         img.data[0, 0, 1].compute()
     message = str(err.value)
     assert message.startswith(f"{path}: cannot read image data") and "\n" not in message
+
+
+def _read_in_child(path, queue):
+    queue.put(io.read(path).data)
+
+
+@pytest.mark.parametrize("name", ["x.czi", "x.tif", "x.ome.zarr"])
+def test_a_process_forked_after_a_read_reads_too(tmp_path, name):
+    """The dataset builder forks its workers after reading files: a thread pool left by `io.read` in
+    the parent (dask's threaded scheduler) would deadlock them."""
+    data = _planes((1, 1, 2, 32, 32), np.uint16, seed=13)
+    path = tmp_path / name
+    if name.endswith(".czi"):
+        io.write_czi(path, data, (None, 0.1, 0.1))
+    elif name.endswith(".tif"):
+        tifffile.imwrite(path, data[0, 0], tile=(16, 16), compression="zlib")
+    else:
+        write_image(data, str(path), axes="tczyx", scale_factors=[])
+    np.testing.assert_array_equal(io.read(path).data, data)
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_read_in_child, args=(path, queue))
+    child.start()
+    try:
+        np.testing.assert_array_equal(queue.get(timeout=60), data)
+    finally:
+        child.join(5)
+        if child.is_alive():
+            child.kill()

@@ -174,7 +174,8 @@ def read(path, scene: Optional[int] = None) -> Image:
     so no scene is silently dropped (use `read_scenes` for all of them).
     """
     img = open_image(path, scene)
-    return dataclasses.replace(img, data=np.asarray(img.data.compute()))
+    # synchronous: no thread pool, so a process forked after a read (the dataset builder's workers) can read
+    return dataclasses.replace(img, data=np.asarray(img.data.compute(scheduler="synchronous")))
 
 
 class _Guarded:
