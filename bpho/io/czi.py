@@ -1,66 +1,156 @@
-"""Zeiss CZI through czifile, one scene at a time.
+"""Zeiss CZI through pylibCZIrw (ZEISS's libCZI), one scene at a time, read by region.
 
-czifile's own `asarray` allocates the bounding box of all scenes (huge for scenes at
-distant stage positions) and swallows decoding errors in its worker threads, so the
-subblocks are placed here, one scene at a time, and every failure is raised. czifile
-2019 has no zstd decoder (ZEN's default compression since 3.x); zstd0/zstd1 subblocks
-are decoded here with imagecodecs.
+pylibCZIrw decodes every compression ZEN writes (zstd0/zstd1 included) and composes the
+subblocks of a plane region (mosaic tiles, overlaps) itself; bpho only maps the file's
+layout to (T, C, Z, Y, X) and reads one scene's rectangle, so scenes at distant stage
+positions never allocate their union. Areas that no subblock covers read as zeros.
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
+import operator
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, Iterator, Optional, Tuple
 
-import czifile
-import imagecodecs
 import numpy as np
+from pylibCZIrw import czi as pyczi
 
 from bpho.errors import FileFormatError
-from bpho.io import Image, PixelSize
+from bpho.io import Image, PixelSize, _lazy
 from bpho.paths import atomic_file
 
-_ZSTD0, _ZSTD1 = 5, 6
-# Dimensions bpho maps to (T, C, Z, Y, X); S is the scene; '0' holds the samples of a pixel.
-_MAPPED = {"T": 0, "C": 1, "Z": 2, "Y": 3, "X": 4}
+# pylibCZIrw pixel types -> (numpy dtype, samples per pixel); Bgr* are colour pixels, stored B, G, R.
+_PIXEL_TYPES = {"Gray8": (np.uint8, 1), "Gray16": (np.uint16, 1), "Gray32Float": (np.float32, 1),
+                "Bgr24": (np.uint8, 3), "Bgr48": (np.uint16, 3), "Bgr96Float": (np.float32, 3)}
 
 
-def _open(path: Path) -> czifile.CziFile:
+@contextlib.contextmanager
+def _open(path: Path) -> Iterator[pyczi.CziReader]:
+    """The open reader; a file libCZI cannot open is a FileFormatError (errors while reading pass through)."""
+    stack = contextlib.ExitStack()
     try:
-        f = czifile.CziFile(str(path))
-        f.subblock_directory  # noqa: B018  (parse the directory now: a truncated file fails here)
-    except Exception as exc:  # czifile raises struct.error, ValueError, its own errors...
+        reader = stack.enter_context(pyczi.open_czi(str(path)))
+    except Exception as exc:  # pylibCZIrw raises RuntimeError with libCZI's message
         raise FileFormatError(
-            f"{path}: cannot read the CZI structure ({type(exc).__name__}: {exc}); "
+            f"{path}: cannot read the CZI structure ({type(exc).__name__}: {_one_line(exc)}); "
             "the file is probably truncated or corrupt, copy it again from the source"
         ) from None
-    return f
+    with stack:
+        yield reader
 
 
-def _entries(f, path: Path) -> list:
-    # Pyramid levels (subsampled copies for viewers) are skipped: only full-resolution subblocks.
-    entries = [e for e in f.subblock_directory if e.pyramid_type == 0 and e.shape == e.stored_shape]
-    if not entries:
-        raise FileFormatError(f"{path}: the CZI file holds no image subblocks")
-    return entries
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())
 
 
-def _scene_of(entry) -> int:
-    axes = entry.axes
-    return entry.start[axes.index("S")] if "S" in axes else 0
+class _Layout:
+    """Where each scene lies: its plane rectangle (x, y, w, h), its T/C/Z ranges, the pixel type."""
+
+    def __init__(self, reader: pyczi.CziReader, path: Path):
+        rects: Dict[int, list] = {}
+        tcz: Dict[int, list] = {}
+        pixel_types = set()
+
+        def visit(_index, info) -> bool:
+            if info.get_zoom() != 1.0:  # pyramid levels (subsampled copies for viewers)
+                return True
+            coord = info.coordinate.to_dict()
+            for dim, value in coord.items():
+                if dim not in "TCZS" and value != 0:
+                    raise FileFormatError(
+                        f"{path}: CZI dimension {dim!r} with more than one index is not supported; "
+                        "export the image as separate files per that dimension"
+                    )
+            scene = coord.get("S", 0)
+            r = info.logicalRect
+            box = rects.setdefault(scene, [r.x, r.y, r.x + r.w, r.y + r.h])
+            box[:] = [min(box[0], r.x), min(box[1], r.y), max(box[2], r.x + r.w), max(box[3], r.y + r.h)]
+            index = [coord.get(d, 0) for d in "TCZ"]
+            span = tcz.setdefault(scene, index + [i + 1 for i in index])
+            span[:] = [min(a, b) for a, b in zip(span[:3], index)] + [max(a, b + 1) for a, b in zip(span[3:], index)]
+            pixel_types.add(info.pixelType.name)
+            return True
+
+        try:
+            reader.enumerate_subblocks(visit)
+        except FileFormatError:
+            raise
+        except Exception as exc:
+            raise FileFormatError(f"{path}: cannot read the CZI subblock directory ({type(exc).__name__}: "
+                                  f"{_one_line(exc)}); the file is probably truncated or corrupt") from None
+        if not rects:
+            raise FileFormatError(f"{path}: the CZI file holds no image subblocks")
+        if len(pixel_types) != 1:
+            raise FileFormatError(f"{path}: subblocks with different pixel types are not supported")
+        pixel_type = pixel_types.pop()
+        if pixel_type not in _PIXEL_TYPES:
+            raise FileFormatError(f"{path}: CZI pixel type {pixel_type} is not supported; "
+                                  f"bpho reads {', '.join(_PIXEL_TYPES)}")
+        self.dtype, self.samples = np.dtype(_PIXEL_TYPES[pixel_type][0]), _PIXEL_TYPES[pixel_type][1]
+        self.scenes = sorted(rects)
+        self.rects = {s: (x0, y0, x1 - x0, y1 - y0) for s, (x0, y0, x1, y1) in rects.items()}
+        self.tcz = tcz
+        if self.samples > 1 and any(span[4] - span[1] > 1 for span in tcz.values()):
+            raise FileFormatError(f"{path}: RGB pixels in a multi-channel CZI are not supported")
+
+
+class _Scene:
+    """One scene as a (T, C, Z, Y, X) array-like: numpy basic indexing reads that region with pylibCZIrw.
+
+    Holds only the path and the layout, so dask can send it to other processes; each read opens
+    the file (cheap: libCZI reads the subblock directory).
+    """
+
+    ndim = 5
+
+    def __init__(self, path: Path, scene: Optional[int], rect: Tuple[int, int, int, int], start: Tuple[int, ...],
+                 shape: Tuple[int, ...], dtype: np.dtype, samples: int):
+        self.path, self.scene, self.rect, self.start = path, scene, rect, start
+        self.shape, self.dtype, self.samples = shape, dtype, samples
+
+    def __getitem__(self, key) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        key = key + (slice(None),) * (5 - len(key))
+        ranges = []
+        for k, n in zip(key, self.shape):
+            if isinstance(k, slice):
+                ranges.append(range(*k.indices(n)))
+            else:
+                i = operator.index(k)
+                ranges.append(range(i + n if i < 0 else i, (i + n if i < 0 else i) + 1))
+        ts, cs, zs, ys, xs = ranges
+        out = np.zeros([len(r) for r in ranges], self.dtype)
+        if out.size:
+            y0, x0 = min(ys), min(xs)
+            roi = (self.rect[0] + x0, self.rect[1] + y0, max(xs) + 1 - x0, max(ys) + 1 - y0)
+            rows, cols = slice(ys.start - y0, None, ys.step), slice(xs.start - x0, None, xs.step)
+            with _open(self.path) as reader:
+                for (i, t), (k, z) in itertools.product(enumerate(ts), enumerate(zs)):
+                    plane = {"T": self.start[0] + t, "Z": self.start[2] + z}
+                    if self.samples > 1:  # colour pixels: samples B, G, R as channels R, G, B
+                        tile = reader.read(roi=roi, plane={**plane, "C": self.start[1]}, scene=self.scene)
+                        out[i, :, k] = np.moveaxis(tile[rows, cols, ::-1][..., list(cs)], -1, 0)
+                        continue
+                    for j, c in enumerate(cs):
+                        tile = reader.read(roi=roi, plane={**plane, "C": self.start[1] + c}, scene=self.scene)
+                        out[i, j, k] = tile[rows, cols, 0]
+        drop = tuple(0 if not isinstance(k, slice) else slice(None) for k in key)
+        return out[drop]
 
 
 def count_scenes(path: Path) -> int:
     """How many scenes the CZI file holds."""
-    with _open(path) as f:
-        return len({_scene_of(e) for e in _entries(f, path)})
+    with _open(path) as reader:
+        return len(_Layout(reader, path).scenes)
 
 
-def _pixel_size(f, path: Path) -> PixelSize:
+def _pixel_size(xml: str) -> PixelSize:
     """(z, y, x) in micrometres from Metadata/Scaling (CZI stores metres)."""
     try:
-        root = ET.fromstring(f.metadata())
+        root = ET.fromstring(xml)
     except Exception:
         return (None, None, None)
     found = {}
@@ -75,10 +165,10 @@ def _pixel_size(f, path: Path) -> PixelSize:
     return (found.get("Z"), found.get("Y"), found.get("X"))
 
 
-def _channel_names(f) -> tuple:
+def _channel_names(xml: str) -> tuple:
     """Channel names from Metadata/Information/Image/Dimensions/Channels (None where unnamed)."""
     try:
-        root = ET.fromstring(f.metadata())
+        root = ET.fromstring(xml)
     except Exception:
         return ()
     channels = root.find(".//Information/Image/Dimensions/Channels")
@@ -87,125 +177,41 @@ def _channel_names(f) -> tuple:
     return tuple(ch.get("Name") or None for ch in channels.findall("Channel"))
 
 
-def _decode(entry, path: Path) -> np.ndarray:
-    segment = entry.data_segment()
-    dtype = np.dtype(entry.dtype).base
-    if entry.compression in (_ZSTD0, _ZSTD1):
-        raw = segment.data(raw=True)
-        tile = _zstd_decode(raw, entry.compression, dtype).reshape(entry.stored_shape)
-        if entry.stored_shape[-1] == 3:
-            tile = tile[..., ::-1]  # CZI stores BGR; czifile flips its own decodes the same way
-    else:
-        tile = segment.data(resize=False)
-    return np.asarray(tile).reshape(entry.stored_shape)
-
-
-def _zstd_decode(raw: bytes, compression: int, dtype: np.dtype) -> np.ndarray:
-    hilo = False
-    if compression == _ZSTD1:
-        # zstd1: a small header (size byte, then chunks); chunk 1 flags "hi/lo byte packing",
-        # where all low bytes of 16-bit pixels precede all high bytes.
-        header = raw[0]
-        hilo = header >= 3 and raw[1] == 1 and bool(raw[2] & 1)
-        raw = raw[header:]
-    data = np.frombuffer(imagecodecs.zstd_decode(raw), np.uint8)
-    if hilo:
-        half = data.size // 2
-        packed = np.empty_like(data)
-        packed[0::2], packed[1::2] = data[:half], data[half:]
-        data = packed
-    return data.view(dtype)
-
-
-def read(path: Path, scene: Optional[int] = None) -> Image:
-    """One scene of a CZI file (default: the only one) as (T, C, Z, Y, X), with its pixel size."""
-    with _open(path) as f:
-        entries = _entries(f, path)
-        scenes = sorted({_scene_of(e) for e in entries})
-        if scene is None:
-            if len(scenes) > 1:
-                raise FileFormatError(
-                    f"{path}: the file holds {len(scenes)} scenes; pass scene=0..{len(scenes) - 1} "
-                    "or read them all with bpho.io.read_scenes"
-                )
-            scene = scenes[0]
-        elif not 0 <= scene < len(scenes):
-            raise FileFormatError(f"{path}: scene {scene} does not exist (the file has {len(scenes)})")
-        else:
-            scene = scenes[scene]
-        mine = [e for e in entries if _scene_of(e) == scene]
-        data = _assemble(mine, path)
-        return Image(
-            data=data,
-            pixel_size=_pixel_size(f, path),
-            axes_source=f.axes,
-            path=path,
-            scene=scenes.index(scene),
-            n_scenes=len(scenes),
-            channel_names=_channel_names(f),
-        )
-
-
-def _assemble(entries: List, path: Path) -> np.ndarray:
-    """Place the subblocks of one scene into a (T, C, Z, Y, X) array."""
-    lo = np.full(5, np.iinfo(np.int64).max, dtype=np.int64)
-    hi = np.full(5, np.iinfo(np.int64).min, dtype=np.int64)
-    samples = set()
-    placements = []
-    for e in entries:
-        start, size = np.zeros(5, np.int64), np.ones(5, np.int64)
-        for ax, s, n in zip(e.axes, e.start, e.shape):
-            if ax in _MAPPED:
-                start[_MAPPED[ax]], size[_MAPPED[ax]] = s, n
-            elif ax == "0":
-                samples.add(n)
-            elif ax not in "SB" and (s != 0 or n != 1):
-                raise FileFormatError(
-                    f"{path}: CZI dimension {ax!r} with more than one index is not supported; "
-                    "export the image as separate files per that dimension"
-                )
-        placements.append((e, start, size))
-        lo, hi = np.minimum(lo, start), np.maximum(hi, start + size)
-    n_samples = samples.pop() if len(samples) == 1 else None
-    if n_samples is None:
-        raise FileFormatError(f"{path}: subblocks with different pixel types are not supported")
-    shape = hi - lo
-    if n_samples > 1:  # RGB pixels: the samples become the channel axis
-        if shape[1] != 1:
-            raise FileFormatError(f"{path}: RGB pixels in a multi-channel CZI are not supported")
-        shape[1] = n_samples
-    dtype = np.dtype(entries[0].dtype).base
-    out = np.zeros(tuple(int(n) for n in shape), dtype=dtype)
-    for e, start, _size in placements:
+def open_image(path: Path, scene: Optional[int] = None) -> Image:
+    """One scene of a CZI file (default: the only one) as a lazy (T, C, Z, Y, X) dask array."""
+    with _open(path) as reader:
+        layout = _Layout(reader, path)
         try:
-            tile = _decode(e, path)
-        except FileFormatError:
-            raise
-        except Exception as exc:
+            xml = reader.raw_metadata
+        except Exception:
+            xml = ""
+        has_scenes = bool(reader.scenes_bounding_rectangle_no_pyramid)
+    scenes = layout.scenes
+    if scene is None:
+        if len(scenes) > 1:
             raise FileFormatError(
-                f"{path}: cannot decode an image subblock ({type(exc).__name__}: {exc}); "
-                "the file is probably truncated or corrupt"
-            ) from None
-        # tile axes follow e.axes; reorder to (T, C, Z, Y, X, samples)
-        order = [e.axes.index(a) if a in e.axes else None for a in "TCZYX0"]
-        keep = [i for i in order if i is not None]
-        drop = tuple(i for i in range(tile.ndim) if i not in keep)
-        tile = np.squeeze(tile, axis=drop) if drop else tile
-        remaining = [i for i in range(len(e.axes)) if i not in drop]
-        tile = np.transpose(tile, [remaining.index(i) for i in keep])
-        for k, a in enumerate("TCZYX0"):
-            if a not in e.axes:
-                tile = np.expand_dims(tile, k)
-        if n_samples > 1:
-            # (T, 1, Z, Y, X, S) -> (T, S, Z, Y, X); CZI stores BGR, czifile already flipped to RGB
-            tile = np.moveaxis(tile[:, 0], -1, 1)
-        else:
-            tile = tile[..., 0]
-        index = tuple(slice(s - low, s - low + n) for s, low, n in zip(start, lo, tile.shape))
-        if n_samples > 1:
-            index = (index[0], slice(None)) + index[2:]
-        out[index] = tile
-    return out
+                f"{path}: the file holds {len(scenes)} scenes; pass scene=0..{len(scenes) - 1} "
+                "or read them all with bpho.io.read_scenes"
+            )
+        scene = 0
+    elif not 0 <= scene < len(scenes):
+        raise FileFormatError(f"{path}: scene {scene} does not exist (the file has {len(scenes)})")
+    s = scenes[scene]
+    rect, span = layout.rects[s], layout.tcz[s]
+    n_tcz = [b - a for a, b in zip(span[:3], span[3:])]
+    if layout.samples > 1:
+        n_tcz[1] = layout.samples  # colour pixels: the samples (as R, G, B) become the channel axis
+    shape = (*n_tcz, rect[3], rect[2])
+    source = _Scene(path, s if has_scenes else None, rect, tuple(span[:3]), shape, layout.dtype, layout.samples)
+    return Image(
+        data=_lazy(path, source, "TCZYX"),
+        pixel_size=_pixel_size(xml),
+        axes_source=("S" if has_scenes else "") + "TCZYX0",
+        path=path,
+        scene=scene,
+        n_scenes=len(scenes),
+        channel_names=_channel_names(xml),
+    )
 
 
 def write(path: Path, data: np.ndarray, pixel_size: PixelSize, channel_names=None,
@@ -215,8 +221,6 @@ def write(path: Path, data: np.ndarray, pixel_size: PixelSize, channel_names=Non
     pixel_size: (z, y, x) in micrometres (CZI stores metres). compression: a pylibCZIrw
     option string such as ``"zstd1:ExplicitLevel=1;PreProcess=HiLoByteUnpack"``.
     """
-    from pylibCZIrw import czi as pyczi
-
     data = np.asarray(data)
     if data.ndim != 5:
         raise ValueError(f"write_czi expects (T, C, Z, Y, X) data, got shape {data.shape}")

@@ -8,9 +8,10 @@ from typing import Dict, Optional
 
 import numpy as np
 import tifffile
+import zarr
 
 from bpho.errors import FileFormatError
-from bpho.io import AXES, Image, PixelSize
+from bpho.io import Image, PixelSize, _lazy, _to_tczyx
 from bpho.paths import atomic_file
 
 # tifffile axis letters -> bpho axes. 'I' and 'Q' (an unnamed page sequence) become Z,
@@ -22,24 +23,41 @@ _UM_PER_UNIT = {
 }
 
 
-def read(path: Path) -> Image:
-    """The first series of a TIFF (ImageJ or OME) as (T, C, Z, Y, X), with its pixel size."""
+def open_image(path: Path) -> Image:
+    """The first series of a TIFF (ImageJ or OME) as a lazy (T, C, Z, Y, X) dask array, with its pixel size.
+
+    Uncompressed contiguous images (ImageJ's and Fiji's, tifffile's default) are memory-mapped,
+    so a region reads only its bytes; others are read by strip or tile through tifffile's Zarr store.
+    """
     try:
         with tifffile.TiffFile(path) as tf:
             series = tf.series[0]
             axes = series.axes
-            data = series.asarray()
             pixel_size = _pixel_size(tf, series)
             names = _channel_names(tf)
+        array = _open_array(path)
     except FileFormatError:
         raise
     except Exception as exc:
         raise FileFormatError(
-            f"{path}: cannot read the TIFF ({type(exc).__name__}: {exc}); "
+            f"{path}: cannot read the TIFF ({type(exc).__name__}: {' '.join(str(exc).split())}); "
             "the file is probably truncated or corrupt"
         ) from None
-    return Image(data=_to_tczyx(data, axes, path), pixel_size=pixel_size, axes_source=axes, path=path,
-                 channel_names=names)
+    file_chunks = None if isinstance(array, np.memmap) else array.chunks
+    data = _lazy(path, array, axes, file_chunks, opener=_open_array)
+    return Image(data=_to_tczyx(data, axes, path, "TIFF", _TO_BPHO), pixel_size=pixel_size, axes_source=axes,
+                 path=path, channel_names=names)
+
+
+def _open_array(path: Path):
+    """Level 0 of the first series: a read-only memory map where the data is stored contiguous and
+    uncompressed in the file's byte order, else a Zarr array over tifffile's store."""
+    with tifffile.TiffFile(path) as tf:
+        series = tf.series[0]
+        if series.dataoffset is not None and series.dtype.isnative:
+            return tifffile.memmap(path, series=0, mode="r")
+        store = series.aszarr(level=0)  # reopens the file when a chunk is read
+    return zarr.open_array(store, mode="r")
 
 
 def _channel_names(tf: tifffile.TiffFile) -> tuple:
@@ -54,24 +72,6 @@ def _channel_names(tf: tifffile.TiffFile) -> tuple:
             return ()
         return tuple(ch.get("Name") or None for ch in pixels if ch.tag.endswith("Channel"))
     return ()
-
-
-def _to_tczyx(data: np.ndarray, axes: str, path: Path) -> np.ndarray:
-    mapped = [_TO_BPHO.get(a) for a in axes]
-    for a, m, n in zip(axes, mapped, data.shape):
-        if m is None and n > 1:
-            raise FileFormatError(f"{path}: TIFF axis {a!r} (size {n}) is not supported")
-    keep = [i for i, m in enumerate(mapped) if m is not None]
-    data = data.reshape([data.shape[i] for i in keep])
-    mapped = [mapped[i] for i in keep]
-    if len(set(mapped)) != len(mapped):
-        # e.g. both channels and RGB samples, or pages and slices: refuse rather than guess
-        raise FileFormatError(f"{path}: TIFF axes {axes!r} map twice onto one of {AXES}; not supported")
-    for a in AXES:
-        if a not in mapped:
-            data = data[..., None]
-            mapped.append(a)
-    return np.transpose(data, [mapped.index(a) for a in AXES])
 
 
 def _pixel_size(tf: tifffile.TiffFile, series) -> PixelSize:
