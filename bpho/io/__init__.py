@@ -248,11 +248,6 @@ def _to_tczyx(data, axes: str, path: Path, kind: str, to_bpho: Optional[Dict[str
     return data.transpose([mapped.index(a) for a in AXES])
 
 
-def open_image(path, scene: Optional[int] = None) -> Image:
-    """Placeholder until the lazy readers land: `read`."""
-    return read(path, scene)
-
-
 def write_imagej(path, data: np.ndarray, pixel_size: PixelSize = (None, None, None),
                  time_interval: Optional[float] = None) -> Path:
     """Write (T, C, Z, Y, X) `data` as an ImageJ hyperstack TIFF that Fiji opens with axes and scale.
