@@ -260,3 +260,25 @@ def test_channels_on_purpose_one_model_per_channel_and_the_pixel_size_warning(tm
     with pytest.raises(BphoError, match="'nucleus'.*0 'DAPI', 1 'GFP', 2 'mito'"):
         predict_files(str(gfp), [src], tmp_path / "bad", PredictConfig(**cfg, channels="nucleus"), progress=False)
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_corrupt_input_chunk_stops_the_run_and_leaves_nothing(tmp_path, models):
+    """A tiled, compressed TIFF whose last tiles were cut off: the first file's output and the second's part
+    are both gone, and the error names the file."""
+    from bpho.errors import FileFormatError
+
+    good = _czi(tmp_path / "good.czi", (1, 1, 1, 40, 40))
+    bad = tmp_path / "cut.tif"
+    rng = np.random.default_rng(5)
+    tifffile.imwrite(bad, rng.integers(0, 4000, (96, 96), dtype=np.uint16), tile=(16, 16), compression="zlib")
+    with tifffile.TiffFile(bad) as tf:
+        page = tf.pages[0]
+        last = page.dataoffsets[-1] + page.databytecounts[-1] // 2
+    with open(bad, "r+b") as fh:
+        fh.seek(last)
+        fh.write(b"\xff" * 64)  # garbage inside the last tile's stream
+    out = tmp_path / "out"
+    with pytest.raises(FileFormatError, match="cut.tif"):
+        predict_files(str(models["single"]), [good, bad], out, PredictConfig(device="cpu", tile=24, overlap=4),
+                      progress=False)
+    assert not out.exists() or list(out.iterdir()) == []
