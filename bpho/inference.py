@@ -58,6 +58,14 @@ def save_model(folder: Path, net: torch.nn.Module, meta: dict) -> Path:
     return folder
 
 
+def blocks(h: int, w: int, size: int) -> list:
+    """The blocks (y, x, h, w) an (h, w) LR image is predicted in: `size` px squares from the top
+    left (smaller at the right and bottom edges). Each is tiled on its own with `context` px of
+    the image around it, so memory follows the block and blocks can be predicted in any order
+    or process with the same result."""
+    return [(y, x, min(size, h - y), min(size, w - x)) for y in range(0, h, size) for x in range(0, w, size)]
+
+
 def _blend_window(n: int, ramp: int) -> np.ndarray:
     """1 in the middle, linear ramps of length `ramp` at both ends (never 0)."""
     w = np.ones(n, np.float32)
@@ -137,13 +145,6 @@ class SuperResolver:
             raise BphoError("the input holds NaN or infinite values")
         return float(lo), float(max(hi - lo, 1e-6))
 
-    def blocks(self, h: int, w: int) -> list:
-        """The blocks (y, x, h, w) an (h, w) LR image is predicted in: `block` px squares from the
-        top left (smaller at the right and bottom edges). Each is tiled on its own with `context`
-        px of the image around it, so memory follows the block and blocks can be predicted in
-        any order or process with the same result."""
-        b = self.block
-        return [(y, x, min(b, h - y), min(b, w - x)) for y in range(0, h, b) for x in range(0, w, b)]
 
     def predict_block(self, series, t: int, box, lo: float, span: float) -> np.ndarray:
         """The HR of block `box` = (y, x, h, w) of frame `t` of a (T, Y, X) LR `series` (a numpy
@@ -175,7 +176,7 @@ class SuperResolver:
         f, h, w = window.shape
         s = self.scale
         out = np.empty((h * s, w * s), np.float32)
-        for box in self.blocks(h, w):
+        for box in blocks(h, w, self.block):
             y, x, bh, bw = box
             rows, cols = self._around(box, h, w)
             padded = window[:, rows][:, :, cols]

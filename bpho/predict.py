@@ -39,7 +39,7 @@ from bpho import io, tracking
 from bpho.config import PredictConfig
 from bpho.channels import check_pixel_size, parse_model_specs, plan_channels
 from bpho.errors import BphoError, BphoWarning
-from bpho.inference import SuperResolver, load_model
+from bpho.inference import SuperResolver, blocks, load_model
 from bpho.io import writers
 
 FORMATS = writers.SUFFIXES
@@ -61,10 +61,8 @@ class _Job:
     def units(self, block: int) -> List[tuple]:
         """(t, output channel, input channel, model key, z, block) for every block of the output."""
         t, _c, z, y, x = self.image.shape
-        boxes = [(by, bx, min(block, y - by), min(block, x - bx)) for by in range(0, y, block)
-                 for bx in range(0, x, block)]
         return [(ti, co, ci, key, zi, box) for ti in range(t) for zi in range(z)
-                for co, (ci, key) in enumerate(self.channels) for box in boxes]
+                for co, (ci, key) in enumerate(self.channels) for box in blocks(y, x, block)]
 
 
 def predict_files(model_uri: Union[str, Sequence[str]], inputs: Iterable, out_dir,
