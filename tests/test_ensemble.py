@@ -137,7 +137,7 @@ def test_bpho_predict_ensemble_writes_the_ensemble_tiff(env, tmp_path):
     tif = tmp_path / "field.tif"
     tifffile.imwrite(tif, _image((26, 40), seed=3))
     proc = run_bpho("predict", "--model", "models:/ens/latest", movie, tif, "--out", tmp_path / "out", "--tile", "24",
-                    "--overlap", "8", "--ensemble")
+                    "--overlap", "8", "--ensemble", "--channels", "all")
     assert proc.returncode == 0, proc.stderr[-3000:]
     folder = download_model("models:/ens/latest")
     ens = load_model(folder, device="cpu", tile=24, overlap=8, ensemble=True)

@@ -196,7 +196,7 @@ def test_full_disk_gives_one_line_and_no_image(tmp_path, models, fmt):
               f"sys.exit(main(['predict', '--model', {str(models['single'])!r}, {str(src)!r}, '--out', {str(out)!r}, "
               f"'--device', 'cpu', '--format', {fmt!r}]))")
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=os.environ.copy())
-    assert_one_line_error(proc, "cannot write", "free space")
+    assert_one_line_error(proc, "while writing; nothing was kept", "Free space")
     assert not out.exists() or list(out.iterdir()) == []
     assert resource.getrlimit(resource.RLIMIT_FSIZE)[0] != 60_000  # the limit stayed in the child
 

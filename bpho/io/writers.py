@@ -209,6 +209,6 @@ def _io(path: Path, write):
         return write()
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
-            raise BphoError(f"{path}: cannot write ({os.strerror(exc.errno)}); free space or choose another --out, "
-                            "then run again (nothing was left under the final name)") from None
+            raise BphoError(f"{path}: {os.strerror(exc.errno)} while writing; nothing was kept. Free space or "
+                            "choose another --out, then run the command again") from None
         raise
