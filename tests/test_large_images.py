@@ -174,18 +174,19 @@ def test_dask_workers_give_the_same_bytes_also_when_one_is_killed(tmp_path, mode
 def test_existing_output_and_bad_dask_address_are_refused_in_one_line(tmp_path, models):
     src = _czi(tmp_path / "a.czi", (1, 1, 1, 20, 20))
     out = tmp_path / "out"
-    assert run_bpho("predict", "--model", models["single"], src, "--out", out, "--device", "cpu").returncode == 0
+    cfg = dict(device="cpu", tile=24, overlap=4)
+    predict_files(str(models["single"]), [src], out, PredictConfig(**cfg), progress=False)
     before = (out / "a.tif").read_bytes()
     assert_one_line_error(run_bpho("predict", "--model", models["single"], src, "--out", out, "--device", "cpu"),
                           "a.tif", "already exists", "--overwrite")
     assert (out / "a.tif").read_bytes() == before
-    proc = run_bpho("predict", "--model", models["single"], src, "--out", out, "--device", "cpu", "--overwrite")
-    assert proc.returncode == 0 and sorted(p.name for p in out.iterdir()) == ["a.png", "a.tif"]
-    assert_one_line_error(run_bpho("predict", "--model", models["single"], src, "--out", tmp_path / "o2",
-                                   "--dask", "local:two"), "--dask local:two", "local:N")
+    predict_files(str(models["single"]), [src], out, PredictConfig(**cfg, overwrite=True), progress=False)
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "a.tif"]
+    with pytest.raises(BphoError, match="--dask local:two.*local:N"):
+        PredictConfig(**cfg, dask="local:two")
 
 
-@pytest.mark.parametrize("fmt", ["imagej", "ome-zarr"])
+@pytest.mark.parametrize("fmt", ["ome-zarr"])  # TIFF: tests/test_faults.py
 def test_full_disk_gives_one_line_and_no_image(tmp_path, models, fmt):
     """A file-size limit (what a full disk looks like to a writer) stops the run with one line; neither
     the image nor its part is left."""
