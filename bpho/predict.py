@@ -177,9 +177,10 @@ def _prepare(job: _Job, models: Dict[Optional[str], SuperResolver], fmt: str, sh
     """Check the image (finite, not all zero), take each series' normalisation and lay out its output."""
     img = job.image
     data = img.data
-    if data.dtype.kind == "f" and not bool(_computed(_all_finite(data))):
+    finite, nonzero = _finite_and_nonzero(data)
+    if not finite:
         raise BphoError(f"{img.path}: the image holds NaN or infinite values; fix or re-export it")
-    if not bool(_computed(data.any())):
+    if not nonzero:
         raise BphoError(f"{img.path}: the image is all zero (an empty or failed acquisition); check the file")
     for c, key in job.channels:
         p = models[key].meta["normalization"]
@@ -205,16 +206,15 @@ def normalisation(series, low: float, high: float) -> Tuple[float, float]:
     return float(lo), float(max(hi - lo, 1e-6))
 
 
-def _all_finite(data):
+def _finite_and_nonzero(data) -> Tuple[bool, bool]:
+    """Whether every value is finite and any is not zero, in one pass over a lazy image."""
+    finite = np.isfinite(data).all() if data.dtype.kind == "f" else True
     if hasattr(data, "compute"):
-        import dask.array as da
+        import dask
 
-        return da.isfinite(data).all()
-    return np.isfinite(data).all()
-
-
-def _computed(value):
-    return value.compute() if hasattr(value, "compute") else value
+        finite, nonzero = dask.compute(finite, data.any())
+        return bool(finite), bool(nonzero)
+    return bool(finite), bool(data.any())
 
 
 def _hr_pixel_size(img: io.Image, scale: int):
@@ -355,7 +355,8 @@ def _preview(job: _Job, scale: int, side: int = 512) -> None:
     for image in (lr, hr):
         lo, hi = np.percentile(image, (1, 99.8))
         panels.append((image - lo) / max(hi - lo, 1e-12))
-    base = target.name[:-len(".ome.zarr")] if target.name.endswith(".ome.zarr") else target.name.split(".")[0]
+    base = next(target.name[:-len(sfx)] for sfx in sorted(FORMATS.values(), key=len, reverse=True)
+                if target.name.endswith(sfx))
     png = target.with_name(f"{base}.png")
     save_grid(png, [panels], labels=("LR", "bpho prediction"))
 
