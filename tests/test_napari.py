@@ -1,9 +1,10 @@
 """The napari plugin: found by napari (npe2), the widget over a real MLflow registry (two models trained
 here), its predictions equal to `bpho predict`'s, bad input as one notification, the reader.
 
-Headless: Qt's offscreen platform, its OpenGL (napari's canvas) through an Xvfb display that
-pytest-xvfb starts (Debian's xvfb; `.ci/run` installs it). `BPHO_NAPARI_SCREENSHOT=PATH` also
-writes the side-by-side screenshot there (README's docs/napari.png).
+Headless: Qt on an Xvfb display that pytest-xvfb starts (Debian's xvfb, Mesa's software OpenGL and
+the xcb libraries Qt's platform plugin loads; `.ci/run` installs them). Not Qt's offscreen platform:
+there napari's OpenGL canvas draws nothing (its screenshots are black). `BPHO_NAPARI_SCREENSHOT=PATH`
+also writes the side-by-side screenshot there (README's docs/napari.png).
 """
 
 from __future__ import annotations
@@ -16,8 +17,6 @@ import sys
 
 import numpy as np
 import pytest
-
-os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # before pytest-qt makes the QApplication
 
 if not os.environ.get("CI"):
     pytest.importorskip("napari", reason="pip install -e '.[napari]'")
@@ -33,12 +32,12 @@ from bpho.train import train  # noqa: E402
 from conftest import add_demo, run_bpho  # noqa: E402
 
 NET = dict(model={"encoder": "resnet18", "decoder_widths": (32, 16, 16, 8, 8)}, batch_size=8)
-WIDGET = "Super-resolve (bpho)"
+WIDGET = "Super-resolve"
 
 
 @pytest.fixture(autouse=True)
 def _display():
-    """napari's canvas needs OpenGL: Qt's offscreen platform gets it from an X display."""
+    """An X display (Xvfb) for Qt and napari's OpenGL canvas."""
     if not os.environ.get("DISPLAY"):
         if os.environ.get("CI"):
             pytest.fail("no X display for napari's OpenGL canvas; .ci/run should have installed Debian's xvfb "
@@ -130,7 +129,7 @@ def test_movie_in_the_viewer_equals_bpho_predict(env, make_napari_viewer, qtbot,
     """The demo movie opened with the plugin's reader, super-resolved by the multi-frame model in the
     widget: the numbers `bpho predict` writes, scale / translate / lineage on the layer, and the
     screenshot of LR | bicubic | bpho."""
-    viewer = make_napari_viewer()
+    viewer = make_napari_viewer(show=True)  # a window on the display: the canvas draws
     widget = _widget(viewer)
     movie = env["demo"] / "movie/lr/movie_000.czi"
     (lr,) = viewer.open(movie, plugin="bpho")
@@ -156,12 +155,14 @@ def test_movie_in_the_viewer_equals_bpho_predict(env, make_napari_viewer, qtbot,
     assert len(hr.metadata["dataset_digest"]) >= 12
 
     viewer.layers.move(2, 1)  # LR | bicubic | bpho
-    viewer.grid.enabled = True
-    viewer.grid.stride = 1
-    viewer.window._qt_window.resize(1500, 620)
+    viewer.grid.shape, viewer.grid.stride, viewer.grid.enabled = (1, 3), 1, True
     viewer.reset_view()
-    shot = viewer.screenshot(path=str(tmp_path / "napari.png"), canvas_only=False, flash=False)
-    assert shot.ndim == 3 and shot[..., :3].std() > 5
+    viewer.camera.zoom = 0.9 * 400 / (hr.data.shape[-1] * hr.scale[-1])  # each image fills its third of the picture
+    viewer.text_overlay.update({"visible": True, "text": "LR | bicubic | bpho (models:/nap-movie/1)",
+                                "font_size": 14, "color": "white"})
+    shot = viewer.screenshot(path=str(tmp_path / "napari.png"), size=(400, 1200), canvas_only=True, flash=False)
+    thirds = [shot[100:300, 400 * i + 100:400 * i + 300, :3].astype(float) for i in range(3)]
+    assert all(t.std() > 10 for t in thirds)  # three images drawn, not a blank canvas
     if os.environ.get("BPHO_NAPARI_SCREENSHOT"):
         shutil.copy(tmp_path / "napari.png", os.environ["BPHO_NAPARI_SCREENSHOT"])
 

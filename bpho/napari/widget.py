@@ -158,6 +158,8 @@ class SuperResolveWidget(Container):
         self.last_worker: Optional[Any] = None
         self.model = ComboBox(label="model", choices=self._model_choices)
         self.info = Label(label="trained", value="")
+        self.info.native.setWordWrap(True)
+        self.info.native.setMinimumWidth(260)
         self.refresh = PushButton(text="Refresh models")
         self.layer = ComboBox(label="image", choices=self._layer_choices)
         self.bicubic = CheckBox(text="add bicubic beside", value=True)
