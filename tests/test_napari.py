@@ -210,10 +210,12 @@ def test_bad_input_is_one_notification_and_nothing_added(env, make_napari_viewer
         "screenshot": "layer 'screenshot' is an RGB picture, not grey microscopy channels",
         "cells": "layer 'cells' is a Labels layer (a segmentation), not an image",
         "two DAPI": "layer two DAPI: channel 'DAPI', but models:/nap-single/1 was trained on channel 'mito'",
+        "two mito": "layer two mito: 1 frames is shorter than the model's frame window (5)",
     }
-    for layer in (rgb, labels, dapi):
+    for layer, uri in ((rgb, "models:/nap-single/1"), (labels, "models:/nap-single/1"), (dapi, "models:/nap-single/1"),
+                       (mito, "models:/nap-movie/1")):
         n, before = len(_notes()), len(viewer.layers)
-        widget.layer.value, widget.model.value = layer, "models:/nap-single/1"
+        widget.layer.value, widget.model.value = layer, uri
         if widget.run() is not None:
             qtbot.waitUntil(lambda: widget.worker is None, timeout=60_000)
         (error,) = _errors_since(n)
