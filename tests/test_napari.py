@@ -138,6 +138,7 @@ def test_movie_in_the_viewer_equals_bpho_predict(env, make_napari_viewer, qtbot,
     _predict(qtbot, widget, lr, "models:/nap-movie/1")
     assert [layer.name for layer in viewer.layers] == ["movie_000", "movie_000 bpho 4x", "movie_000 bicubic 4x"]
     hr, cubic = viewer.layers[1], viewer.layers[2]
+    assert widget.progress.value == widget.progress.max == 10 + 10  # 10 frames of one block, 10 bicubic frames
 
     out = tmp_path / "cli"
     proc = run_bpho("predict", "--model", "models:/nap-movie/1", movie, "--out", out)
@@ -154,7 +155,8 @@ def test_movie_in_the_viewer_equals_bpho_predict(env, make_napari_viewer, qtbot,
         "model": "models:/nap-movie/1", "run_id": run.run_id, "dataset": "nap_movie", "frames": 5}
     assert len(hr.metadata["dataset_digest"]) >= 12
 
-    viewer.layers.move(2, 1)  # LR | bicubic | bpho
+    viewer.layers.move(2, 1)  # the grid's cells follow the layer list: LR | bicubic | bpho
+    assert [layer.name for layer in viewer.layers] == ["movie_000", "movie_000 bicubic 4x", "movie_000 bpho 4x"]
     viewer.grid.shape, viewer.grid.stride, viewer.grid.enabled = (1, 3), 1, True
     viewer.reset_view()
     viewer.camera.zoom = 0.9 * 400 / (hr.data.shape[-1] * hr.scale[-1])  # each image fills its third of the picture
