@@ -582,6 +582,8 @@ def registered_versions() -> list:
     ``uri`` (``models:/NAME/VERSION``) and the ``tags`` `describe_version` gave it (dataset, digest,
     validation PSNR gains over bicubic and bilinear, FRC). A store that cannot be reached or
     refuses the credentials is one line (BphoError)."""
+    import re
+
     mlflow = _mlflow()
     client = mlflow.MlflowClient()
     try:
@@ -595,6 +597,11 @@ def registered_versions() -> list:
         if unreachable(exc):
             raise BphoError(f"tracking store {tracking_uri()}: unreachable; start the server or set "
                             "MLFLOW_TRACKING_URI to one that runs") from None
+        refused = re.search(r"error code (401|403)", message)
+        if refused:
+            raise BphoError(f"tracking store {tracking_uri()}: the server refused the credentials (HTTP "
+                            f"{refused.group(1)}); check MLFLOW_TRACKING_USERNAME and "
+                            "MLFLOW_TRACKING_PASSWORD") from None
         raise BphoError(f"tracking store {tracking_uri()}: cannot list its models ({message[:200]}); check "
                         "MLFLOW_TRACKING_URI, MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD") from None
     out = [{"name": v.name, "version": str(v.version), "aliases": sorted(aliases.get((v.name, str(v.version)), [])),

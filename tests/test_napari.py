@@ -186,6 +186,12 @@ def test_z_stack_plane_by_plane_and_cancel(env, make_napari_viewer, qtbot, tmp_p
     cli = io.read(written).data[0, 0]
     np.testing.assert_allclose(hr.data, cli, rtol=1e-5, atol=1e-3 * float(np.abs(cli).max()))
     assert np.allclose(hr.scale, (0.3, 0.035, 0.035))
+    # the same planes as a multiscale layer (as OME-Zarr viewers open them): level 0 is predicted
+    pyramid = viewer.add_image([layer.data, layer.data[:, ::2, ::2]], multiscale=True, name="pyramid",
+                               scale=layer.scale, axis_labels=("z", "y", "x"))
+    _predict(qtbot, widget, pyramid, "models:/nap-single/1", bicubic=False)
+    assert viewer.layers[-1].name == "pyramid bpho 4x"
+    np.testing.assert_allclose(viewer.layers[-1].data, cli, rtol=1e-5, atol=1e-3 * float(np.abs(cli).max()))
 
     n, before = len(_notes()), len(viewer.layers)
     widget.layer.value, widget.model.value = layer, "models:/nap-single/1"
@@ -259,3 +265,50 @@ def test_reader_opens_predictions_and_dataset_pictures(env, make_napari_viewer, 
     names = [p.name for p in pictures]
     assert "nap previews/tiles_64" in names and sum(n.startswith("nap qc/") for n in names) == 3
     assert all(p.rgb and p.data.ndim == 3 for p in pictures)
+
+
+@pytest.mark.e2e
+def test_widget_on_a_team_server_with_credentials(env, make_napari_viewer, tmp_path, monkeypatch):
+    """A `bpho server --auth`: the widget lists its models with the credentials from the environment, as the
+    CLI does; a wrong password is one notification line. (Predicting goes through `tracking.download_model`,
+    the CLI's path, tested on servers elsewhere.)"""
+    from mlflow import MlflowClient
+
+    from bpho import server, tracking
+
+    from conftest import _free_port, start_mlflow_server, stop
+
+    monkeypatch.setenv("BPHO_ROOT", str(tmp_path / "server-root"))
+    monkeypatch.setenv(server.ADMIN_PASSWORD_ENV, "correct-horse-battery-staple")
+    port = _free_port()
+    argv, server_env = server.command(port=port, auth=True, workers=1)
+    proc = start_mlflow_server(tmp_path / "server-root" / "server", port, argv=argv,
+                               env={**server_env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "correct-horse-battery-staple")
+        single = env["single"]
+        client = MlflowClient(url, registry_uri=url)  # a version as `bpho train` registers it (no weights needed)
+        run = client.create_run(client.create_experiment("bpho-train"))
+        client.create_registered_model("nap-team")
+        version = client.create_model_version("nap-team", f"runs:/{run.info.run_id}/model", run.info.run_id).version
+        tracking.describe_version("nap-team", str(version), run.info.run_id, "nap", "d" * 64, single.metrics)
+        tracking.name_champion("nap-team", str(version))
+
+        widget = _widget(make_napari_viewer())
+        assert widget.model.choices == ("models:/nap-team/1",)
+        assert widget.model.native.itemText(0) == "nap-team v1 @champion"
+        assert widget.info.value.startswith("dataset nap (dddddddddddd); validation PSNR "
+                                            f"{single.metrics['valid_psnr_gain']:+.2f} dB over bicubic")
+
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "guess")
+        n = len(_notes())
+        widget.refresh_models()
+        (error,) = _errors_since(n)
+        assert error == (f"tracking store {url}: the server refused the credentials (HTTP 401); check "
+                         "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD")
+        assert widget.model.choices == ()
+    finally:
+        stop(proc)

@@ -41,7 +41,7 @@ def describe(version: dict) -> str:
 
 def layer_axes(layer, frames: int) -> str:
     """The layer's axes before Y and X, among ``t`` and ``z`` (see the module docstring)."""
-    lead = layer.data.ndim - 2
+    lead = len(layer.data.shape) - 2  # a multiscale layer's data has the shape of its level 0
     known = (layer.metadata.get("bpho") or {}).get("axes")
     if known:
         return str(known)[:-2]
@@ -52,14 +52,16 @@ def layer_axes(layer, frames: int) -> str:
 
 
 def layer_image(layer, frames: int) -> Tuple[io.Image, str]:
-    """The layer as a one-channel `bpho.io.Image` (its data is not copied) and its axes before Y, X."""
-    if layer.data.ndim < 2 or layer.data.ndim > 4:
-        raise BphoError(f"layer {layer.name!r}: {layer.data.ndim} dimensions; bpho predicts images of 2 to 4 "
+    """The layer as a one-channel `bpho.io.Image` (its data, level 0 of a multiscale layer, is not
+    copied) and its axes before Y, X."""
+    full = layer.data[0] if layer.multiscale else layer.data
+    if full.ndim < 2 or full.ndim > 4:
+        raise BphoError(f"layer {layer.name!r}: {full.ndim} dimensions; bpho predicts images of 2 to 4 "
                         "(T, Z, Y, X): split its channels into layers")
     axes = layer_axes(layer, frames)
     index: Tuple[Any, ...] = {"": (None, None, None), "t": (slice(None), None, None), "z": (None, None),
                               "tz": (slice(None), None)}[axes]
-    data = layer.data[index]
+    data = full[index]
     meta = layer.metadata.get("bpho") or {}
     scale = [float(v) for v in layer.scale]
     pixel_size = meta.get("pixel_size_um") or (scale[axes.index("z")] if "z" in axes else None,
