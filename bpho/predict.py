@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from bpho import io, tracking
 from bpho.config import PredictConfig
-from bpho.channels import check_pixel_size, parse_model_specs, plan_channels
+from bpho.channels import ChannelPlan, check_pixel_size, parse_model_specs, plan_channels
 from bpho.errors import BphoError, BphoWarning
 from bpho.inference import SuperResolver, blocks, load_model
 from bpho.io import writers
@@ -60,9 +60,15 @@ class _Job:
 
     def units(self, block: int) -> List[tuple]:
         """(t, output channel, input channel, model key, z, block) for every block of the output."""
-        t, _c, z, y, x = self.image.shape
-        return [(ti, co, ci, key, zi, box) for ti in range(t) for zi in range(z)
-                for co, (ci, key) in enumerate(self.channels) for box in blocks(y, x, block)]
+        return units(self.image.shape, self.channels, block)
+
+
+def units(shape: Sequence[int], channels: Sequence[Tuple[int, Optional[str]]], block: int) -> List[tuple]:
+    """(t, output channel, input channel, model key, z, block) for every block of the HR of a
+    (T, C, Z, Y, X) image whose `channels` ((input channel, model key) each) are predicted."""
+    t, _c, z, y, x = shape
+    return [(ti, co, ci, key, zi, box) for ti in range(t) for zi in range(z)
+            for co, (ci, key) in enumerate(channels) for box in blocks(y, x, block)]
 
 
 def predict_files(model_uri: Union[str, Sequence[str]], inputs: Iterable, out_dir,
@@ -97,20 +103,11 @@ def predict_files(model_uri: Union[str, Sequence[str]], inputs: Iterable, out_di
     for path in inputs:  # check every input before loading the model or writing anything
         io.file_kind(path)
     uris = parse_model_specs([model_uri] if isinstance(model_uri, str) else list(model_uri))
-    folders = {key: tracking.download_model(uri) for key, uri in uris.items()}
-    models = {key: load_model(folder, device=cfg.device, tile=cfg.tile, overlap=cfg.overlap, batch=cfg.batch,
-                              context=cfg.context, precision=cfg.precision, ensemble=cfg.ensemble, block=cfg.block)
-              for key, folder in folders.items()}
-    scales = {key: m.scale for key, m in models.items()}
-    if len(set(scales.values())) > 1:
-        raise BphoError(f"the models scale by {', '.join(f'{k}: {v}x' for k, v in scales.items())}; one output "
-                        "needs one scale: give models of the same scale")
-    scale = next(iter(scales.values()))
+    folders, models = load_models(uris, cfg)
+    scale = next(iter(models.values())).scale
     out_dir = Path(out_dir)
     jobs = _plan(inputs, out_dir, fmt, models, cfg)
-    lineage = {str(key): {"model": uris[key], "run_id": m.meta.get("run_id"), "dataset": m.meta.get("dataset"),
-                          "dataset_digest": m.meta.get("dataset_digest"), "frames": m.frames}
-               for key, m in models.items()}
+    lineage = {str(key): lineage_of(uris[key], m) for key, m in models.items()}
     info = {**(lineage["None"] if None in models else {"models": lineage}), "scale": scale}
     written: List[Path] = []
     try:
@@ -137,14 +134,80 @@ def predict_files(model_uri: Union[str, Sequence[str]], inputs: Iterable, out_di
     return written
 
 
+def load_models(uris: Dict[Optional[str], str], cfg: PredictConfig = PredictConfig()
+                ) -> Tuple[Dict[Optional[str], Path], Dict[Optional[str], SuperResolver]]:
+    """The model folders and the loaded models of `uris` (`parse_model_specs`' keys), with `cfg`'s
+    inference options; models of different scales are refused (one output has one scale)."""
+    folders = {key: tracking.download_model(uri) for key, uri in uris.items()}
+    models = {key: load_model(folder, device=cfg.device, tile=cfg.tile, overlap=cfg.overlap, batch=cfg.batch,
+                              context=cfg.context, precision=cfg.precision, ensemble=cfg.ensemble, block=cfg.block)
+              for key, folder in folders.items()}
+    scales = {key: m.scale for key, m in models.items()}
+    if len(set(scales.values())) > 1:
+        raise BphoError(f"the models scale by {', '.join(f'{k}: {v}x' for k, v in scales.items())}; one output "
+                        "needs one scale: give models of the same scale")
+    return folders, models
+
+
+def lineage_of(uri: str, model: SuperResolver) -> dict:
+    """What an output records of the model that made it: URI, training run, dataset and digest, frames."""
+    return {"model": uri, "run_id": model.meta.get("run_id"), "dataset": model.meta.get("dataset"),
+            "dataset_digest": model.meta.get("dataset_digest"), "frames": model.frames}
+
+
+def plan_image(img: io.Image, models: Dict[Optional[str], SuperResolver], spec: Optional[str] = None,
+               source: Optional[str] = None) -> Tuple[ChannelPlan, List[str]]:
+    """Which channels of `img` are predicted (`plan_channels`), after checking that a multi-frame
+    model has its frames; also the pixel-size warnings (`check_pixel_size`), one line each."""
+    source = source or str(img.path)
+    frames = max(m.frames for m in models.values())
+    t, c, _z, _y, _x = img.shape
+    if frames > 1 and t < frames:
+        raise BphoError(f"{source}: {t} frames is shorter than the model's frame window ({frames})")
+    plan = plan_channels(img.channel_names, c, {key: m.meta for key, m in models.items()}, spec, source=source)
+    said = [check_pixel_size(img.pixel_size[1:], models[key].meta, source=source)
+            for key in {key for _c, key in plan.channels}]
+    return plan, [w for w in said if w]
+
+
+def check_image(img: io.Image) -> None:
+    """BphoError unless the image is finite and not all zero (one pass over a lazy image)."""
+    finite, nonzero = _finite_and_nonzero(img.data)
+    if not finite:
+        raise BphoError(f"{img.path}: the image holds NaN or infinite values; fix or re-export it")
+    if not nonzero:
+        raise BphoError(f"{img.path}: the image is all zero (an empty or failed acquisition); check the file")
+
+
+def norms_of(img: io.Image, channels: Sequence[Tuple[int, Optional[str]]],
+             models: Dict[Optional[str], SuperResolver]) -> Dict[Tuple[int, int], Tuple[float, float]]:
+    """(c, z) -> (lo, span): the normalisation of each predicted channel's z series (`normalisation`
+    with its model's percentiles)."""
+    norms = {}
+    for c, key in channels:
+        p = models[key].meta["normalization"]
+        for z in range(img.shape[2]):
+            norms[(c, z)] = normalisation(img.data[:, c, z], p["percentile_low"], p["percentile_high"])
+    return norms
+
+
+def predict_blocks(models: Dict[Optional[str], SuperResolver], img: io.Image,
+                   channels: Sequence[Tuple[int, Optional[str]]], block: int = PredictConfig.block
+                   ) -> Iterator[Tuple[tuple, np.ndarray]]:
+    """(unit, HR block) for every block of `img` (`units`), checked and normalised as `predict_files`
+    does, in memory (napari's widget): what the caller stops consuming is not predicted."""
+    check_image(img)
+    norms = norms_of(img, channels, models)
+    for unit in units(img.shape, channels, block):
+        yield unit, _predict_unit(models[unit[3]], img.data, norms, unit)
+
+
 def _plan(inputs: List[Path], out_dir: Path, fmt: str, models: Dict[Optional[str], SuperResolver],
           cfg: PredictConfig) -> List[_Job]:
     """Open every scene lazily, choose its channels and name its output; an output that exists
     (without `overwrite`), or two inputs with one output name, stop here, before anything is
     written. Which channels are predicted is said on stderr, a pixel size far from the training
     data's is warned about."""
-    frames = max(m.frames for m in models.values())
-    metas = {key: m.meta for key, m in models.items()}
     jobs: List[_Job] = []
     for path in inputs:
         n = io.count_scenes(path)
@@ -152,16 +215,11 @@ def _plan(inputs: List[Path], out_dir: Path, fmt: str, models: Dict[Optional[str
         stem = name[:-4] if name.endswith(".ome") else name
         for scene in range(n):
             img = io.open_image(path, scene=scene).check_grey()
-            t, c, _z, _y, _x = img.shape
-            if frames > 1 and t < frames:
-                raise BphoError(f"{path}: {t} frames is shorter than the model's frame window ({frames})")
-            plan = plan_channels(img.channel_names, c, metas, cfg.channels, source=str(path))
+            plan, said = plan_image(img, models, cfg.channels, source=str(path))
             if plan.message and scene == 0:
                 print(f"{path.name}: {plan.message}", file=sys.stderr)
-            for key in {key for _c, key in plan.channels}:
-                warning = check_pixel_size(img.pixel_size[1:], metas[key], source=str(path))
-                if warning and scene == 0:
-                    warnings.warn(warning, BphoWarning, stacklevel=3)
+            for warning in said if scene == 0 else []:
+                warnings.warn(warning, BphoWarning, stacklevel=3)
             target = out_dir / (f"{stem}{FORMATS[fmt]}" if n == 1 else f"{stem}_s{scene}{FORMATS[fmt]}")
             if target.exists() and not cfg.overwrite:
                 raise BphoError(f"{target}: already exists; remove it, choose another --out, or pass --overwrite")
@@ -176,16 +234,8 @@ def _plan(inputs: List[Path], out_dir: Path, fmt: str, models: Dict[Optional[str
 def _prepare(job: _Job, models: Dict[Optional[str], SuperResolver], fmt: str, shard: int) -> None:
     """Check the image (finite, not all zero), take each series' normalisation and lay out its output."""
     img = job.image
-    data = img.data
-    finite, nonzero = _finite_and_nonzero(data)
-    if not finite:
-        raise BphoError(f"{img.path}: the image holds NaN or infinite values; fix or re-export it")
-    if not nonzero:
-        raise BphoError(f"{img.path}: the image is all zero (an empty or failed acquisition); check the file")
-    for c, key in job.channels:
-        p = models[key].meta["normalization"]
-        for z in range(img.shape[2]):
-            job.norms[(c, z)] = normalisation(data[:, c, z], p["percentile_low"], p["percentile_high"])
+    check_image(img)
+    job.norms = norms_of(img, job.channels, models)
     t, _c, z, y, x = img.shape
     s = next(iter(models.values())).scale
     job.layout = writers.create(job.target, fmt, (t, len(job.channels), z, y * s, x * s), _hr_pixel_size(img, s),

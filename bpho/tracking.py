@@ -573,3 +573,39 @@ def latest_run(experiment: str, tags: Dict[str, str]) -> Optional[str]:
     runs = mlflow.MlflowClient().search_runs([exp.experiment_id], filter_string=query, max_results=1,
                                              order_by=["attributes.start_time DESC"])
     return runs[0].info.run_id if runs else None
+
+
+def registered_versions() -> list:
+    """Every registered version of a bpho model in the tracking store (`tracking_uri`: the embedded
+    store, or the team's server with its credentials from the environment, as the CLI), by model
+    name and newest version first: dicts with ``name``, ``version``, ``aliases``, ``run_id``,
+    ``uri`` (``models:/NAME/VERSION``) and the ``tags`` `describe_version` gave it (dataset, digest,
+    validation PSNR gains over bicubic and bilinear, FRC). A store that cannot be reached or
+    refuses the credentials is one line (BphoError)."""
+    import re
+
+    mlflow = _mlflow()
+    client = mlflow.MlflowClient()
+    try:
+        found = client.search_model_versions()
+        aliases: Dict[tuple, list] = {}  # a version found by search does not carry its aliases; its model does
+        for model in client.search_registered_models():
+            for alias, version in (model.aliases or {}).items():
+                aliases.setdefault((model.name, str(version)), []).append(alias)
+    except Exception as exc:
+        message = " ".join(str(getattr(exc, "message", exc)).split())
+        if unreachable(exc):
+            raise BphoError(f"tracking store {tracking_uri()}: unreachable; start the server or set "
+                            "MLFLOW_TRACKING_URI to one that runs") from None
+        refused = re.search(r"error code (401|403)", message)
+        if refused:
+            raise BphoError(f"tracking store {tracking_uri()}: the server refused the credentials (HTTP "
+                            f"{refused.group(1)}); check MLFLOW_TRACKING_USERNAME and "
+                            "MLFLOW_TRACKING_PASSWORD") from None
+        raise BphoError(f"tracking store {tracking_uri()}: cannot list its models ({message[:200]}); check "
+                        "MLFLOW_TRACKING_URI, MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD") from None
+    out = [{"name": v.name, "version": str(v.version), "aliases": sorted(aliases.get((v.name, str(v.version)), [])),
+            "run_id": v.run_id,
+            "uri": f"models:/{v.name}/{v.version}", "tags": dict(v.tags or {})}
+           for v in found if "bpho.dataset" in (v.tags or {})]
+    return sorted(out, key=lambda v: (v["name"], -int(v["version"])))
