@@ -299,7 +299,8 @@ def build(meta: dict, state: dict, device: str = InferenceConfig.device,
           precision: str = InferenceConfig.precision, **options) -> SuperResolver:
     """A SuperResolver from a model's meta (bpho_model.json) and its tensors, as `load_model` describes."""
     config = model_config({**BPHO_01_MODEL, **BPHO_02_MODEL, **meta["model"]})
-    meta = {**meta, "model": config.to_dict()}  # every setting written out, for export and lineage
+    written = {k: list(v) if isinstance(v, tuple) else v for k, v in config.to_dict().items()}
+    meta = {**meta, "model": written}  # every setting written out (as JSON has it), for export and lineage
     net = build_model(config)
     net.load_state_dict(state)
     dev = pick_device(device)
