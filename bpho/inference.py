@@ -22,12 +22,14 @@ import torch
 
 from bpho.config import InferenceConfig
 from bpho.errors import BphoError, BphoWarning
-from bpho.models import build_model
+from bpho.models import build_model, model_config
 
 WEIGHTS, META = "weights.safetensors", "bpho_model.json"
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # what a bpho 0.1 model folder did not record, because it was all there was
 BPHO_01_MODEL = {"depth": None, "head_channels": None, "padding": "zeros"}
+# ... and what models saved before bpho 0.3 did not record
+BPHO_02_MODEL = {"head_relu": True}
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -296,7 +298,10 @@ def load_model(folder: Path, device: str = InferenceConfig.device, precision: st
 def build(meta: dict, state: dict, device: str = InferenceConfig.device,
           precision: str = InferenceConfig.precision, **options) -> SuperResolver:
     """A SuperResolver from a model's meta (bpho_model.json) and its tensors, as `load_model` describes."""
-    net = build_model({**BPHO_01_MODEL, **meta["model"]})
+    config = model_config({**BPHO_01_MODEL, **BPHO_02_MODEL, **meta["model"]})
+    written = {k: list(v) if isinstance(v, tuple) else v for k, v in config.to_dict().items()}
+    meta = {**meta, "model": written}  # every setting written out (as JSON has it), for export and lineage
+    net = build_model(config)
     net.load_state_dict(state)
     dev = pick_device(device)
     if dev.type == "cpu" and precision == "fp16":

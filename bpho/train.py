@@ -38,6 +38,7 @@ from bpho.config import Loss, TrainConfig, choice, env_torchrun, env_tracking_wa
 from bpho.errors import BphoError, BphoWarning, NotFoundError
 from bpho.inference import SuperResolver, pick_device, save_model
 from bpho.models import ModelConfig, build_model
+from bpho.models.layers import start_at_base
 
 @dataclass
 class TrainResult:
@@ -177,6 +178,7 @@ def setup_model(cfg: TrainConfig, scale: int, frames: int, device: torch.device)
     model_cfg = dataclasses.replace(cfg.model, scale=scale, frames=frames)  # saved beside the weights
     torch.manual_seed(cfg.seed)
     net = build_model(model_cfg).to(device)
+    start_at_base(net)
     if cfg.grad_checkpointing:
         net.set_grad_checkpointing(True)
     if cfg.channels_last:

@@ -24,7 +24,8 @@ from bpho.models import architecture, build_model
 from bpho.config import DemoConfig
 from bpho.demo import make_demo_data
 from bpho.config import TrainConfig
-from bpho.train import train
+from bpho.models.layers import bilinear_base
+from bpho.train import setup_model, train
 
 from conftest import assert_one_line_error, build_world, run_bpho, use_world
 
@@ -118,17 +119,56 @@ def test_untrained_pixel_shuffle_has_no_checkerboard_and_borders_are_not_zeros()
 
 @pytest.mark.unit
 def test_a_bpho_01_model_folder_still_loads(tmp_path):
-    """bpho 0.1 saved no depth, head width or padding: it used every stage, the last width, zeros."""
+    """bpho 0.1 saved no depth, head width, padding or head ReLU: it used every stage, the last
+    width, zeros and a ReLU after the pixel shuffle."""
     old = {"encoder": "resnet18", "scale": 4, "frames": 1, "mode": "lr", "decoder_widths": [32, 16, 8, 8, 8],
            "encoder_weights": None}
-    net = build_model({**old, "depth": None, "head_channels": None, "padding": "zeros"})
+    net = build_model({**old, "depth": None, "head_channels": None, "padding": "zeros", "head_relu": True})
     folder = save_model(tmp_path / "m", net, {"model": old, "normalization": {"percentile_low": 1, "percentile_high": 99}})
     loaded = load_model(folder, device="cpu", context=0)  # the bare network on the whole image
-    assert loaded.net.config.padding == "zeros" and loaded.net.config.depth is None
+    assert loaded.net.config.padding == "zeros" and loaded.net.config.depth is None and loaded.net.config.head_relu
+    assert loaded.meta["model"]["head_relu"] is True  # written out for export and lineage
     image = np.random.default_rng(0).random((24, 24)).astype(np.float32)
     with torch.no_grad():
         direct = net.eval()(torch.from_numpy(image)[None, None]).numpy()[0, 0]
     assert np.allclose(loaded.predict_normalized(image[None]), direct, atol=1e-5)
+
+
+@pytest.mark.unit
+def test_a_bpho_02_model_folder_keeps_its_head_relu(tmp_path):
+    """Models saved before head_relu existed had the ReLU; a new one has none and says so."""
+    cfg = {"encoder": "resnet18", "scale": 2, "frames": 1, "decoder_widths": [16, 8, 8], "head_channels": 4}
+    torch.manual_seed(0)
+    net = build_model({**cfg, "head_relu": True}).eval()
+    saved = {k: v for k, v in net.config.to_dict().items() if k != "head_relu"}
+    folder = save_model(tmp_path / "m", net, {"model": saved, "normalization": {"percentile_low": 1, "percentile_high": 99}})
+    loaded = load_model(folder, device="cpu", context=0)
+    image = np.random.default_rng(0).random((24, 24)).astype(np.float32)
+    with torch.no_grad():
+        direct = net(torch.from_numpy(image)[None, None]).numpy()[0, 0]
+        without = build_model(cfg).eval()
+        without.load_state_dict(net.state_dict())
+        other = without(torch.from_numpy(image)[None, None]).numpy()[0, 0]
+    assert np.allclose(loaded.predict_normalized(image[None]), direct, atol=1e-5)
+    assert not np.allclose(other, direct, atol=1e-3)  # the ReLU matters: guessing wrong would show
+    assert not isinstance(build_model(cfg).head[2], torch.nn.ReLU)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("arch", [{"arch": "unet", "encoder": "resnet18", "decoder_widths": (16, 8, 8)},
+                                  {"arch": "rcan", "features": 8, "groups": 1, "blocks": 1}])
+@pytest.mark.parametrize("scale", [1, 3])
+def test_training_starts_at_the_bilinear_base(arch, scale):
+    """An untrained network returns exactly its base (bilinear of the centre frame), so the first
+    epochs learn the residual instead of unlearning a random one; its gradient is not zero."""
+    cfg = TrainConfig(dataset="any", model=arch)
+    net, *_ = setup_model(cfg, scale=scale, frames=3, device=torch.device("cpu"))
+    lr = torch.rand(2, 3, 20, 18)
+    out = net.eval()(lr)
+    assert torch.equal(out, bilinear_base(lr, scale))
+    net.train()(lr).mean().backward()
+    last = [m for m in net.head.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+    assert float(last.weight.grad.abs().sum()) > 0
 
 
 @pytest.mark.unit

@@ -29,3 +29,14 @@ def bilinear_base(lr: torch.Tensor, scale: int) -> torch.Tensor:
     centre = lr[:, lr.shape[1] // 2: lr.shape[1] // 2 + 1]
     return nn.functional.interpolate(centre, scale_factor=scale, mode="bilinear", align_corners=False) \
         if scale > 1 else centre
+
+
+def start_at_base(net: nn.Module) -> None:
+    """Zero the last convolution of `net.head`: the untrained network then returns its bilinear
+    base exactly and training learns the residual from zero (a random last layer adds noise the
+    first epochs spend unlearning)."""
+    last = [m for m in net.head.modules() if isinstance(m, nn.Conv2d)][-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        if last.bias is not None:
+            last.bias.zero_()

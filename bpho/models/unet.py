@@ -78,7 +78,8 @@ class UNet(nn.Module):
         if config.mode == "lr" and config.scale > 1:
             hr_ch = config.head_channels or cin
             up = nn.Conv2d(cin, hr_ch * config.scale**2, 3, padding=1)
-            self.head: nn.Module = nn.Sequential(up, nn.PixelShuffle(config.scale), nn.ReLU(inplace=True),
+            act = nn.ReLU(inplace=True) if config.head_relu else nn.Identity()
+            self.head: nn.Module = nn.Sequential(up, nn.PixelShuffle(config.scale), act,
                                                  nn.Conv2d(hr_ch, 1, 3, padding=1))
             icnr(up, config.scale)
         else:

@@ -26,7 +26,8 @@ class UNetConfig:
         "decoder_widths": "decoder widths, deepest first",
         "head_channels": "HR channels after the pixel shuffle (mode lr)",
         "padding": "of every convolution (zeros lets the network find tile borders)",
-        "encoder_weights": "a local weights file for the encoder (nothing is downloaded)"}
+        "encoder_weights": "a local weights file for the encoder (nothing is downloaded)",
+        "head_relu": "a ReLU between the pixel shuffle and the last convolution (models saved before 0.3)"}
 
     encoder: str = "resnet34"
     scale: int = 4  # set from the dataset
@@ -37,6 +38,9 @@ class UNetConfig:
     head_channels: Optional[int] = 8  # lr mode: HR channels after the pixel shuffle (None: the last width)
     padding: Literal["replicate", "reflect", "zeros"] = "replicate"  # "zeros" (bpho 0.1 models) shows borders
     encoder_weights: Optional[str] = None  # a local timm checkpoint file; never downloaded
+    # bpho 0.2 models: a ReLU in the head, whose 8 channels could all be negative at the start and
+    # hold the residual at zero; learning took off ~7 epochs later than without it (README)
+    head_relu: bool = False
 
     def label(self) -> str:
         """For run names: ``unet-resnet34-lr``."""
