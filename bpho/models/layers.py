@@ -35,7 +35,8 @@ def start_at_base(net: nn.Module) -> None:
     """Zero the last convolution of `net.head`: the untrained network then returns its bilinear
     base exactly and training learns the residual from zero (a random last layer adds noise the
     first epochs spend unlearning)."""
-    last = [m for m in net.head.modules() if isinstance(m, nn.Conv2d)][-1]
+    head = net.get_submodule("head")
+    last = [m for m in head.modules() if isinstance(m, nn.Conv2d)][-1]
     with torch.no_grad():
         last.weight.zero_()
         if last.bias is not None:
