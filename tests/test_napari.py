@@ -147,7 +147,10 @@ def test_movie_in_the_viewer_equals_bpho_predict(env, make_napari_viewer, qtbot,
     assert hr.data.shape == cli.shape == (10, 64, 64)
     np.testing.assert_allclose(hr.data, cli, rtol=1e-5, atol=1e-3 * float(np.abs(cli).max()))
 
-    assert np.allclose(hr.scale, np.asarray(lr.scale) / [1, 4, 4]) and np.allclose(hr.translate, lr.translate)
+    assert np.allclose(hr.scale, np.asarray(lr.scale) / [1, 4, 4])
+    # the HR pixels tile each LR pixel: the first HR pixel's centre is 1.5 HR pixels before the LR one's
+    assert np.allclose(hr.translate, np.asarray(lr.translate) - [0, 1.5, 1.5] * np.asarray(hr.scale))
+    assert np.allclose(cubic.translate, hr.translate)
     assert np.allclose(cubic.scale, hr.scale)
     assert lr.scale[-1] == pytest.approx(io.open_image(movie).pixel_size[2])
     run = env["movie"]

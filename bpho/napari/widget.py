@@ -112,8 +112,12 @@ def super_resolve(layer, uri: str, bicubic: bool,
     unexpand: Tuple[Any, ...] = {"": (0, 0, 0), "t": (slice(None), 0, 0), "z": (0, 0), "tz": (slice(None), 0)}[axes]
     scale = np.array(layer.scale, float)  # a copy: the layer hands out its own array
     scale[-2:] /= s
+    # napari places a pixel's centre at translate + index * scale: the HR pixels that tile LR pixel 0
+    # start at its edge, half an LR pixel before its centre, so HR overlays LR exactly
+    translate = np.array(layer.translate, float)
+    translate[-2:] += (scale[-2:] - np.asarray(layer.scale, float)[-2:]) / 2
     lineage = {**lineage_of(uri, model), "scale": s, "source_layer": layer.name}
-    common = {"scale": tuple(scale), "translate": tuple(layer.translate),
+    common = {"scale": tuple(scale), "translate": tuple(translate),
               "axis_labels": tuple(layer.axis_labels), "contrast_limits": _limits(hr)}
     meta = {**(layer.metadata.get("bpho") or {}), "axes": axes + "yx", "pixel_size_um": img.pixel_size[:1] + tuple(
         v / s if v else None for v in img.pixel_size[1:])}
