@@ -147,7 +147,10 @@ def test_bpho_predict_ensemble_writes_the_ensemble_tiff(env, tmp_path):
     for c in range(2):
         want = ens.predict(frames[:, c])
         np.testing.assert_allclose(got.data[:, c, 0], want, atol=1e-4 * np.ptp(want))
-        assert np.abs(got.data[:, c, 0] - plain.predict(frames[:, c])).mean() > 1e-3 * np.ptp(want)
+        # a model trained one epoch from its bilinear base has a small residual: the written file is
+        # still ten times nearer the ensemble than the plain prediction
+        off_plain = np.abs(got.data[:, c, 0] - plain.predict(frames[:, c])).mean()
+        assert off_plain > 10 * np.abs(got.data[:, c, 0] - want).mean() and off_plain > 1e-5 * np.ptp(want)
     written = tifffile.imread(tmp_path / "out/field.tif")
     want = ens.predict_image(tifffile.imread(tif))
     np.testing.assert_allclose(written, want, atol=1e-4 * np.ptp(want))
