@@ -211,8 +211,7 @@ def _plan(inputs: List[Path], out_dir: Path, fmt: str, models: Dict[Optional[str
     jobs: List[_Job] = []
     for path in inputs:
         n = io.count_scenes(path)
-        name = path.name[:-len(".ome.zarr")] if path.name.endswith(".ome.zarr") else path.stem
-        stem = name[:-4] if name.endswith(".ome") else name
+        stem = io.image_name(path)
         for scene in range(n):
             img = io.open_image(path, scene=scene).check_grey()
             plan, said = plan_image(img, models, cfg.channels, source=str(path))

@@ -87,6 +87,12 @@ class Image:
         return tuple(int(n) for n in self.data.shape)  # type: ignore[return-value]
 
 
+def image_name(path: Path) -> str:
+    """An image's name without its suffixes: ``cell`` for cell.czi, cell.tif, cell.ome.tif and cell.ome.zarr."""
+    name = path.name[:-len(".ome.zarr")] if path.name.endswith(".ome.zarr") else path.stem
+    return name[:-4] if name.endswith(".ome") else name
+
+
 def file_kind(path: Path) -> str:
     """'czi', 'tiff' or 'ome-zarr', after checking that the file exists and its bytes agree with its name."""
     path = Path(path)

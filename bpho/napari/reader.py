@@ -57,8 +57,7 @@ def read_image(path) -> List[tuple]:
     pz, py, px = img.pixel_size
     scale = {"t": 1.0, "z": pz or 1.0, "y": py or 1.0, "x": px or 1.0}
     lineage = _lineage(path)
-    name = path.name[:-len(".ome.zarr")] if path.name.endswith(".ome.zarr") else path.stem
-    name = name[:-4] if name.endswith(".ome") else name
+    name = io.image_name(path)
     layers = []
     for ci in range(c):
         channel = img.channel_name(ci)
