@@ -25,11 +25,10 @@ import tifffile  # noqa: E402
 
 from bpho import io  # noqa: E402
 from bpho.config import PredictConfig, TrainConfig  # noqa: E402
-from bpho.datasets import builder  # noqa: E402
 from bpho.predict import predict_files  # noqa: E402
 from bpho.train import train  # noqa: E402
 
-from conftest import add_demo, run_bpho  # noqa: E402
+from conftest import build_world, run_bpho  # noqa: E402
 
 NET = dict(model={"encoder": "resnet18", "decoder_widths": (32, 16, 16, 8, 8)}, batch_size=8)
 WIDGET = "Super-resolve"
@@ -51,15 +50,14 @@ def world(demo, tmp_path_factory):
     multi-frame model (the demo movie), each trained for one epoch and registered as the CLI does."""
     root = tmp_path_factory.mktemp("napari-root")
     store = f"sqlite:///{root / 'mlflow.db'}"
+    build_world(demo, root, sources=[("paired", "pairs", "paired"), ("movie", "demo_movie", "movie")],
+                datasets=[("paired_001", "pairs", "nap", ["tile_sizes=64", "tiles_per_image=16", "valid_fraction=0.34"]),
+                          ("movie_001", "demo_movie", "nap_movie",
+                           ["tile_sizes=32", "tiles_per_image=4", "valid_fraction=0.34"])],
+                tracking_uri=store)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("BPHO_ROOT", str(root))
         mp.setenv("MLFLOW_TRACKING_URI", store)
-        add_demo(demo, root, "paired", "pairs", "paired")
-        add_demo(demo, root, "movie", "demo_movie", "movie")
-        builder.make("paired_001", datasource="pairs", name="nap", progress=False, track=False,
-                     settings=["tile_sizes=64", "tiles_per_image=16", "valid_fraction=0.34"])
-        builder.make("movie_001", name="nap_movie", progress=False, track=False,
-                     settings=["tile_sizes=32", "tiles_per_image=4", "valid_fraction=0.34"])
         single = train(TrainConfig(dataset="nap", epochs=1, model_name="nap-single", **NET), progress=False)
         movie = train(TrainConfig(dataset="nap_movie", epochs=1, model_name="nap-movie", **NET), progress=False)
     return {"root": root, "store": store, "demo": demo, "single": single, "movie": movie}
