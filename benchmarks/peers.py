@@ -1,6 +1,7 @@
 """bpho against the tools users would pick instead, at equal wall-clock training budget.
 
-    python benchmarks/peers.py [--budgets 120,300,600] [--methods bpho,careamics,pssr] [--real] [--set KEY=VALUE]
+    python benchmarks/peers.py [--budgets 120,300,600] [--methods bpho,careamics,pssr] [--real | --denoise]
+                               [--set KEY=VALUE]
                                [--root BPHO_ROOT --dataset NAME] [--tile-size 128] [--out DIR]
                                [--venvs ~/.cache/bpho-peers] [--work DIR] [--peer-batch 16]
 
@@ -24,6 +25,16 @@ fields are left out (measured: 26; mostly fields of background noise around the 
 of NCOA4's 12), which leaves 6 test fields (one held out); `--set register=false` keeps all
 52 (16 test fields, 8 of them held out: 4 per source).
 
+`--denoise`: scale-1 denoising instead of super-resolution: the demo's noisy single frames and
+their clean means of 50 (`DEMO_FIELDS` fields of 256 px, split as the demo pairs), built as
+``denoise_001`` by the denoise_001 recipe with `DEMO_SPLIT`. The methods default to bpho,
+bpho-n2v (bpho's self-supervised mode), careamics (CARE: noisy -> clean) and n2v (CAREamics
+Noise2Void, trained on the noisy training tiles alone: what a lab without clean images can
+run); the baselines are the noisy input and
+`bpho.evaluate`'s denoisers (Gaussian, non-local means, wavelet, BM3D where installed), each with
+the parameters that score best on the dataset's validation images, as `bpho evaluate` chooses
+them. Gains are over the best of them there (the `reference`, as in `bpho evaluate`).
+
 `--set KEY=VALUE` (repeatable) adds recipe settings to the scratch dataset's build (after
 DEMO_SPLIT / REAL_SPLIT, so they win), which is then rebuilt: e.g. `--set seed=2` for another
 split, or `--set register=false` to keep every field (realdata's pairs are aligned by
@@ -46,6 +57,10 @@ before it predicts it.
   (depth-2 U-Net, MAE, Adam, ReduceLROnPlateau, early stopping), patch = the HR tile, trained
   on bicubic-upsampled LR -> HR (CARE works at HR size), stopped by Lightning's `max_time`;
   predicts the bicubic-upsampled whole test images.
+- bpho-n2v: `bpho train --self-supervised --minutes` (Noise2Void in bpho's own loop, the noisy
+  training tiles alone; `--denoise` data), otherwise as bpho.
+- n2v: CAREamics 0.3.5 Noise2Void (peer_careamics.py --algorithm n2v; `create_n2v_config`
+  defaults, in the careamics environment), trained on the LR (noisy) tiles only, no target.
 - PSSR2 2.4.0 (benchmarks/peer_pssr.py): default `ResUNet` and default loss (MS-SSIM + L1
   mix, as its CLI), trained on the LR -> HR tile pairs, stopped at the budget; predicts the
   whole test LR images.
@@ -97,6 +112,8 @@ PEERS = {
         "zarr>=3.0.0,<4.0.0"]},
     "pssr": {"spec": "pssr==2.4.0", "runner": "peer_pssr.py", "no_deps": None},
 }
+PEER_RUNS = {"careamics": ("careamics", []), "n2v": ("careamics", ["--algorithm", "n2v"]),
+             "pssr": ("pssr", [])}  # method -> (its environment in PEERS, runner arguments)
 
 
 def torch_pins() -> list:
@@ -158,7 +175,8 @@ def real_sources(root: Path) -> dict:
 
 def setup_data(a) -> str:
     """BPHO_ROOT and the dataset: --root/--dataset as given (it must have test images), the real
-    fluorescence pairs (--real), or the demo pairs (10 fields) in a scratch root, built with a test split."""
+    fluorescence pairs (--real), the demo's noisy / clean fields (--denoise) or the demo pairs
+    (10 fields) in a scratch root, built with a test split."""
     if a.root:
         os.environ["BPHO_ROOT"] = str(Path(a.root).resolve())
         from bpho import datasets
@@ -176,15 +194,17 @@ def setup_data(a) -> str:
     from bpho.config import DemoConfig
     from bpho.demo import make_demo_data
 
-    demo = root / f"demo_{DEMO_FIELDS}"
+    kind = "denoise" if a.denoise else "paired"
+    demo = root / f"demo_{kind}_{DEMO_FIELDS}"
     if not demo.exists():
-        print("making the demo pairs ...", flush=True)
-        make_demo_data(demo, DemoConfig(paired_fields=DEMO_FIELDS, movies=0, hr_only_fields=0, denoise_fields=0),
-                       progress=False)
-    if "demo_pairs_10" not in datasources.names():
-        datasources.add("demo_pairs_10", [demo / "paired"], kind="paired", progress=False)
+        print(f"making the demo {kind} fields ...", flush=True)
+        n = {"paired_fields": 0, "denoise_fields": 0, f"{kind}_fields": DEMO_FIELDS}
+        make_demo_data(demo, DemoConfig(movies=0, hr_only_fields=0, **n), progress=False)
+    source = f"demo_{kind}_{DEMO_FIELDS}"
+    if source not in datasources.names():
+        datasources.add(source, [demo / kind], kind=kind, progress=False)
     if a.set or a.dataset not in datasets.names() or not datasets.open(a.dataset).has_test_images:
-        builder.make("paired_001", datasource="demo_pairs_10", name=a.dataset, settings=DEMO_SPLIT + a.set, force=True)
+        builder.make(f"{kind}_001", datasource=source, name=a.dataset, settings=DEMO_SPLIT + a.set, force=True)
     return a.dataset
 
 
@@ -213,8 +233,9 @@ def run_peer(name: str, py: Path, data: Path, budget: float, out: Path, n: int, 
     """Train and predict in the peer's environment; returns (predictions, result dict) or None."""
     out.mkdir(parents=True, exist_ok=True)
     log = out / "log.txt"
-    cmd = [str(py), str(HERE / PEERS[name]["runner"]), "--data", str(data), "--budget", str(budget),
-           "--out", str(out), "--batch-size", str(batch)]
+    env, args = PEER_RUNS[name]
+    cmd = [str(py), str(HERE / PEERS[env]["runner"]), "--data", str(data), "--budget", str(budget),
+           "--out", str(out), "--batch-size", str(batch), *args]
     with open(log, "w") as fh:
         rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT).returncode
     if rc != 0:
@@ -224,11 +245,12 @@ def run_peer(name: str, py: Path, data: Path, budget: float, out: Path, n: int, 
     return preds, json.loads((out / "result.json").read_text())
 
 
-def run_bpho(dataset: str, size: int, budget: float, pairs, n_train: int):
+def run_bpho(dataset: str, size: int, budget: float, pairs, n_train: int, self_supervised: bool = False):
     """bpho's defaults with a time budget (`bpho train --minutes`: epochs planned from the pace
     of the first batches, one-cycle schedule over them), predicted as a user does, with the
     weights of the last epoch (as the peers report theirs); the registered model (the best
-    validation epoch) is scored too, for information: `registered`."""
+    validation epoch) is scored too, for information: `registered`. `self_supervised`: `bpho train
+    --self-supervised` (Noise2Void in bpho's loop: the noisy tiles alone)."""
     import torch
 
     from bpho import evaluate, tracking
@@ -237,7 +259,8 @@ def run_bpho(dataset: str, size: int, budget: float, pairs, n_train: int):
     from bpho.train import checkpoint_path, train
 
     start = time.perf_counter()
-    result = train(TrainConfig(dataset=dataset, tile_size=size, minutes=budget / 60), progress=False, register=False)
+    result = train(TrainConfig(dataset=dataset, tile_size=size, minutes=budget / 60, self_supervised=self_supervised),
+                   progress=False, register=False)
     train_s = time.perf_counter() - start
     model = load_model(tracking.download_model(result.model_uri), device="auto")
     registered = [evaluate.score(model.predict(pair.lr[0]), pair, t=0) for pair in pairs]
@@ -258,20 +281,20 @@ def mean(rows, key):
     return float(np.mean(vals)) if vals else None
 
 
-def table(rows, base) -> str:
+def table(rows, base, ref: str = "bicubic") -> str:
+    """Each method's row and the baselines' (`base`: name -> means), gains over the baseline `ref`."""
     f = lambda v, fmt: "-" if v is None else format(v, fmt)  # noqa: E731
     lines = [f"{'method':10s} {'budget s':>8s} {'train s':>8s} {'epochs':>6s} {'PSNR':>7s} {'SSIM':>6s} "
              f"{'FRC nm':>7s} {'samples/s':>9s} {'pred s':>7s} {'gain dB':>8s}"]
     for r in rows:
-        gain = None if r["psnr"] is None else r["psnr"] - base["bicubic"]["psnr"]
+        gain = None if r["psnr"] is None else r["psnr"] - base[ref]["psnr"]
         lines.append(f"{r['method']:10s} {r['budget_s']:8.0f} {f(r.get('train_s'), '8.1f')} "
                      f"{f(r.get('epochs'), '6d')} {f(r['psnr'], '7.2f')} {f(r['ssim'], '6.3f')} "
                      f"{f(r['frc_nm'], '7.0f')} {f(r.get('samples_per_s'), '9.1f')} {f(r.get('predict_s'), '7.2f')} "
                      f"{f(gain, '+8.2f')}")
-    for name in ("bicubic", "bilinear"):
-        b = base[name]
+    for name, b in base.items():
         lines.append(f"{name:10s} {'-':>8s} {'-':>8s} {'-':>6s} {f(b['psnr'], '7.2f')} {f(b['ssim'], '6.3f')} "
-                     f"{f(b['frc_nm'], '7.0f')} {'-':>9s} {'-':>7s} {f(b['psnr'] - base['bicubic']['psnr'], '+8.2f')}")
+                     f"{f(b['frc_nm'], '7.0f')} {'-':>9s} {'-':>7s} {f(b['psnr'] - base[ref]['psnr'], '+8.2f')}")
     return "\n".join(lines)
 
 
@@ -302,7 +325,7 @@ def by_source(rows, base_rows, budget, origin) -> str:
     return "\n".join(lines)
 
 
-def plot(rows, base, budgets, methods, png: Path) -> None:
+def plot(rows, base, budgets, methods, png: Path, ref: str = "bicubic") -> None:
     from bpho.plots import pyplot
 
     plt = pyplot()
@@ -312,13 +335,13 @@ def plot(rows, base, budgets, methods, png: Path) -> None:
         ys = [next((r["psnr"] for r in rows if r["method"] == m and r["budget_s"] == b), None) for b in budgets]
         xs = [i + (j - (len(methods) - 1) / 2) * width for i in range(len(budgets))]
         ax.bar(xs, [np.nan if y is None else y for y in ys], width, label=m)
-    for name, style in (("bicubic", "--"), ("bilinear", ":")):
+    for name, style in zip(base, ("--", ":", "-.", (0, (1, 3)), (0, (5, 5)), (0, (3, 1, 1, 1)))):
         ax.axhline(base[name]["psnr"], color="k", ls=style, lw=1, label=name)
     ax.set_xticks(range(len(budgets)), [f"{b:g} s" for b in budgets])
     ax.set_xlabel("training budget (wall clock)")
     ax.set_ylabel("PSNR (dB), test images")
-    lo = min([base["bilinear"]["psnr"], base["bicubic"]["psnr"]] + [r["psnr"] for r in rows if r["psnr"] is not None])
-    hi = max([base["bicubic"]["psnr"]] + [r["psnr"] for r in rows if r["psnr"] is not None])
+    lo = min([b["psnr"] for b in base.values()] + [r["psnr"] for r in rows if r["psnr"] is not None])
+    hi = max([base[ref]["psnr"]] + [r["psnr"] for r in rows if r["psnr"] is not None])
     ax.set_ylim(lo - 1, hi + 0.5)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.tight_layout()
@@ -329,11 +352,13 @@ def plot(rows, base, budgets, methods, png: Path) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--budgets", default="120,300,600", help="training seconds, comma-separated")
-    p.add_argument("--methods", default="bpho,careamics,pssr")
+    p.add_argument("--methods", help="default bpho,careamics,pssr (--denoise: bpho,bpho-n2v,careamics,n2v)")
     p.add_argument("--root", help="an existing BPHO_ROOT (default: the demo pairs in a scratch root under --work)")
     p.add_argument("--real", action="store_true",
                    help="real fluorescence (benchmarks/realdata.py, every source) instead of the demo; "
                         "prints the scores per source and per group too")
+    p.add_argument("--denoise", action="store_true",
+                   help="scale-1 denoising: the demo's noisy / clean fields, against N2V, CARE and classic denoisers")
     p.add_argument("--dataset", default="paired_001")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a recipe setting for the scratch dataset (repeatable; rebuilds it), e.g. seed=2")
@@ -345,21 +370,27 @@ def main() -> None:
     a = p.parse_args()
     if (a.real or a.set) and a.root:
         p.error("--real and --set build their own data in a scratch root under --work; leave out --root")
+    if a.real and a.denoise:
+        p.error("--real is super-resolution data; --denoise the demo's denoising data: choose one")
     if a.real and a.dataset == "paired_001":
         a.dataset = "real_001"
+    if a.denoise and a.dataset == "paired_001":
+        a.dataset = "denoise_001"
     budgets = [float(b) for b in a.budgets.split(",")]
-    methods = [m.strip() for m in a.methods.split(",") if m.strip()]
-    unknown = set(methods) - {"bpho", *PEERS}
+    methods = [m.strip() for m in (a.methods or ("bpho,bpho-n2v,careamics,n2v" if a.denoise else "bpho,careamics,pssr"))
+               .split(",") if m.strip()]
+    unknown = set(methods) - {"bpho", "bpho-n2v", *PEER_RUNS}
     if unknown:
-        p.error(f"unknown methods {sorted(unknown)}: use bpho, {', '.join(PEERS)}")
+        p.error(f"unknown methods {sorted(unknown)}: use bpho, bpho-n2v, {', '.join(PEER_RUNS)}")
     out = Path(a.out or tempfile.mkdtemp(prefix="bpho-peers-"))
     out.mkdir(parents=True, exist_ok=True)
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{Path(tempfile.mkdtemp(prefix='bpho-peers-mlflow-')) / 'mlflow.db'}"
 
-    pythons = {m: ensure_venv(m, Path(a.venvs)) for m in methods if m in PEERS}
+    pythons = {m: ensure_venv(PEER_RUNS[m][0], Path(a.venvs)) for m in methods if m in PEER_RUNS}
     name = setup_data(a)
     from bpho import datasets
-    from bpho.evaluate import dataset_pairs, score, score_baselines
+    from bpho.evaluate import (baseline_methods, dataset_pairs, score, score_baselines, score_methods,
+                               tune_denoisers)
 
     ds = datasets.open(name)
     size = a.tile_size or min(ds.tile_sizes)
@@ -368,10 +399,22 @@ def main() -> None:
     export(ds, size, pairs, exchange)
     lr, hr = ds.tiles(size, "train")
     scale, n_train = hr.shape[-1] // lr.shape[-1], len(lr)
-    base_rows = [r for r in score_baselines(pairs, scale) if r["t"] == 0]
+    if scale == 1:  # denoising: the input and the denoisers, parameters chosen on the validation images
+        print("choosing the denoisers' parameters on the validation images ...", flush=True)
+        tuned = tune_denoisers(dataset_pairs(name, "valid")[0])
+        ref = max(tuned, key=lambda m: tuned[m]["psnr"])
+        base_rows = [r for r in score_methods(pairs, baseline_methods(1, tuned)) if r["t"] == 0]
+    else:
+        tuned, ref = {}, "bicubic"
+        base_rows = [r for r in score_baselines(pairs, scale) if r["t"] == 0]
+    names = list(dict.fromkeys(r["method"] for r in base_rows))
     base = {m: {k: mean([r for r in base_rows if r["method"] == m], k) for k in ("psnr", "ssim", "frc_nm")}
-            for m in ("nearest", "bilinear", "bicubic")}
+            for m in names}
+    shown = {m: base[m] for m in (("bicubic", "bilinear") if scale > 1 else names)}  # in tables and plot
     origin = real_sources(Path(os.environ["BPHO_ROOT"])) if a.real else None
+    if tuned:
+        print("denoisers (parameters best on the validation images): " + ", ".join(
+            f"{m} {tuned[m]['params']} ({tuned[m]['psnr']:.2f} dB there)" for m in tuned) + f"; reference {ref}")
     print(f"dataset {name}: {n_train} training tiles of {size} px (HR, x{scale}), {len(pairs)} test images "
           f"({', '.join(p.name for p in pairs)}: no method trains or chooses on them); every method reports its "
           "last epoch; "
@@ -381,8 +424,8 @@ def main() -> None:
     for budget in budgets:
         for m in methods:
             print(f"== {m}, budget {budget:g} s", flush=True)
-            if m == "bpho":
-                got = run_bpho(name, size, budget, pairs, n_train)
+            if m in ("bpho", "bpho-n2v"):
+                got = run_bpho(name, size, budget, pairs, n_train, self_supervised=m == "bpho-n2v")
             else:
                 got = run_peer(m, pythons[m], exchange, budget, out / f"{m}_{budget:g}", len(pairs), a.peer_batch)
             row = {"method": m, "budget_s": budget, "psnr": None, "ssim": None, "frc_nm": None}
@@ -390,9 +433,9 @@ def main() -> None:
                 preds, info = got
                 scores = [{"image": pair.name, **score(pred, pair, t=0)} for pred, pair in zip(preds, pairs)]
                 row.update(info, **{k: mean(scores, k) for k in ("psnr", "ssim", "frc_nm")}, images=scores)
-                row["gain_db"] = row["psnr"] - base["bicubic"]["psnr"]
+                row["gain_db"] = row["psnr"] - base[ref]["psnr"]
                 print(f"[{m}] train {info['train_s']:.1f} s, PSNR {row['psnr']:.2f} dB "
-                      f"({row['gain_db']:+.2f} over bicubic), SSIM {row['ssim']:.3f}", flush=True)
+                      f"({row['gain_db']:+.2f} over {ref}), SSIM {row['ssim']:.3f}", flush=True)
                 if "registered" in info:
                     reg = info["registered"]
                     print(f"[{m}] for information, not compared: the registered model (best validation epoch "
@@ -400,7 +443,7 @@ def main() -> None:
                           flush=True)
             rows.append(row)
         print(f"\nbudget {budget:g} s ({name}, tile {size}, {len(pairs)} test images, last epochs):")
-        print(table([r for r in rows if r["budget_s"] == budget], base) + "\n", flush=True)
+        print(table([r for r in rows if r["budget_s"] == budget], shown, ref) + "\n", flush=True)
         if origin:
             print(f"per source and group, test PSNR (dB), budget {budget:g} s (tune: defaults may be chosen on "
                   "them; held_out: no choice looked at them):")
@@ -410,13 +453,16 @@ def main() -> None:
               "train_tiles": n_train,
               "test_images": [pair.name for pair in pairs], "reported": "last epoch of every method",
               "budgets_s": budgets, "methods": methods,
-              "peer_batch": a.peer_batch, "baselines": base, "rows": rows}
+              "peer_batch": a.peer_batch, "baselines": base, "reference": ref, "rows": rows}
+    if tuned:
+        report.update(denoisers={m: tuned[m]["params"] for m in tuned}, baseline_images=base_rows,
+                      denoisers_tuned_on=[pair.name for pair in dataset_pairs(name, "valid")[0]])
     if origin:
         report.update(real_split=REAL_SPLIT + a.set, real_field_px=REAL_FIELD,
                       test_origin={p.name: list(origin[Path(p.name).name]) for p in pairs},
                       baseline_images=base_rows)
     (out / "peers.json").write_text(json.dumps(report, indent=1, default=float))
-    plot(rows, base, budgets, methods, out / "peers.png")
+    plot(rows, shown, budgets, methods, out / "peers.png", ref)
     shutil.rmtree(exchange, ignore_errors=True)
     print(f"wrote {out / 'peers.json'} and {out / 'peers.png'}")
 

@@ -538,6 +538,9 @@ class TrainConfig:
                                                                      "(encoder stages, residual groups)"})
     accumulate: int = field(default=1, metadata={"help": "gradient accumulation steps (effective batch = batch x "
                                                          "steps)"})
+    self_supervised: bool = field(default=False, metadata={
+        "help": "Noise2Void: learn to denoise from the noisy tiles alone (blind-spot masking; scale-1 datasets; "
+                "the clean images are used only to validate)"})
     seed: int = 0
     device: Device = Device.AUTO
     panel_every: int = field(default=1, metadata={"help": "log an LR|bicubic|model|HR panel every N epochs"})
@@ -558,6 +561,11 @@ class TrainConfig:
             problems.append(f"minutes={self.minutes} (> 0)")
         if self.lr <= 0:
             problems.append(f"lr={self.lr} (> 0)")
+        if self.self_supervised and self.loss == Loss.L1_SSIM:
+            problems.append("loss l1+ssim with self_supervised (its loss is on scattered pixels: use l1 or mse)")
+        if self.self_supervised and getattr(self.model, "residual", None):
+            problems.append("model residual on with self_supervised (the blind spot needs a network that predicts "
+                            "the image: leave --model-residual out)")
         for item in self.mix:
             try:
                 name, weight = mix_item(item)

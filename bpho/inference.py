@@ -28,8 +28,8 @@ WEIGHTS, META = "weights.safetensors", "bpho_model.json"
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # what a bpho 0.1 model folder did not record, because it was all there was
 BPHO_01_MODEL = {"depth": None, "head_channels": None, "padding": "zeros"}
-# ... and what models saved before bpho 0.3 did not record
-BPHO_02_MODEL = {"head_relu": True}
+# ... and what models saved before bpho 0.3 did not record (their networks were all residual)
+BPHO_02_MODEL = {"head_relu": True, "residual": True}
 
 
 def pick_device(device: str = "auto") -> torch.device:

@@ -24,6 +24,7 @@ import time
 import warnings
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Callable, List, Optional, Tuple, cast
 
@@ -38,7 +39,7 @@ from bpho.config import Loss, TrainConfig, choice, env_torchrun, env_tracking_wa
 from bpho.errors import BphoError, BphoWarning, NotFoundError
 from bpho.inference import SuperResolver, pick_device, save_model
 from bpho.models import ModelConfig, build_model
-from bpho.models.layers import start_at_base
+from bpho.models.layers import residual_for, start_at_base
 
 @dataclass
 class TrainResult:
@@ -113,6 +114,48 @@ def augment(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> Tuple[tor
     return torch.stack(xs), torch.stack(ys)
 
 
+BLIND_SPOT_FRACTION = 0.002  # of a tile's pixels masked per step (CAREamics' N2V default, 0.2%)
+BLIND_SPOT_ROI = 11  # px: a masked pixel takes the value of another pixel in this window (CAREamics' default)
+
+
+def blind_spot(x: torch.Tensor, gen: torch.Generator, fraction: float = BLIND_SPOT_FRACTION,
+               roi: int = BLIND_SPOT_ROI) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Noise2Void's masking (Krull et al. 2019) of a batch of noisy tiles (N, frames, h, w).
+
+    In each tile, `fraction` of the pixels (at least one, drawn at random) of the centre frame
+    take the value of another pixel drawn in the `roi` x `roi` window around them (reflected at
+    the border, never the pixel itself). Returns the masked input, the target (the unmasked
+    centre frame, (N, 1, h, w)) and the boolean mask of the pixels the loss is computed on: a
+    network that cannot see a pixel's own noise can only predict its signal there.
+    """
+    n, frames, h, w = x.shape
+    k = max(1, round(fraction * h * w))
+    half = roi // 2
+    ys, xs = torch.randint(0, h, (n, k), generator=gen), torch.randint(0, w, (n, k), generator=gen)
+    dy = torch.randint(-half, half + 1, (n, k), generator=gen)
+    dx = torch.randint(-half, half + 1, (n, k), generator=gen)
+    dx = torch.where((dy == 0) & (dx == 0), torch.ones_like(dx), dx)  # another pixel, never the masked one
+
+    def reflect(i, size):
+        i = i.abs()
+        return torch.where(i > size - 1, 2 * (size - 1) - i, i).clamp(0, size - 1)
+
+    sy, sx = reflect(ys + dy, h), reflect(xs + dx, w)
+    c, rows = frames // 2, torch.arange(n)[:, None]
+    target = x[:, c:c + 1].clone()
+    masked = x.clone()
+    masked[rows, c, ys, xs] = x[rows, c, sy, sx]
+    mask = torch.zeros((n, 1, h, w), dtype=torch.bool)
+    mask[rows, 0, ys, xs] = True
+    return masked, target, mask
+
+
+def masked_loss(loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], mask: torch.Tensor,
+                pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """`loss` on the pixels of `mask` only (the blind spots)."""
+    return loss(pred[mask], target[mask])
+
+
 def loss_fn(name: Loss | str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """The training loss `name` (a `Loss`) as a function of (prediction, target)."""
     import piq
@@ -175,7 +218,10 @@ PROBE_BATCHES = 12  # a time budget times this many batches to plan its epochs
 def setup_model(cfg: TrainConfig, scale: int, frames: int, device: torch.device):
     """The network on `device` as `cfg` asks (checkpointing, channels-last), its AMP dtype
     (bf16 where supported, else fp16) and, for fp16, a gradient scaler."""
-    model_cfg = dataclasses.replace(cfg.model, scale=scale, frames=frames)  # saved beside the weights
+    given: dict = {"scale": scale, "frames": frames}
+    if "residual" in {f.name for f in dataclasses.fields(cfg.model)}:  # written out, not None
+        given["residual"] = False if cfg.self_supervised else residual_for(cfg.model.residual, scale)
+    model_cfg = dataclasses.replace(cfg.model, **given)  # saved beside the weights
     torch.manual_seed(cfg.seed)
     net = build_model(model_cfg).to(device)
     start_at_base(net)
@@ -465,6 +511,9 @@ def _setup(cfg: TrainConfig, resume: Optional[str], called: float) -> Tuple[Setu
         torch.cuda.set_device(device)
     dataset, size, lr_tiles, hr_tiles, pairs = _dataset_tiles(cfg)
     scale = hr_tiles.shape[-1] // lr_tiles.shape[-1]
+    if cfg.self_supervised and scale != 1:
+        raise BphoError(f"--self-supervised: dataset {cfg.dataset!r} is x{scale} super-resolution; Noise2Void learns "
+                        "to denoise, from the noisy images of a scale-1 dataset (kind denoise)")
     net, model_cfg, amp_dtype, scaler = setup_model(cfg, scale, lr_tiles.shape[1], device)
     lr_tiles, hr_tiles, parts = _mixed(cfg, size, lr_tiles, hr_tiles)
     per_rank = math.ceil(sum(draw for _, _, draw in parts) / d.world)
@@ -519,7 +568,8 @@ def _run_tags(setup: Setup, tags: Optional[dict]) -> dict:
             "bpho.recipe": dataset.manifest["recipe"]["name"],
             "bpho.datasource": dataset.manifest["datasource"]["name"],
             "bpho.datasource_digest": dataset.manifest["datasource"]["digest"], "bpho.model_name": setup.name,
-            **({"bpho.mix": ",".join(cfg.mix)} if cfg.mix else {}), **(tags or {})}
+            **({"bpho.mix": ",".join(cfg.mix)} if cfg.mix else {}),
+            **({"bpho.self_supervised": "noise2void"} if cfg.self_supervised else {}), **(tags or {})}
 
 
 def _log_start(setup: Setup, state: RunState, resume: Optional[str]) -> None:
@@ -540,7 +590,9 @@ def _log_start(setup: Setup, state: RunState, resume: Optional[str]) -> None:
         tracking.log_dataset_input(other.name, other.digest, other.path, context="training",
                                    tags={"tile_size": str(setup.size), "mix_weight": f"{weight:g}"})
     tracking.describe_run(f"bpho training: a {setup.model_cfg.label()} network on dataset {dataset.name} "
-                          f"({dataset.digest[:12]}), {setup.size} px HR tiles; validated every epoch on "
+                          f"({dataset.digest[:12]}), {setup.size} px HR tiles"
+                          + ("; self-supervised (Noise2Void: the noisy tiles alone, blind-spot masking)"
+                             if cfg.self_supervised else "") + "; validated every epoch on "
                           f"{len(setup.pairs)} whole image(s), split `{dataset.validation_split}`.\n\n"
                           + tracking.METRIC_UNITS)
 
@@ -565,8 +617,12 @@ def _epoch(setup: Setup, state: RunState, epoch: int, progress: bool) -> dict:
         if idx.size == 0:
             continue
         x, y = augment(torch.from_numpy(setup.lr_tiles[idx]), torch.from_numpy(setup.hr_tiles[idx]), gen)
+        loss = setup.loss
+        if cfg.self_supervised:  # the clean tiles (y) are not used: the noisy ones are their own target
+            x, y, mask = blind_spot(x, gen)
+            loss = partial(masked_loss, setup.loss, mask.to(setup.device, non_blocking=True))
         x, y = x.to(setup.device, non_blocking=True), y.to(setup.device, non_blocking=True)
-        value = forward_backward(setup.model, x, y, setup.loss, setup.amp_dtype, setup.scaler, cfg.accumulate,
+        value = forward_backward(setup.model, x, y, loss, setup.amp_dtype, setup.scaler, cfg.accumulate,
                                  cfg.channels_last)
         if (b + 1) % cfg.accumulate == 0 or b == setup.batches - 1:
             optimizer_step(setup.opt, setup.scaler)

@@ -201,3 +201,66 @@ def test_model_on_a_movie_is_judged_by_its_flicker(denoiser, tmp_path, monkeypat
     assert sorted(h.step for h in history) == list(range(8))
     assert {"temporal.csv", "kymograph_00.png"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
     assert "`*_flicker`" in run.data.tags["mlflow.note.content"]
+
+
+@pytest.mark.unit
+def test_blind_spot_hides_each_masked_pixel_behind_a_neighbour():
+    """Noise2Void's masking: the target is the untouched centre frame; each masked pixel of it holds
+    the value of another pixel of its window (never its own), every other pixel and frame is as it
+    was, and the loss mask marks exactly the changed pixels."""
+    import torch
+
+    from bpho.train import blind_spot
+
+    x = torch.rand(4, 3, 32, 32)  # continuous values: a copied value is told apart from the pixel's own
+    masked, target, mask = blind_spot(x, torch.Generator().manual_seed(0), fraction=0.02, roi=5)
+    assert torch.equal(target, x[:, 1:2]) and mask.shape == (4, 1, 32, 32)
+    assert torch.equal(masked[:, [0, 2]], x[:, [0, 2]])  # only the centre frame is masked
+    changed = masked[:, 1] != x[:, 1]
+    assert torch.equal(changed, mask[:, 0])
+    assert all(1 <= int(m.sum()) <= round(0.02 * 32 * 32) for m in mask)  # duplicates drawn twice count once
+    for n, y, xx in mask[:, 0].nonzero().tolist():
+        window = x[n, 1, max(0, y - 2):y + 3, max(0, xx - 2):xx + 3]
+        assert bool((window == masked[n, 1, y, xx]).any()), (n, y, xx)
+    # at the border the window is reflected, not clamped onto the pixel itself
+    corner = torch.rand(200, 1, 6, 6)
+    m2, _, k = blind_spot(corner, torch.Generator().manual_seed(1), fraction=0.2, roi=3)
+    assert torch.equal(m2 != corner, k)
+
+
+def test_self_supervised_training_learns_from_the_noisy_tiles_alone(denoiser, monkeypatch, tmp_path):
+    """`bpho train --self-supervised` (Noise2Void) never uses the clean tiles: with them zeroed the
+    weights come out the same; its network predicts the image (no residual over the noisy input,
+    which would hand the masked pixel's own noise back), the run says how it was trained, and a few
+    epochs on the noisy tiles alone beat the noisy input on the validation image."""
+    import dataclasses
+
+    import torch
+
+    from bpho import tracking
+    from bpho.inference import load_model
+    from bpho.train import checkpoint_path
+
+    monkeypatch.setenv("BPHO_ROOT", str(denoiser["root"]))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    builder.make("denoise_001", datasource="dn", name="dn_ssl", progress=False, track=False,
+                 settings=["tile_sizes=32", "tiles_per_image=64", "valid_fraction=0.25", "test_fraction=0.25"])
+    cfg = TrainConfig(dataset="dn_ssl", epochs=1, self_supervised=True, **NET)
+    first = train(cfg, progress=False, register=False)
+    tiles = datasets.Dataset.tiles
+    monkeypatch.setattr(datasets.Dataset, "tiles", lambda self, size, split: (tiles(self, size, split)[0],
+                                                                              tiles(self, size, split)[1] * 0))
+    blind = train(cfg, progress=False, register=False)
+    monkeypatch.undo()
+    monkeypatch.setenv("BPHO_ROOT", str(denoiser["root"]))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    a, b = (torch.load(checkpoint_path(r.run_id, "last"), weights_only=True)["model"] for r in (first, blind))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    longer = train(dataclasses.replace(cfg, epochs=10), progress=False)
+    m = longer.metrics
+    assert m["valid_psnr"] > m["bicubic_psnr"] + 0.8, m  # +1.45 dB measured; bicubic at scale 1: the noisy input
+    model = load_model(tracking.download_model(longer.model_uri), device="cpu")
+    assert model.net.config.residual is False and model.meta["model"]["residual"] is False
+    run = MlflowClient().get_run(longer.run_id)
+    assert run.data.tags["bpho.self_supervised"] == "noise2void" and run.data.params["train.self_supervised"] == "True"
+    assert "self-supervised (Noise2Void" in run.data.tags["mlflow.note.content"]

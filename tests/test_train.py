@@ -136,11 +136,12 @@ def test_a_bpho_01_model_folder_still_loads(tmp_path):
 
 @pytest.mark.unit
 def test_a_bpho_02_model_folder_keeps_its_head_relu(tmp_path):
-    """Models saved before head_relu existed had the ReLU; a new one has none and says so."""
+    """Models saved before head_relu existed had the ReLU; a new one has none and says so. Their
+    networks all added the bilinear base (`residual`, which they did not record either)."""
     cfg = {"encoder": "resnet18", "scale": 2, "frames": 1, "decoder_widths": [16, 8, 8], "head_channels": 4}
     torch.manual_seed(0)
     net = build_model({**cfg, "head_relu": True}).eval()
-    saved = {k: v for k, v in net.config.to_dict().items() if k != "head_relu"}
+    saved = {k: v for k, v in net.config.to_dict().items() if k not in ("head_relu", "residual")}
     folder = save_model(tmp_path / "m", net, {"model": saved, "normalization": {"percentile_low": 1, "percentile_high": 99}})
     loaded = load_model(folder, device="cpu", context=0)
     image = np.random.default_rng(0).random((24, 24)).astype(np.float32)
@@ -152,6 +153,7 @@ def test_a_bpho_02_model_folder_keeps_its_head_relu(tmp_path):
     assert np.allclose(loaded.predict_normalized(image[None]), direct, atol=1e-5)
     assert not np.allclose(other, direct, atol=1e-3)  # the ReLU matters: guessing wrong would show
     assert not isinstance(build_model(cfg).head[2], torch.nn.ReLU)
+    assert loaded.net.config.residual is True and loaded.meta["model"]["residual"] is True  # they were all residual
 
 
 @pytest.mark.unit
@@ -160,12 +162,14 @@ def test_a_bpho_02_model_folder_keeps_its_head_relu(tmp_path):
 @pytest.mark.parametrize("scale", [1, 3])
 def test_training_starts_at_the_bilinear_base(arch, scale):
     """An untrained network returns exactly its base (bilinear of the centre frame), so the first
-    epochs learn the residual instead of unlearning a random one; its gradient is not zero."""
+    epochs learn the residual instead of unlearning a random one; its gradient is not zero. For
+    denoising (scale 1) the default network predicts the image itself: it starts at zero."""
     cfg = TrainConfig(dataset="any", model=arch)
-    net, *_ = setup_model(cfg, scale=scale, frames=3, device=torch.device("cpu"))
+    net, model_cfg, *_ = setup_model(cfg, scale=scale, frames=3, device=torch.device("cpu"))
+    assert model_cfg.residual is (scale > 1)  # written out, as saved beside the weights
     lr = torch.rand(2, 3, 20, 18)
     out = net.eval()(lr)
-    assert torch.equal(out, bilinear_base(lr, scale))
+    assert torch.equal(out, bilinear_base(lr, scale) if scale > 1 else torch.zeros_like(out))
     net.train()(lr).mean().backward()
     last = [m for m in net.head.modules() if isinstance(m, torch.nn.Conv2d)][-1]
     assert float(last.weight.grad.abs().sum()) > 0
@@ -405,6 +409,9 @@ def test_mix_draws_each_dataset_as_weighted_and_logs_both(env):
     (["--dataset", "tiny", "--model-encoder", "resnet18", "--model-depth", "9"], "9 feature stages"),
     (["--dataset", "tiny", "--arch", "rcan", "--model-encoder", "resnet18"], "--model-encoder is not a setting of "
                                                                              "architecture rcan"),
+    (["--dataset", "tiny", "--self-supervised"], "is x4 super-resolution; Noise2Void learns to denoise"),
+    (["--dataset", "tiny", "--self-supervised", "--loss", "l1+ssim"], "loss l1+ssim with self_supervised"),
+    (["--dataset", "tiny", "--self-supervised", "--model-residual", "on"], "model residual on with self_supervised"),
 ])
 def test_train_bad_input_one_line(env, args, needle):
     assert_one_line_error(run_bpho("train", *args), needle)

@@ -31,6 +31,13 @@ def bilinear_base(lr: torch.Tensor, scale: int) -> torch.Tensor:
         if scale > 1 else centre
 
 
+def residual_for(residual, scale: int) -> bool:
+    """Whether a network adds its output to the bilinear base: `residual` when set, else on for
+    super-resolution and off for denoising (scale 1), where the noisy input is a poor start: a
+    network predicting the image directly learnt faster on the demo's denoising data (README)."""
+    return bool(residual) if residual is not None else scale > 1
+
+
 def start_at_base(net: nn.Module) -> None:
     """Zero the last convolution of `net.head`: the untrained network then returns its bilinear
     base exactly and training learns the residual from zero (a random last layer adds noise the

@@ -16,7 +16,7 @@ from torch import nn
 
 try:
     from bpho.errors import BphoError
-    from bpho.models.layers import bilinear_base, icnr, set_padding
+    from bpho.models.layers import bilinear_base, icnr, residual_for, set_padding
     from bpho.models.rcan_config import RCANConfig
 except ImportError:  # an exported package's architecture file: export.py writes those above this
     BphoError = ValueError  # type: ignore[misc,assignment]
@@ -70,6 +70,7 @@ class RCAN(nn.Module):
             if getattr(config, name) < 1:
                 raise BphoError(f"rcan {name}={getattr(config, name)}: use 1 or more")
         self.config = config
+        self.residual = residual_for(config.residual, config.scale)
         self.stride = 1  # any input size is taken as it is
         f, s = config.features, config.scale
         self.stem = nn.Conv2d(config.frames, f, 3, padding=1)
@@ -100,7 +101,8 @@ class RCAN(nn.Module):
                 y = torch.utils.checkpoint.checkpoint(layer, y, use_reentrant=False)
             else:
                 y = layer(y)
-        return self.head(x + y) + bilinear_base(lr, self.config.scale)
+        out = self.head(x + y)
+        return out + bilinear_base(lr, self.config.scale) if self.residual else out
 
 
 def rcan(**config) -> RCAN:

@@ -4,7 +4,7 @@ Torch-free (see unet_config.py); an exported package's architecture file holds i
 """
 
 from dataclasses import asdict, dataclass, fields
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, Optional
 
 
 @dataclass(frozen=True)
@@ -19,7 +19,10 @@ class RCANConfig:
     HELP: ClassVar[dict] = {"features": "channels through the network", "groups": "residual groups",
                             "blocks": "channel-attention blocks per group",
                             "reduction": "channel reduction inside the attention",
-                            "window": "LR pixels (odd) each channel attention averages over"}
+                            "window": "LR pixels (odd) each channel attention averages over",
+                            "residual": "add the output to the bilinear upsampling of the centre frame (off: it "
+                                        "predicts the image; default: on for super-resolution, off for denoising, "
+                                        "scale 1, and self-supervised training)"}
 
     scale: int = 4  # set from the dataset
     frames: int = 1  # set from the dataset
@@ -29,6 +32,7 @@ class RCANConfig:
     reduction: int = 8
     window: int = 9  # LR px: the neighbourhood each channel attention averages (odd)
     padding: Literal["replicate", "reflect", "zeros"] = "replicate"
+    residual: Optional[bool] = None  # as the U-Net's
 
     def label(self) -> str:
         """For run names: ``rcan-32x3x4`` (features x groups x blocks)."""

@@ -8,7 +8,8 @@ output is one HR channel, `scale` times larger. Two input modes:
 - ``lr``: the U-Net runs at LR size and a learned pixel-shuffle head upsamples by
   `scale` at the end (scale^2 fewer pixels through the network).
 
-Both predict a residual over the bilinear upsampling of the centre frame. Any input size
+Both predict a residual over the bilinear upsampling of the centre frame (`residual`; off: the
+image itself, the default for denoising, scale 1). Any input size
 works: the input is padded (reflect) to a multiple of the encoder stride and cropped back.
 """
 
@@ -21,7 +22,7 @@ from torch import nn
 
 try:
     from bpho.errors import BphoError
-    from bpho.models.layers import bilinear_base, icnr, set_padding
+    from bpho.models.layers import bilinear_base, icnr, residual_for, set_padding
     from bpho.models.unet_config import MODES, PADDINGS, UNetConfig
 except ImportError:  # an exported package's architecture file: export.py writes those above this
     BphoError = ValueError  # type: ignore[misc,assignment]
@@ -56,6 +57,7 @@ class UNet(nn.Module):
         if not timm.is_model(config.encoder):
             raise BphoError(f"encoder {config.encoder!r} is not a timm model; e.g. resnet18, resnet34, efficientnet_b0")
         self.config = config
+        self.residual = residual_for(config.residual, config.scale)
         try:
             stages: Dict[str, Any] = {"out_indices": tuple(range(config.depth))} if config.depth else {}
             encoder: Any = timm.create_model(config.encoder, features_only=True, pretrained=False,
@@ -98,7 +100,6 @@ class UNet(nn.Module):
     def forward(self, lr: torch.Tensor) -> torch.Tensor:
         """(N, frames, h, w) normalised LR -> (N, 1, h*scale, w*scale) normalised HR."""
         s = self.config.scale
-        base = bilinear_base(lr, s)
         x = F.interpolate(lr, scale_factor=s, mode="bilinear", align_corners=False) \
             if self.config.mode == "pre" and s > 1 else lr
         h, w = x.shape[-2:]
@@ -112,7 +113,8 @@ class UNet(nn.Module):
             y = up(y, skip)
         out = self.head(y)
         grow = s if self.config.mode == "lr" else 1
-        return out[..., : h * grow, : w * grow] + base
+        out = out[..., : h * grow, : w * grow]
+        return out + bilinear_base(lr, s) if self.residual else out
 
 
 def _load_encoder_weights(encoder: nn.Module, path: str) -> None:

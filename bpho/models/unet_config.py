@@ -27,7 +27,9 @@ class UNetConfig:
         "head_channels": "HR channels after the pixel shuffle (mode lr)",
         "padding": "of every convolution (zeros lets the network find tile borders)",
         "encoder_weights": "a local weights file for the encoder (nothing is downloaded)",
-        "head_relu": "a ReLU between the pixel shuffle and the last convolution (models saved before 0.3)"}
+        "head_relu": "a ReLU between the pixel shuffle and the last convolution (models saved before 0.3)",
+        "residual": "add the output to the bilinear upsampling of the centre frame (off: it predicts the image; "
+         "default: on for super-resolution, off for denoising, scale 1, and self-supervised training)"}
 
     encoder: str = "resnet34"
     scale: int = 4  # set from the dataset
@@ -41,6 +43,8 @@ class UNetConfig:
     # bpho 0.2 models: a ReLU in the head, whose 8 channels could all be negative at the start and
     # hold the residual at zero; learning took off ~7 epochs later than without it (README)
     head_relu: bool = False
+    # None: set from the data when training starts (`layers.residual_for`); models saved before 0.3 had it on
+    residual: Optional[bool] = None
 
     def label(self) -> str:
         """For run names: ``unet-resnet34-lr``."""
