@@ -62,6 +62,12 @@ Its numbers mean nothing: a U-Net this briefly trained still outputs about the b
 upsampling (its held-out gain over bicubic is bilinear's, about +1.2 dB).
 The results of finished trainings are kept in ROOT/learning_curve_runs.jsonl: a rerun with the
 same --root (and settings) trains only what is missing.
+
+Side by side (a GPU machine): `--prepare-only --jobs J` makes the data in J processes (other fields
+than --jobs 1) and the ceiling in one root; workers, each with its own root holding a hard-linked
+copy of that demo (`cp -al ROOT/demo W/demo`), train their share (`--seeds`, `--methods`, `--arch`,
+`--only-fields`); their caches appended to the first root's, `--cached-only` with every seed,
+method and architecture makes the table of what was trained. `benchmarks/gpu_curve.sh` does that.
 """
 
 from __future__ import annotations
@@ -92,22 +98,51 @@ def csv_list(text: str, kind=str) -> list:
 # --- data -------------------------------------------------------------------------------------
 
 
-def make_demo(root: Path, fields: int, size: int, seed: int) -> Path:
+def _demo_chunk(args: tuple) -> None:
     from bpho.config import DemoConfig
     from bpho.demo import make_demo_data
 
+    folder, fields, size, seed = args
+    make_demo_data(folder, DemoConfig(seed=seed, paired_fields=fields, paired_size=size, movies=0, hr_only_fields=0,
+                                      denoise_fields=0), progress=False)
+
+
+def make_demo(root: Path, fields: int, size: int, seed: int, jobs: int = 1) -> Path:
+    """The demo's paired fields; with jobs > 1, made as `jobs` demos of seeds seed*1000+j side by side
+    (other fields than one demo of `seed`: the `jobs` is part of what the root holds) and merged."""
+    from concurrent.futures import ProcessPoolExecutor
+
     demo = root / "demo"
-    config = DemoConfig(seed=seed, paired_fields=fields, paired_size=size, movies=0, hr_only_fields=0,
-                        denoise_fields=0)
+    want = {"seed": seed, "paired_fields": fields, "paired_size": size, "jobs": jobs}
     if demo.exists():
         have = json.loads((demo / "demo_truth.json").read_text())["config"]
-        if any(have.get(k) != v for k, v in (("seed", seed), ("paired_fields", fields), ("paired_size", size))):
+        if any(have.get(k, 1 if k == "jobs" else None) != v for k, v in want.items()):
             raise SystemExit(f"{root} holds another demo ({have['paired_fields']} fields of {have['paired_size']} px, "
-                             f"seed {have['seed']}); use another --root")
+                             f"seed {have['seed']}, jobs {have.get('jobs', 1)}); use another --root")
         return demo
     tick = time.time()
-    print(f"demo data: {fields} paired fields of {size} px HR (seed {seed}) ...", flush=True)
-    make_demo_data(demo, config, progress=False)
+    print(f"demo data: {fields} paired fields of {size} px HR (seed {seed}, {jobs} job(s)) ...", flush=True)
+    if jobs == 1:
+        _demo_chunk((demo, fields, size, seed))
+    else:
+        counts = [len(c) for c in np.array_split(np.arange(fields), jobs) if len(c)]
+        chunks = [root / f"demo_chunk{j}" for j in range(len(counts))]
+        with ProcessPoolExecutor(len(counts)) as pool:
+            list(pool.map(_demo_chunk, [(c, n, size, seed * 1000 + j) for j, (c, n) in enumerate(zip(chunks, counts))]))
+        truth, i = None, 0
+        for chunk in chunks:
+            part = json.loads((chunk / "demo_truth.json").read_text())
+            truth = truth or {**part, "paired": {}}
+            for name in sorted(part["paired"]):
+                new = f"field_{i:03d}"
+                for sub, ext in (("paired/lr", "czi"), ("paired/hr", "czi"), ("truth/paired_hr", "tif")):
+                    (demo / sub).mkdir(parents=True, exist_ok=True)
+                    (chunk / sub / f"{name}.{ext}").rename(demo / sub / f"{new}.{ext}")
+                truth["paired"][new] = part["paired"][name]
+                i += 1
+            shutil.rmtree(chunk)
+        truth["config"].update(want)
+        (demo / "demo_truth.json").write_text(json.dumps(truth, indent=2))
     print(f"demo data: {time.time() - tick:.0f} s", flush=True)
     return demo
 
@@ -389,6 +424,12 @@ def main() -> None:
     ap.add_argument("--tile-sizes", help="recipe tile_sizes (default: the recipe's)")
     ap.add_argument("--tiles-per-image", type=int, help="recipe tiles_per_image (default: the recipe's)")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--jobs", type=int, default=1, help="processes making the demo data (other fields than --jobs 1)")
+    ap.add_argument("--only-fields", help="train only the points of these subset sizes (workers running side by "
+                    "side, each with its own --root; then one run over all the caches makes the table)")
+    ap.add_argument("--prepare-only", action="store_true", help="make the data and the ceiling, train nothing")
+    ap.add_argument("--cached-only", action="store_true", help="train nothing: the table of the points in the "
+                    "root's cache (learning_curve_runs.jsonl; the workers' caches appended to it)")
     ap.add_argument("--smoke", action="store_true", help="the tiniest run: the script end to end in 2-3 CPU minutes")
     ap.add_argument("--root", help="scratch BPHO_ROOT (default: a temporary folder); reruns reuse finished points")
     ap.add_argument("--out", help="folder for the tables, plot, logs and evaluations (default: a temporary folder)")
@@ -398,8 +439,8 @@ def main() -> None:
         args.epochs, args.tile_sizes, args.tiles_per_image = args.epochs or 3, "64", 8
     fields, seeds, archs = csv_list(args.fields, int), csv_list(args.seeds, int), csv_list(args.arch)
     methods = csv_list(args.methods)
-    if sorted(fields)[0] != REAL_FIXED or any(m not in METHODS for m in methods) or "real" not in methods:
-        raise SystemExit(f"--fields must start at {REAL_FIXED}; --methods: real plus any of {', '.join(METHODS[1:])}")
+    if sorted(fields)[0] != REAL_FIXED or not methods or any(m not in METHODS for m in methods):
+        raise SystemExit(f"--fields must start at {REAL_FIXED}; --methods: any of {', '.join(METHODS)}")
     fields = sorted(set(fields))
     root = Path(args.root or tempfile.mkdtemp(prefix="bpho-bench-curve-"))
     out = Path(args.out or tempfile.mkdtemp(prefix="bpho-curve-"))
@@ -412,7 +453,7 @@ def main() -> None:
     where = torch.cuda.get_device_name() if device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     from bpho import datasets, synthesize as sy
 
-    demo = make_demo(root, fields[-1] + args.held_out, args.size, args.demo_seed)
+    demo = make_demo(root, fields[-1] + args.held_out, args.size, args.demo_seed, args.jobs)
     stems = sorted(p.stem for p in (demo / "paired/lr").glob("*.czi"))
     pool, held = stems[:fields[-1]], stems[fields[-1]:]
     paired_source(root, demo, HELD_OUT, held)
@@ -425,8 +466,9 @@ def main() -> None:
         [f"tiles_per_image={args.tiles_per_image}"] if args.tiles_per_image else [])
     minutes = lambda n: max(args.base_minutes, args.minutes_per_field * n)  # noqa: E731
     budget = (lambda n: {"epochs": args.epochs}) if args.epochs else (lambda n: {"minutes": minutes(n)})  # noqa: E731
+    only = csv_list(args.only_fields, int) if args.only_fields else fields
     plan = [(n, s, a, m) for n in fields for s in seeds for a in archs for m in methods
-            if m == "real" or n > REAL_FIXED]
+            if (m == "real" or n > REAL_FIXED) and n in only and not args.prepare_only]
     if not args.epochs:
         total = sum(minutes(n) for n, *_ in plan)
         print(f"plan: {len(plan)} trainings, {total / 60:.1f} h of training budget (max({args.base_minutes:g}, "
@@ -449,6 +491,8 @@ def main() -> None:
         if key in done:
             runs.append(done[key])
             continue
+        if args.cached_only:
+            continue
         settings = [f"valid_fraction={args.valid_fraction}", f"seed={seed}", *tiles]
         real_n = n if method == "real" else REAL_FIXED
         real = build(f"lc_s{seed}_real{real_n}",
@@ -469,7 +513,8 @@ def main() -> None:
         print(f"[{i}/{len(plan)}] {arch} {method} {n} fields, seed {seed}: training {length} "
               f"({time.time() - started:.0f} s so far) ...", flush=True)
         rec = train_and_score(key, real, mix, arch, seed, b, device, out)
-        rec.update(key=key, arch=arch, method=method, fields=n, seed=seed, trained_on=trained_on, mix=list(mix))
+        rec.update(key=key, arch=arch, method=method, fields=n, seed=seed, trained_on=trained_on, mix=list(mix),
+                   device=where)
         flag = (f", not converged ({rec['last_quarter_gain']:+.2f} dB in the last quarter)"
                 if rec["last_quarter"] else "")
         print(f"    held-out PSNR {rec['psnr']:.2f} dB ({rec['gain']:+.2f} over bicubic), SSIM {rec['ssim']:.3f}, "
@@ -477,12 +522,18 @@ def main() -> None:
         with open(cache, "a") as fh:
             fh.write(json.dumps(rec) + "\n")
         runs.append(rec)
+    if args.prepare_only or args.only_fields or not runs:
+        print(f"{len(runs)} point(s) in {cache}; the table: a run with --cached-only over all the caches")
+        return
     # the synthetic methods start from the real 3-pair point
+    trained = {(r["arch"], r["method"]) for r in runs}
     runs += [{**r, "method": m, "key": f"{r['key']} (as {m})"} for r in runs
-             if r["method"] == "real" and r["fields"] == REAL_FIXED for m in methods if m != "real"]
+             if r["method"] == "real" and r["fields"] == REAL_FIXED for m in methods
+             if m != "real" and (r["arch"], m) in trained]
     rows = aggregate(runs, archs)
     cells = table_cells(rows, ceil, len(archs) > 1)
     sentences = [answer(rows, ceil, a) for a in archs]
+    where = ", ".join(sorted({r.get("device", where) for r in runs}))  # where the points were trained
     header = (f"learning curve on the demo (seed {args.demo_seed}, {args.size} px fields), scored on {len(held)} "
               f"held-out fields ({HELD_OUT}); {len(seeds)} seed(s) ({args.seeds}): mean ± half the range; "
               f"training on {where}; "

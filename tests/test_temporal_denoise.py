@@ -256,9 +256,9 @@ def test_self_supervised_training_learns_from_the_noisy_tiles_alone(denoiser, mo
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     a, b = (torch.load(checkpoint_path(r.run_id, "last"), weights_only=True)["model"] for r in (first, blind))
     assert all(torch.equal(a[k], b[k]) for k in a)
-    longer = train(dataclasses.replace(cfg, epochs=10), progress=False)
-    m = longer.metrics
-    assert m["valid_psnr"] > m["bicubic_psnr"] + 0.8, m  # +1.45 dB measured; bicubic at scale 1: the noisy input
+    longer = train(dataclasses.replace(cfg, epochs=20), progress=False)
+    m = longer.metrics  # the last epoch's: the network starts at zero and climbs (10 epochs: +0.64 dB, still rising)
+    assert m["valid_psnr"] > m["bicubic_psnr"] + 0.8, m  # +1.99 dB measured; bicubic at scale 1: the noisy input
     model = load_model(tracking.download_model(longer.model_uri), device="cpu")
     assert model.net.config.residual is False and model.meta["model"]["residual"] is False
     run = MlflowClient().get_run(longer.run_id)
