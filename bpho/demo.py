@@ -33,6 +33,8 @@ Layout written by `make_demo_data(DIR)`::
     truth/paired_hr/field_000.tif                      the HR without detector noise (float32 ADU):
                                                        what a perfect model could output
     movie/lr/movie_000.czi   movie/hr/movie_000.czi    LR time-lapse and its HR truth
+    truth/movie_hr/movie_000.tif                       the HR movie without detector noise (float32
+                                                       ADU, (T, 1, 1, Y, X)): a perfect model's output
     hr_only/field_000.czi                              HR without LR
     denoise/noisy/field_000.czi  denoise/clean/...     single frames and averages of 50
     truth/paired_map/field_000.npy                     hard realism only: where each LR pixel looks
@@ -430,6 +432,7 @@ def make_demo_data(out_dir, config: DemoConfig = DemoConfig(), force: bool = Fal
             own = rng.normal(0, 0.02, (len(tubes.lines), 2))
             hr_frames: List[np.ndarray] = []
             lr_frames: List[np.ndarray] = []
+            clean_frames: List[np.ndarray] = []  # the HR without detector noise
             levels: Dict[Microscope, float] = {}
             record = {"drift_um_per_frame": [float(d) for d in drift]}
             bleach_time = 60.0
@@ -446,6 +449,8 @@ def make_demo_data(out_dir, config: DemoConfig = DemoConfig(), force: bool = Fal
                     pixels = blur_and_bin(scene, fine, scope)
                     # exposure set on the first frame, so bleaching shows as in a real movie
                     level = levels.setdefault(scope, np.percentile(pixels, 99.9))
+                    if scope is hr:
+                        clean_frames.append(expected_adu(pixels, hr, level))
                     if hard and scope is lr:
                         pixels, shifts = _jitter(gen, pixels)
                         adu, ceiling = _saturate(detect(pixels, scope, rng, level), ceiling)  # ceiling set on frame 0
@@ -456,6 +461,9 @@ def make_demo_data(out_dir, config: DemoConfig = DemoConfig(), force: bool = Fal
                         frames.append(detect(pixels, scope, rng, level))
             _write(tmp / "movie/hr" / f"{name}.czi", np.stack(hr_frames), hr.pixel_um)
             _write(tmp / "movie/lr" / f"{name}.czi", np.stack(lr_frames), lr.pixel_um)
+            (tmp / "truth/movie_hr").mkdir(parents=True, exist_ok=True)
+            io.write_imagej(tmp / "truth/movie_hr" / f"{name}.tif", np.stack(clean_frames)[:, None, None],
+                            pixel_size=(None, hr.pixel_um, hr.pixel_um))
             if hard:
                 record = {"position_um": positions.tolist(), "drift_um": np.diff(positions, axis=0).tolist(),
                           "bleach_time_frames": bleach_time,

@@ -56,6 +56,16 @@ def test_noiseless_hr_truth_is_the_mean_of_the_acquired_hr(demo):
 
 
 @pytest.mark.unit
+def test_noiseless_movie_truth_is_the_mean_of_the_acquired_hr_movie(demo):
+    """truth/movie_hr holds each movie's HR frames without detector noise (the flicker limit: 0)."""
+    hr = io.read(demo / "movie/hr/movie_000.czi").data[:, 0, 0].astype(np.float64)
+    clean = io.read(demo / "truth/movie_hr/movie_000.tif")
+    assert clean.data.dtype == np.float32 and clean.shape == (SMALL.movie_frames, 1, 1) + hr.shape[1:]
+    residual = hr - clean.data[:, 0, 0]  # zero-mean detector noise in every frame, bleaching included
+    assert np.abs(residual.mean(axis=(1, 2))).max() < 0.5
+
+
+@pytest.mark.unit
 def test_movie_moves(demo):
     frames = io.read(demo / "movie/hr/movie_000.czi").data[:, 0, 0].astype(float)
     first, last = frames[0], frames[-1]
