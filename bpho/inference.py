@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from bpho.config import InferenceConfig
+from bpho.datasets.tiling import frame_window
 from bpho.errors import BphoError, BphoWarning
 from bpho.models import build_model, model_config
 
@@ -154,8 +155,7 @@ class SuperResolver:
         context and the model's frame window, are read), normalised by (`lo`, `span`);
         (h*scale, w*scale) float32 in the input's units."""
         n_t, h, w = series.shape
-        half = self.frames // 2
-        frames = [_reflect(i, n_t) for i in range(t - half, t + half + 1)]
+        frames = frame_window(t, self.frames, n_t)
         rows, cols = self._around(box, h, w)
         r0, c0 = int(rows.min()), int(cols.min())
         region = np.asarray(series[frames, r0:int(rows.max()) + 1, c0:int(cols.max()) + 1])
@@ -247,10 +247,9 @@ class SuperResolver:
         if stack.ndim != 3:
             raise BphoError(f"expected a (T, Y, X) stack, got shape {stack.shape}")
         lo, span = self._normalisation(stack)
-        half = self.frames // 2
         t_total = stack.shape[0]
         for t in range(t_total):
-            idx = [_reflect(i, t_total) for i in range(t - half, t + half + 1)]
+            idx = frame_window(t, self.frames, t_total)
             window = (stack[idx].astype(np.float32) - lo) / span
             yield self.predict_normalized(window, lo, span)
 
@@ -262,14 +261,6 @@ class SuperResolver:
                 raise BphoError(f"this model takes {self.frames} frames: give a (T, Y, X) stack")
             return self.predict_image(data)
         return np.stack(list(self.predict_frames(data)))
-
-
-def _reflect(i: int, n: int) -> int:
-    if n == 1:
-        return 0
-    period = 2 * (n - 1)
-    i = i % period
-    return i if i < n else period - i
 
 
 def _reflect_all(i: np.ndarray, n: int) -> np.ndarray:

@@ -331,8 +331,12 @@ def test_movie_and_denoise_recipes(root, demo, tmp_path):
     movie = builder.make("movie_001", settings=["tile_sizes=32,64", "valid_fraction=0"], progress=False, track=False)
     lr, hr = movie.tiles(32, "train")
     assert lr.shape[1:] == (5, 8, 8) and hr.shape[1:] == (1, 32, 32) and len(lr) > 0
-    frames = {int(row["t"]) for row in movie.index(32)}
-    assert min(frames) >= 2 and max(frames) <= 10 - 3
+    ts = [int(row["t"]) for row in movie.index(32)]
+    assert min(ts) == 0 and max(ts) == 10 - 1  # every frame a centre, the first and last too
+    for i in (ts.index(0), ts.index(9)):  # their windows reflected at the ends, as predict pads them
+        np.testing.assert_array_equal(lr[i][0], lr[i][4])
+        np.testing.assert_array_equal(lr[i][1], lr[i][3])
+    assert not np.array_equal(lr[ts.index(5)][1], lr[ts.index(5)][3])
     dn = builder.make("denoise_001", settings=["tile_sizes=32"], progress=False, track=False)
     lr, hr = dn.tiles(32, "train")
     assert lr.shape[1:] == hr.shape[1:] == (1, 32, 32)

@@ -44,17 +44,26 @@ def tile_positions(table: np.ndarray, size: int, scale: int, margin: int, wanted
     return np.stack([yy.ravel()[chosen], xx.ravel()[chosen]], axis=1)
 
 
+def frame_window(t: int, frames: int, n: int) -> List[int]:
+    """The frames t - frames//2 .. t + frames//2 of a movie of `n` frames, reflected at its ends
+    (numpy's reflect padding): a multi-frame model's input window for frame t, the same in the
+    training tiles and in prediction, so the first and last frames are no surprise to it."""
+    period = 2 * (n - 1) or 1
+    return [min(i % period, period - i % period) for i in range(t - frames // 2, t + frames // 2 + 1)]
+
+
 def cut_tiles(src: Source, r: Recipe, rng: np.random.Generator, lr: np.ndarray, hr: np.ndarray, margin: int) -> dict:
-    """Tiles of every size from one prepared image, where the HR has content; positions from `rng`."""
-    half = r.frames // 2
+    """Tiles of every size from one prepared image, where the HR has content; positions from `rng`.
+    Every frame is a centre, its window reflected at the movie's ends (`frame_window`)."""
     cut: Dict[int, Tuple[list, list, list]] = {size: ([], [], []) for size in r.tile_sizes}
-    for t in range(half, lr.shape[0] - half):
+    for t in range(lr.shape[0]):
         table = content_table(hr[t] > CONTENT_LEVEL)
+        window = frame_window(t, r.frames, lr.shape[0])
         for size, (lr_tiles, hr_tiles, rows) in cut.items():
             s = size // r.scale
             for y, x in tile_positions(table, size, r.scale, margin, r.tiles_per_image, r.content_threshold, rng):
                 ly, lx = y // r.scale, x // r.scale
-                lr_tiles.append(lr[t - half:t + half + 1, ly:ly + s, lx:lx + s])
+                lr_tiles.append(lr[window, ly:ly + s, lx:lx + s])
                 hr_tiles.append(hr[t:t + 1, y:y + size, x:x + size])
                 rows.append((src.key, src.scene, t, int(y), int(x)))
     return {size: (np.stack(a), np.stack(b), rows) for size, (a, b, rows) in cut.items() if rows}
