@@ -264,7 +264,7 @@ class SuperResolver:
 
 
 def _reflect_all(i: np.ndarray, n: int) -> np.ndarray:
-    """`_reflect` of every index in `i`: numpy's reflect padding, however far beyond 0..n-1."""
+    """Numpy's reflect padding of every index in `i`, however far beyond 0..n-1."""
     period = 2 * (n - 1)
     i = np.mod(i, period)
     return np.where(i < n, i, period - i)
