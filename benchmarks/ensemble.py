@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+from scratch import out_dir, pick_device, scratch_root
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -107,11 +107,8 @@ def main() -> None:
     ap.add_argument("--root", help="scratch BPHO_ROOT (default: a temporary folder)")
     ap.add_argument("--out", help="folder for the table, JSON and figures (default: a temporary folder)")
     args = ap.parse_args()
-    root = Path(args.root or tempfile.mkdtemp(prefix="bpho-bench-ensemble-"))
-    out = Path(args.out or tempfile.mkdtemp(prefix="bpho-ensemble-"))
-    os.environ["BPHO_ROOT"] = str(root)
-    os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
-    import torch
+    root = scratch_root(args.root, "ensemble")
+    out = out_dir(args.out, "ensemble")
 
     from bpho import datasets
     from bpho.config import TrainConfig
@@ -119,8 +116,7 @@ def main() -> None:
     from bpho.train import train
 
     demo = prepare(root)
-    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
-    where = torch.cuda.get_device_name() if device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    device, where = pick_device(args.device)
     model_uri, trained = args.model, ""
     if model_uri is None:
         start = time.time()

@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from scratch import scratch_root
 
 
 def registration_table(demo: Path, scale: int) -> None:
@@ -135,9 +135,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="the demo generator's seed (1: a second hard demo)")
     ap.add_argument("--skip-training", action="store_true")
     args = ap.parse_args()
-    root = Path(args.root or tempfile.mkdtemp(prefix="bpho-bench-hard-"))
-    os.environ["BPHO_ROOT"] = str(root)
-    os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    root = scratch_root(args.root, "hard")
     from bpho.config import DemoConfig
     from bpho.demo import make_demo_data
 

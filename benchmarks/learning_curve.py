@@ -79,11 +79,12 @@ import json
 import math
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+from scratch import out_dir, pick_device, scratch_root
 
 PLATEAU_DB = 0.1  # a last step gaining less than this: the curve has reached its plateau
 REAL_FIXED = 3  # real pairs kept by the synthetic methods
@@ -442,15 +443,11 @@ def main() -> None:
     if sorted(fields)[0] != REAL_FIXED or not methods or any(m not in METHODS for m in methods):
         raise SystemExit(f"--fields must start at {REAL_FIXED}; --methods: any of {', '.join(METHODS)}")
     fields = sorted(set(fields))
-    root = Path(args.root or tempfile.mkdtemp(prefix="bpho-bench-curve-"))
-    out = Path(args.out or tempfile.mkdtemp(prefix="bpho-curve-"))
+    root = scratch_root(args.root, "curve")
+    out = out_dir(args.out, "curve")
     out.mkdir(parents=True, exist_ok=True)
-    os.environ["BPHO_ROOT"] = str(root)
-    os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
-    import torch
 
-    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
-    where = torch.cuda.get_device_name() if device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    device, where = pick_device(args.device)
     from bpho import datasets, synthesize as sy
 
     demo = make_demo(root, fields[-1] + args.held_out, args.size, args.demo_seed, args.jobs)

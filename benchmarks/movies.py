@@ -47,11 +47,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+from scratch import out_dir, pick_device, scratch_root
 
 FRAMES = (1, 5)
 METHODS = ("1-frame", "5-frame", "bicubic", "bilinear")
@@ -228,12 +229,9 @@ def main() -> None:
         raise SystemExit("movies.py: --realism takes easy and/or hard, --seeds at least one integer")
     if args.movies < 3 or args.frames < max(FRAMES):
         raise SystemExit(f"movies.py: --movies must be >= 3 (train, valid, held out), --frames >= {max(FRAMES)}")
-    root = Path(args.root or tempfile.mkdtemp(prefix="bpho-bench-movies-"))
-    out = Path(args.out or tempfile.mkdtemp(prefix="bpho-movies-"))
+    root = scratch_root(args.root, "movies")
+    out = out_dir(args.out, "movies")
     out.mkdir(parents=True, exist_ok=True)
-    os.environ["BPHO_ROOT"] = str(root)
-    os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
-    import torch
 
     from bpho import datasets
     from bpho.config import TrainConfig
@@ -241,8 +239,7 @@ def main() -> None:
     from bpho.evaluate import evaluate
     from bpho.train import train
 
-    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
-    where = torch.cuda.get_device_name() if device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    device, where = pick_device(args.device)
     settings = [f"valid_fraction={1 / (args.movies - 1):.4f}", *args.recipe_set]
     settings += [f"tile_sizes={args.tile_sizes}"] if args.tile_sizes else []
     settings += [f"tiles_per_image={args.tiles_per_image}"] if args.tiles_per_image else []

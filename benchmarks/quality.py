@@ -32,13 +32,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+from scratch import out_dir, pick_device, scratch_root
 
 HERE = Path(__file__).resolve().parent
 DEMO_FIELDS = 10  # 6 to train on (as the default demo's paired_001), 2 to validate on, 2 to test on
@@ -121,11 +121,8 @@ def main() -> None:
     ap.add_argument("--root", help="scratch BPHO_ROOT (default: a temporary folder)")
     ap.add_argument("--out", help="folder for the table, JSON and figures (default: a temporary folder)")
     args = ap.parse_args()
-    root = Path(args.root or tempfile.mkdtemp(prefix="bpho-bench-quality-"))
-    out = Path(args.out or tempfile.mkdtemp(prefix="bpho-quality-"))
-    os.environ["BPHO_ROOT"] = str(root)
-    os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
-    import torch
+    root = scratch_root(args.root, "quality")
+    out = out_dir(args.out, "quality")
 
     from bpho import datasets, datasources
     from bpho.datasets import builder
@@ -142,8 +139,7 @@ def main() -> None:
         builder.make("paired_001", datasource="demo_pairs_10", settings=DEMO_SPLIT, progress=False, track=False,
                      force=True)
     budgets = [float(m) for m in args.minutes.split(",")]
-    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
-    where = torch.cuda.get_device_name() if device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    device, where = pick_device(args.device)
     rows = [run("paired_001", m, device, out / f"demo_{a}_{m:g}min", a) for m in budgets for a in args.arch.split(",")]
     ceil = ceiling("paired_001", demo / "truth/paired_hr")
     tiles = tiling(rows[-1]["model_uri"], "paired_001")

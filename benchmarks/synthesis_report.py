@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
+
+from scratch import scratch_root
 
 
 def main() -> None:
@@ -34,9 +33,7 @@ def main() -> None:
     ap.add_argument("--encoder", default="resnet34")
     ap.add_argument("--root", help="scratch BPHO_ROOT (default: a temporary folder)")
     args = ap.parse_args()
-    root = Path(args.root or tempfile.mkdtemp(prefix="bpho-bench-synth-"))
-    os.environ["BPHO_ROOT"] = str(root)
-    os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    root = scratch_root(args.root, "synth")
 
     from bpho import datasources, synthesize as sy, tune
     from bpho.degrade import fitted
