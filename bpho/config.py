@@ -544,6 +544,9 @@ class TrainConfig:
     seed: int = 0
     device: Device = Device.AUTO
     panel_every: int = field(default=1, metadata={"help": "log an LR|bicubic|model|HR panel every N epochs"})
+    valid_share: float = field(default=0.25, metadata={
+        "help": "the most of the training time that whole-image validation may take: an epoch is validated only "
+                "while validating keeps within this share (the last epoch always is); 1: every epoch"})
     mix: Tuple[str, ...] = field(default=(), metadata={
         "append": True, "metavar": "DATASET[=W]",
         "help": "also train on another dataset's tiles (e.g. synthetic pairs), W of them per real tile each epoch "
@@ -561,6 +564,8 @@ class TrainConfig:
             problems.append(f"minutes={self.minutes} (> 0)")
         if self.lr <= 0:
             problems.append(f"lr={self.lr} (> 0)")
+        if not 0 < self.valid_share <= 1:
+            problems.append(f"valid_share={self.valid_share} (> 0 and <= 1)")
         if self.self_supervised and self.loss == Loss.L1_SSIM:
             problems.append("loss l1+ssim with self_supervised (its loss is on scattered pixels: use l1 or mse)")
         if self.self_supervised and getattr(self.model, "residual", None):

@@ -6,9 +6,10 @@ loss scaling), channels-last, gradient checkpointing of the encoder, gradient
 accumulation. Several GPUs: run under ``torchrun --nproc_per_node=N`` (DDP; rank 0 alone
 validates, logs and checkpoints).
 
-Every epoch is validated as `bpho evaluate` scores a model (the dataset's validation images,
-whole, through the same tiled inference and metric protocol: `validate`); the best epoch is
-the one logged and registered. Every epoch ends with a checkpoint in
+Epochs are validated as `bpho evaluate` scores a model (the dataset's validation images,
+whole, through the same tiled inference and metric protocol: `validate`): every epoch while
+validating takes at most `valid_share` of the time (large images: fewer epochs), and always the
+last; the best validated epoch is the one logged and registered. Every epoch ends with a checkpoint in
 ``$BPHO_ROOT/checkpoints/<run_id>/last.pt`` (and ``best.pt``; tensors only, loaded with
 ``weights_only=True``); ``--resume RUN_ID`` continues the same MLflow run from it, so the
 metrics have neither gaps nor repeated steps.
@@ -290,7 +291,8 @@ class EpochPlan:
     epochs: Optional[int]  # None until a time budget is first planned
     opt_steps: int  # optimizer steps per epoch
     deadline: Optional[float] = None
-    valid_s: float = 0.0  # one validation's seconds, timed before the first epoch
+    valid_s: float = 0.0  # one validation's seconds, timed before the first epoch, then the last one's
+    valid_share: float = 1.0  # the most of the time validation may take (TrainConfig.valid_share)
 
     @property
     def count(self) -> int:
@@ -307,6 +309,11 @@ class EpochPlan:
         """The one-cycle multiplier of the learning rate at optimizer step `step`."""
         return learning_rate_factor(step, self.epochs * self.opt_steps if self.epochs else None)
 
+    def _reserve(self) -> float:
+        """Seconds kept for the last epoch's validation, which a mean over epochs that were mostly
+        not validated (valid_share < 1) leaves out: one validation's."""
+        return self.valid_s if self.valid_share < 1 else 0.0
+
     def _left_s(self) -> float:
         if self.deadline is None:
             raise RuntimeError("only a time budget is planned")
@@ -314,9 +321,11 @@ class EpochPlan:
 
     def probe(self, d: Dist, done: int, batches: int, steps_s: float) -> None:
         """The first plan: `done` batches took `steps_s` seconds."""
-        valid_s = self.valid_s
-        epoch_s = steps_s / done * batches + valid_s
-        epochs = max(1, int(self._left_s() // epoch_s))
+        steps_epoch = steps_s / done * batches
+        share = min(self.valid_share, 0.99)  # validation's part of an epoch: at most share of it
+        valid_s = min(self.valid_s, share / (1 - share) * steps_epoch)
+        epoch_s = steps_epoch + valid_s
+        epochs = max(1, int((self._left_s() - self._reserve()) // epoch_s))
         if d.main:
             print(f"{self._left_s() / 60:.2f} min left at {epoch_s:.1f} s an epoch (validation "
                   f"{valid_s:.1f} s): {epochs} epochs", flush=True)
@@ -325,7 +334,7 @@ class EpochPlan:
     def replan(self, d: Dist, done: int, epochs_s: float) -> None:
         """After `done` epochs of this run that took `epochs_s` seconds in all: as many more as
         fit before the deadline at their mean length (none when the next would not end in time)."""
-        epochs = done + max(0, int(self._left_s() // (epochs_s / done))) if d.main else 0
+        epochs = done + max(0, int((self._left_s() - self._reserve()) // (epochs_s / done))) if d.main else 0
         self.epochs = int(_broadcast_str(d, str(epochs)))
 
 
@@ -450,6 +459,19 @@ class RunState:
     run_id: str = ""
     buffer: Optional[tracking.Buffer] = None  # rank 0's, once the run has started
     clock: dict = field(default_factory=lambda: {"setup": 0.0, "steps": 0.0, "validation": 0.0, "checkpoints": 0.0})
+    validated: int = -1  # the last epoch validated
+    logged: Tuple[int, set] = (-1, set())  # the last epoch whose metrics were logged, and their names
+
+    def due_for_validation(self, epoch: int, share: float) -> bool:
+        """Whether `epoch` is validated: the last planned one always; any other while the time spent
+        validating, this validation included (timed as the last one, `plan.valid_s`), stays within
+        `share` of the time spent training and validating. Validating whole images of 2048 px took
+        longer than an epoch's steps (29.8 s against 24.5 s): at the default 0.25 such a run
+        validates about every fourth epoch, a run whose validation is short every epoch."""
+        if share >= 1 or (self.plan.epochs is not None and epoch >= self.plan.epochs - 1):
+            return True
+        spent = self.clock["validation"] + self.plan.valid_s
+        return spent <= share * (self.clock["steps"] + spent)
 
     @property
     def logs(self) -> tracking.Buffer:
@@ -467,15 +489,23 @@ class RunState:
 # each is called as callback(setup, state, epoch, metrics, prediction of the first validation image)
 
 
-def keep_checkpoints(setup: Setup, state: RunState, epoch: int, metrics: dict, pred: np.ndarray) -> None:
-    """last.pt every epoch, best.pt when validation improved; the metrics logged."""
+def save_last(setup: Setup, state: RunState, epoch: int, metrics: dict) -> None:
+    """last.pt (every epoch, validated or not: what --resume continues from); the metrics logged."""
     _save_checkpoint(checkpoint_path(state.run_id), setup.net, setup.opt, setup.sched, setup.scaler, epoch, metrics,
                      {**setup.config, "epochs": state.plan.epochs})  # --resume follows the same plan
+    before = state.logged[1] if state.logged[0] == epoch else set()  # validated after the loop: no step twice
+    state.logs.metrics({k: v for k, v in metrics.items() if k not in before}, epoch)  # now, or once the server is back
+    state.logged = (epoch, set(metrics))
+
+
+def keep_checkpoints(setup: Setup, state: RunState, epoch: int, metrics: dict, pred: np.ndarray) -> None:
+    """last.pt, and best.pt when validation improved; the metrics logged."""
+    save_last(setup, state, epoch, metrics)
     if not state.best or metrics["valid_psnr"] > state.best["metrics"]["valid_psnr"]:
         state.best = {"epoch": epoch, "metrics": metrics}
         _save_best(checkpoint_path(state.run_id, "best"), setup.net, epoch, metrics)
-    state.logs.metrics(metrics, epoch)  # logged now, or kept until the server is back
     state.last_metrics = metrics
+    state.validated = epoch
 
 
 def log_panel(setup: Setup, state: RunState, epoch: int, metrics: dict, pred: np.ndarray) -> None:
@@ -521,7 +551,7 @@ def _setup(cfg: TrainConfig, resume: Optional[str], called: float) -> Tuple[Setu
     opt_steps = math.ceil(batches / cfg.accumulate)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     plan = EpochPlan(epochs=None if cfg.minutes else cfg.epochs, opt_steps=opt_steps,
-                     deadline=called + cfg.minutes * 60 if cfg.minutes else None)
+                     deadline=called + cfg.minutes * 60 if cfg.minutes else None, valid_share=cfg.valid_share)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, plan.learning_rate_factor)
     norm = dataset.manifest["parameters"]
     setup = Setup(
@@ -577,7 +607,7 @@ def _log_start(setup: Setup, state: RunState, resume: Optional[str]) -> None:
     cfg, dataset = setup.cfg, setup.dataset
     if resume:
         state.logs.drain(setup.wait)  # what an outage before the kill kept back
-        tracking.log_missing_epoch(state.last_metrics, state.start - 1)
+        tracking.log_missing_epoch(state.last_metrics, state.start - 1, key="train_loss")  # logged every epoch
         return
     # prefixed: `mlflow run` has already logged its own -P values (tile_size='' ...) unprefixed
     tracking.log_params({**{f"train.{k}": v for k, v in setup.config.items()},
@@ -592,8 +622,9 @@ def _log_start(setup: Setup, state: RunState, resume: Optional[str]) -> None:
     tracking.describe_run(f"bpho training: a {setup.model_cfg.label()} network on dataset {dataset.name} "
                           f"({dataset.digest[:12]}), {setup.size} px HR tiles"
                           + ("; self-supervised (Noise2Void: the noisy tiles alone, blind-spot masking)"
-                             if cfg.self_supervised else "") + "; validated every epoch on "
-                          f"{len(setup.pairs)} whole image(s), split `{dataset.validation_split}`.\n\n"
+                             if cfg.self_supervised else "") + "; validated on "
+                          f"{len(setup.pairs)} whole image(s), split `{dataset.validation_split}`, every epoch while "
+                          f"that takes at most {cfg.valid_share:.0%} of the time (the last epoch always).\n\n"
                           + tracking.METRIC_UNITS)
 
 
@@ -686,6 +717,18 @@ def _finish(setup: Setup, state: RunState, register: bool) -> TrainResult:
 Callback = Callable[[Setup, RunState, int, dict, np.ndarray], None]
 
 
+def _validate_epoch(setup: Setup, state: RunState, epoch: int, trained: dict, callbacks: List[Callback]) -> None:
+    """Validate the epoch just trained (rank 0) and run the callbacks on its metrics."""
+    tick = time.monotonic()
+    valid, pred = validate(setup.net, setup.meta, setup.device, setup.pairs, setup.baselines)
+    state.plan.valid_s = time.monotonic() - tick
+    state.clock["validation"] += state.plan.valid_s
+    tick = time.monotonic()
+    for callback in callbacks:
+        callback(setup, state, epoch, {**trained, **valid}, pred)
+    state.clock["checkpoints"] += time.monotonic() - tick
+
+
 def train(cfg: TrainConfig, resume: Optional[str] = None, progress: bool = True, register: bool = True,
           parent_run_id: Optional[str] = None, tags: Optional[dict] = None,
           on_epoch: Optional[Callable[[int, dict, str], None]] = None,
@@ -748,23 +791,26 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, progress: bool = True,
             state.clock["validation"] += plan.valid_s
         epoch = state.start
         looping = time.monotonic()
+        trained: dict = {}
         while plan.epochs is None or epoch < plan.epochs:
             trained = _epoch(setup, state, epoch, progress)
             if d.main:
-                tick = time.monotonic()
-                valid, pred = validate(setup.net, setup.meta, setup.device, setup.pairs, setup.baselines)
-                state.clock["validation"] += time.monotonic() - tick
-                tick = time.monotonic()
-                metrics = {**trained, **valid}
-                for callback in callbacks:
-                    callback(setup, state, epoch, metrics, pred)
-                state.clock["checkpoints"] += time.monotonic() - tick
+                if state.due_for_validation(epoch, cfg.valid_share):
+                    _validate_epoch(setup, state, epoch, trained, callbacks)
+                else:
+                    tick = time.monotonic()
+                    save_last(setup, state, epoch, trained)
+                    state.clock["checkpoints"] += time.monotonic() - tick
+                    print(f"epoch {epoch + 1}/{plan.epochs}: train loss {trained['train_loss']:.4f} (not validated: "
+                          f"validation is kept to {cfg.valid_share:.0%} of the time)", flush=True)
             _barrier(d)
             epoch += 1
             if plan.deadline is not None:  # whole epochs measured: plan the rest again
                 plan.replan(d, epoch - state.start, time.monotonic() - looping)
                 if d.main:
                     state.logs.metrics({"epochs_planned": plan.count}, epoch - 1)
+        if d.main and trained and state.validated < epoch - 1:  # the plan ended on an epoch it did not validate
+            _validate_epoch(setup, state, epoch - 1, trained, callbacks)
         result = _finish(setup, state, register) if d.main else TrainResult(
             run_id=state.run_id, model_uri=f"runs:/{state.run_id}/model", registered_name=None,
             registered_version=None, metrics=state.last_metrics)

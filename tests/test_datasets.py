@@ -186,6 +186,46 @@ def test_an_aligned_sparse_pair_is_kept_by_the_build(root, tmp_path):
         assert rec["residual"]["median_hr_px"] < 0.5 and rec["residual"]["tiles"] >= 8, rec
 
 
+@pytest.mark.unit
+def test_the_registration_score_is_judged_against_what_the_noise_allows():
+    """A dim, exactly aligned sparse pair (a few photons over the background) cannot reach an NCC
+    of 0.5 however it is aligned; its noise-limited NCC (ncc_limit) says so, and it passes the gate
+    (score >= 0.5 x limit)."""
+    from bpho.datasets.register import ncc_limit, normalize, percentile_range
+
+    for seed in (1, 3):
+        lr, hr = (normalize(a, *percentile_range(a, 2, 99.8)) for a in _neurites(seed, peak=6)[:2])
+        reg = register_pair(lr, hr, 4, "auto")
+        limit = ncc_limit(lr, hr, 4)
+        assert reg.transform == "translation" and np.abs(reg.shift).max() < 1, reg  # HR px: a quarter LR px
+        assert reg.score < 0.5 and 0.1 < limit <= 1.3 * reg.score, (reg.score, limit)  # the old gate left it out
+
+
+def test_a_dim_aligned_pair_is_kept_and_a_wrong_one_left_out_by_the_build(root, tmp_path):
+    import warnings
+
+    folder = tmp_path / "dim"
+    lr, hr, _ = _neurites(1, peak=6)
+    _, bright, _ = _neurites(1)
+    other, _, _ = _neurites(11)
+    for name, lr_image, hr_image in (("aligned", lr, hr), ("wrong", other, bright)):
+        for side, image, pixel_um in (("lr", lr_image, 0.14), ("hr", hr_image, 0.035)):
+            (folder / side).mkdir(parents=True, exist_ok=True)
+            io.write_czi(folder / side / f"{name}.czi", image.astype(np.uint16)[None, None, None],
+                         (None, pixel_um, pixel_um))
+    datasources.add("dim", [folder], kind="paired", progress=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", BphoWarning)
+        ds = builder.make("paired_001", datasource="dim", progress=False, track=False,
+                          settings=["valid_fraction=0", "tile_sizes=64", "tiles_per_image=2"])
+    by_name = {rec["source"].split("/")[-1]: rec for rec in ds.manifest["sources"]}
+    assert by_name["aligned"]["included"] and by_name["aligned"]["score"] < 0.5, by_name["aligned"]
+    assert by_name["aligned"]["score"] >= 0.5 * by_name["aligned"]["score_limit"] > 0
+    assert not by_name["wrong"]["included"] and "the score its noise allows" in by_name["wrong"]["reason"]
+    assert [str(w.message) for w in caught if "excluded" in str(w.message)] == [
+        next(str(w.message) for w in caught if "wrong" in str(w.message))]
+
+
 def test_unrelated_pair_is_excluded_with_a_warning(root, demo, tmp_path):
     src = tmp_path / "mixed" / "paired"
     shutil.copytree(demo / "paired", src)

@@ -50,7 +50,8 @@ def test_training_survives_a_tracking_server_outage(env, tmp_path, monkeypatch):
     url = f"http://127.0.0.1:{port}"
     server = start_mlflow_server(tmp_path / "server", port)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bpho.cli", "train", "--dataset", "tiny", "--epochs", "4", "--batch-size", "4", *NET],
+        [sys.executable, "-m", "bpho.cli", "train", "--dataset", "tiny", "--epochs", "4", "--batch-size", "4",
+         "--valid-share", "1", *NET],
         env={**os.environ, "MLFLOW_TRACKING_URI": url, "BPHO_TRACKING_WAIT": "180"},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     client = MlflowClient(url)

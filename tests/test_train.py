@@ -25,7 +25,7 @@ from bpho.config import DemoConfig
 from bpho.demo import make_demo_data
 from bpho.config import TrainConfig
 from bpho.models.layers import bilinear_base
-from bpho.train import setup_model, train
+from bpho.train import checkpoint_path, setup_model, train
 
 from conftest import assert_one_line_error, build_world, run_bpho, use_world
 
@@ -219,8 +219,8 @@ def test_output_does_not_depend_on_the_inference_tiles(wide, monkeypatch, tmp_pa
 def test_longer_training_never_registers_a_worse_model(env):
     train(TrainConfig(dataset="tiny", batch_size=8, epochs=2, lr=2e-3, model_name="short", **SMALL_NET),
           progress=False)
-    long = train(TrainConfig(dataset="tiny", batch_size=8, epochs=8, lr=2e-3, model_name="long", **SMALL_NET),
-                 progress=False)
+    long = train(TrainConfig(dataset="tiny", batch_size=8, epochs=8, lr=2e-3, model_name="long", valid_share=1,
+                             **SMALL_NET), progress=False)
     got = {name: full_image_psnr(f"models:/{name}/latest", "tiny") for name in ("short", "long")}
     assert got["long"] >= got["short"] - 0.1, got
     # the registered weights are the best validated epoch, and training logged its number
@@ -231,7 +231,7 @@ def test_longer_training_never_registers_a_worse_model(env):
 
 
 def test_time_budget_sets_the_epochs(env):
-    result = train(TrainConfig(dataset="tiny", batch_size=16, minutes=0.5, **SMALL_NET), progress=False,
+    result = train(TrainConfig(dataset="tiny", batch_size=16, minutes=0.5, valid_share=1, **SMALL_NET), progress=False,
                    register=False)
     client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
     plans = sorted(client.get_metric_history(result.run_id, "epochs_planned"), key=lambda m: m.step)
@@ -241,6 +241,26 @@ def test_time_budget_sets_the_epochs(env):
     assert planned >= 2 and steps == list(range(int(planned))) and result.metrics["epochs"] == planned
     lrs = [m.value for m in client.get_metric_history(result.run_id, "lr")]
     assert len(lrs) == planned and lrs[-1] < 0.01 * TrainConfig.lr  # one cycle over the planned epochs
+
+
+def test_validation_keeps_to_its_share_of_the_time(env):
+    """Whole-image validation that costs more than `valid_share` of the time is skipped on some
+    epochs (never the last); each epoch still logs its loss and leaves last.pt to resume from,
+    and the registered epoch is the best of those validated."""
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    result = train(TrainConfig(dataset="tiny", batch_size=16, epochs=5, valid_share=0.01, **SMALL_NET),
+                   progress=False, register=False)
+    valid = {m.step: m.value for m in client.get_metric_history(result.run_id, "valid_psnr")}
+    assert sorted(valid) == [0, 4]  # the first (nothing spent yet) and the last
+    assert sorted(m.step for m in client.get_metric_history(result.run_id, "train_loss")) == [0, 1, 2, 3, 4]
+    assert result.metrics["best_epoch"] == max(valid, key=valid.get)
+    assert torch.load(checkpoint_path(result.run_id, "last"), weights_only=True)["epoch"] == 4
+    # a time budget: its plan may end on any epoch; that one is validated all the same
+    budget = train(TrainConfig(dataset="tiny", batch_size=16, minutes=0.25, valid_share=0.01, **SMALL_NET),
+                   progress=False, register=False)
+    losses = sorted(m.step for m in client.get_metric_history(budget.run_id, "train_loss"))
+    steps = sorted(m.step for m in client.get_metric_history(budget.run_id, "valid_psnr"))
+    assert losses == list(range(int(budget.metrics["epochs"]))) and steps[-1] == losses[-1], (steps, losses)
 
 
 def test_small_card_options_train(env):
@@ -309,7 +329,7 @@ def test_mlflow_run_train_on_server_registers_a_loadable_model(env, tracked, tmp
 @pytest.mark.e2e
 def test_resume_after_sigkill_continues_the_same_run(env, tmp_path):
     args = ["train", "--dataset", "tiny", "--epochs", "3", "--model-encoder", "resnet18", "--model-decoder-widths", WIDTHS,
-            "--batch-size", "16", "--model-name", "resumed"]
+            "--batch-size", "16", "--model-name", "resumed", "--valid-share", "1"]
     checkpoints = env / "checkpoints"
     before = set(checkpoints.glob("*/last.pt"))
     proc = subprocess.Popen([sys.executable, "-m", "bpho.cli", *args], stdout=subprocess.DEVNULL,

@@ -52,7 +52,8 @@ from bpho.datasets.dataset import MANIFEST, SPLITS, Dataset
 from bpho.datasets.dataset import open as open_dataset
 from bpho.datasets.qc import save_qc, save_tile_preview
 from bpho.datasets.recipe import Recipe
-from bpho.datasets.register import apply, apply_registration, normalize, percentile_range, register_pair, residual
+from bpho.datasets.register import (apply, apply_registration, ncc_limit, normalize, percentile_range, register_pair,
+                                   residual)
 from bpho.datasets.sources import (LRProvider, ReadLR, Source, check_shapes, pixel_sizes, plane_stack,
                                    split_sources)
 from bpho.datasets.tiling import TileWriter, cut_tiles, load_tiles
@@ -308,10 +309,12 @@ def _prepare(src: Source, r: Recipe, tmp: Path, split: str, lr_provider: LRProvi
         moved = apply_registration(hr_stack, reg) if r.align == "hr" else None
         hr_after = moved.mean(axis=0) if moved is not None else apply_registration(hr_mean[None], reg)[0]
         left = residual(lr_mean, hr_after, r.scale)
-        record["residual"] = left
+        limit = ncc_limit(lr_mean, hr_mean, r.scale)
+        record.update(residual=left, score_limit=limit)
         excluded = None
-        if reg.score < r.min_registration_score:
-            excluded = f"registration score {reg.score:.3f} < min_registration_score {r.min_registration_score}"
+        if reg.score < r.min_registration_score * limit:
+            excluded = (f"registration score {reg.score:.3f} < min_registration_score {r.min_registration_score} x "
+                        f"{limit:.3f}, the score its noise allows an aligned pair")
         elif r.max_residual_hr_px and (left["median_hr_px"] or 0) > r.max_residual_hr_px:
             excluded = (f"residual misregistration {left['median_hr_px']:.2f} HR px (median over {left['tiles']} "
                         f"tiles) > max_residual_hr_px {r.max_residual_hr_px}")
