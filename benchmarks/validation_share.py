@@ -23,6 +23,7 @@ from scratch import out_dir, pick_device, scratch_root
 
 
 def run(dataset: str, minutes: float, share: float, device: str, out) -> dict:
+    """Train for `minutes` with `valid_share` = `share`; the run's timings and its test score."""
     from mlflow import MlflowClient
 
     from bpho.config import TrainConfig
@@ -46,6 +47,7 @@ def run(dataset: str, minutes: float, share: float, device: str, out) -> dict:
 
 
 def table(rows: list) -> str:
+    """One line per run."""
     lines = [f"{'valid share':>11s} {'train s':>8s} {'epochs':>6s} {'validated':>9s} {'steps s':>8s} {'valid s':>8s} "
              f"{'valid/time':>10s} {'best ep':>7s} {'test PSNR':>9s} {'bicubic':>8s}"]
     for r in rows:
@@ -56,6 +58,7 @@ def table(rows: list) -> str:
 
 
 def main() -> None:
+    """Make the demo and dataset once, run every share, print and write the table."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--fields", type=int, default=6, help="demo pairs: 3 train, 2 validate, 1 is the test field")
     ap.add_argument("--size", type=int, default=2048, help="HR px per side")

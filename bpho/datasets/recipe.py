@@ -48,7 +48,8 @@ class Recipe:
         (register.ncc_limit, recorded as score_limit) are excluded, with a warning naming them.
         Noisy, sparse fields (background around a neuron) have a low NCC however well they are
         aligned: judged against 0.5 itself, 25 of 52 real fields aligned by construction were left
-        out; against 0.5 x their limit, none. A pair of high signal to noise is judged as before.
+        out; against 0.5 x their limit, one. A pair of high signal to noise is judged as before;
+        where noise hides any structure, a wrong pairing cannot be told either (ncc_limit).
     max_residual_hr_px: pairs whose residual misregistration (median over LR tiles of the shift
         between LR and registered HR, in HR pixels) exceeds this are excluded (0: no limit). Only
         tiles whose registered HR has structure clearly above its noise are measured (see

@@ -270,11 +270,13 @@ def ncc_limit(lr: np.ndarray, hr: np.ndarray, scale: int) -> float:
     low. A noisy pair's NCC is low however well it is aligned; near a limit of 0, alignment cannot
     be told by NCC at all.
 
-    Measured on 52 real fields of 128 HR px (benchmarks/realdata.py, aligned by construction):
-    where the structure stands above the noise (limit 0.58-0.98) the registered NCC was 0.96-1.13
-    of this limit; 25 fields of mostly background noise around a neuron scored NCC 0.08-0.50
-    against limits of 0-0.42. A structured LR paired with another field's HR scored -0.61-0.26 of
-    its limit."""
+    Measured on 52 real fields of 128 HR px (benchmarks/realdata.py, aligned by construction,
+    registered by the dataset builder): the 28 with a limit of 0.56-0.95 scored 0.47-1.24 of it
+    (all but one over 0.75); the 24 of mostly background noise around a neuron scored NCC
+    0.08-0.50 against limits of 0-0.45. The price, where nothing can tell: each field's HR paired
+    with the next field's LR (52 wrong pairs), the builder's gates (this one and the residual)
+    kept 9, all noise-dominated neuron fields (limits 0-0.62); holding the NCC to 0.5 itself kept
+    none of them, but also left out 25 of the 52 right ones."""
     def share(image: np.ndarray) -> float:
         var = float(image.var())
         return max(0.0, 1.0 - float(np.mean(haar_diagonal(image) ** 2)) / var) if var > 0 else 0.0
