@@ -54,15 +54,14 @@ def prepare(pred: np.ndarray, target: np.ndarray):
 
 def noise_ceiling_psnr(target: np.ndarray) -> float:
     """An estimate of the PSNR that a noise-free image would score against this noisy (Y, X)
-    target under `compare`'s protocol: the target's own pixel noise, measured as the mean square of
-    its finest diagonal Haar detail (`register.haar_diagonal`: the mean over pixels of noise that
-    varies with brightness) after `normalize_target`. Where a noiseless truth exists (the demo)
+    target under `compare`'s protocol: the target's own mean pixel-noise variance
+    (`register.noise_variance`) after `normalize_target`. Where a noiseless truth exists (the demo)
     it can be checked against it; where none does (real acquisitions) it says how far any
     prediction can go. Detail finer than a pixel counts as noise, so it errs low on undersampled
     targets."""
-    from bpho.datasets.register import haar_diagonal
+    from bpho.datasets.register import noise_variance
 
-    return float(-10 * np.log10(max(float(np.mean(haar_diagonal(normalize_target(target)) ** 2)), 1e-12)))
+    return float(-10 * np.log10(max(noise_variance(normalize_target(target)), 1e-12)))
 
 
 def _tensor(x: np.ndarray) -> torch.Tensor:

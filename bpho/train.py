@@ -462,12 +462,13 @@ class RunState:
     validated: int = -1  # the last epoch validated
     logged: Tuple[int, set] = (-1, set())  # the last epoch whose metrics were logged, and their names
 
-    def due_for_validation(self, epoch: int, share: float) -> bool:
+    def due_for_validation(self, epoch: int) -> bool:
         """Whether `epoch` is validated: the last planned one always; any other while the time spent
         validating, this validation included (timed as the last one, `plan.valid_s`), stays within
-        `share` of the time spent training and validating. Validating whole images of 2048 px took
+        `plan.valid_share` of the time spent training and validating. Validating whole images of 2048 px took
         longer than an epoch's steps (29.8 s against 24.5 s): at the default 0.25 such a run
         validates about every fourth epoch, a run whose validation is short every epoch."""
+        share = self.plan.valid_share
         if share >= 1 or (self.plan.epochs is not None and epoch >= self.plan.epochs - 1):
             return True
         spent = self.clock["validation"] + self.plan.valid_s
@@ -795,7 +796,7 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, progress: bool = True,
         while plan.epochs is None or epoch < plan.epochs:
             trained = _epoch(setup, state, epoch, progress)
             if d.main:
-                if state.due_for_validation(epoch, cfg.valid_share):
+                if state.due_for_validation(epoch):
                     _validate_epoch(setup, state, epoch, trained, callbacks)
                 else:
                     tick = time.monotonic()

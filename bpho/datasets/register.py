@@ -259,16 +259,21 @@ def haar_diagonal(image: np.ndarray) -> np.ndarray:
     return (x[0::2, 0::2] - x[0::2, 1::2] - x[1::2, 0::2] + x[1::2, 1::2]) / 2
 
 
+def noise_variance(image: np.ndarray) -> float:
+    """The mean pixel-noise variance of a (Y, X) image: the mean square of its finest diagonal Haar
+    detail, i.e. photon noise that varies with brightness averaged over the pixels (where
+    `noise_sigma`'s median gives the dark background's). Detail finer than a pixel counts as noise."""
+    return float(np.mean(haar_diagonal(image) ** 2))
+
+
 def ncc_limit(lr: np.ndarray, hr: np.ndarray, scale: int) -> float:
     """The highest NCC an exactly aligned pair can reach with this much noise: the geometric mean
     of the two images' shares of variance that is not pixel noise, sqrt(s_lr x s_ref) with
     s = max(0, 1 - noise variance / variance), the reference being the HR on the LR grid (both
-    whole, as acquired: the noise is the images', however they are registered). The noise variance
-    is the mean square of the finest diagonal Haar detail: the mean over pixels of photon noise
-    that varies with brightness (what the NCC's denominator holds), where `noise_sigma`'s median
-    would give the dark background's; detail finer than a pixel counts as noise, so the limit errs
-    low. A noisy pair's NCC is low however well it is aligned; near a limit of 0, alignment cannot
-    be told by NCC at all.
+    whole, as acquired: the noise is the images', however they are registered) and the noise
+    variance `noise_variance` (the mean over pixels: what the NCC's denominator holds); detail
+    finer than a pixel counts as noise, so the limit errs low. A noisy pair's NCC is low however
+    well it is aligned; near a limit of 0, alignment cannot be told by NCC at all.
 
     Measured on 52 real fields of 128 HR px (benchmarks/realdata.py, aligned by construction,
     registered by the dataset builder): the 28 with a limit of 0.56-0.95 scored 0.47-1.24 of it
@@ -279,7 +284,7 @@ def ncc_limit(lr: np.ndarray, hr: np.ndarray, scale: int) -> float:
     none of them, but also left out 25 of the 52 right ones."""
     def share(image: np.ndarray) -> float:
         var = float(image.var())
-        return max(0.0, 1.0 - float(np.mean(haar_diagonal(image) ** 2)) / var) if var > 0 else 0.0
+        return max(0.0, 1.0 - noise_variance(image) / var) if var > 0 else 0.0
 
     return float(np.sqrt(share(lr) * share(downsample(hr, scale))))
 
